@@ -1,0 +1,331 @@
+//! Who is calling: the tokens file (SHA-256 hashes only), token generation, and the principal a token names.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// Bytes of entropy in a generated token.
+pub const TOKEN_BYTES: usize = 32;
+
+/// Why the tokens file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TokensError {
+    #[error("cannot read tokens file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        err: std::io::Error,
+    },
+    #[error("cannot create tokens file {path}")]
+    Create {
+        path: PathBuf,
+        #[source]
+        err: std::io::Error,
+    },
+    #[error("tokens file {path} is not valid: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("cannot generate a random token")]
+    Random(#[source] getrandom::Error),
+}
+
+/// What a caller may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    /// Everything on this node.
+    Operator,
+    /// Only the apps this user owns or may change through a team.
+    User { user_id: String },
+}
+
+/// An authenticated caller: the token's name (for logs) and its access.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub name: String,
+    pub access: Access,
+}
+
+impl Principal {
+    pub fn is_operator(&self) -> bool {
+        self.access == Access::Operator
+    }
+}
+
+/// A token's role, as written in the tokens file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Operator,
+    User,
+}
+
+/// One `[[token]]` table of the tokens file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenEntry {
+    pub name: String,
+    /// Lowercase hex SHA-256 of the token string.
+    pub sha256: String,
+    pub role: Role,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokensFile {
+    #[serde(default)]
+    token: Vec<TokenEntry>,
+}
+
+#[derive(Debug)]
+struct Known {
+    hash: [u8; 32],
+    principal: Principal,
+}
+
+/// The accepted tokens, by hash.
+#[derive(Debug, Default)]
+pub struct TokenBook {
+    known: Vec<Known>,
+}
+
+impl TokenBook {
+    /// Parses a tokens file's text; `path` only names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<TokenBook, TokensError> {
+        let invalid = |message: String| TokensError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        let file: TokensFile = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        let mut known = Vec::with_capacity(file.token.len());
+        for (i, entry) in file.token.into_iter().enumerate() {
+            let at = format!("token #{} ({:?})", i + 1, entry.name);
+            if entry.name.trim().is_empty() {
+                return Err(invalid(format!("{at}: `name` must not be empty")));
+            }
+            let hash = parse_hash(&entry.sha256).ok_or_else(|| {
+                invalid(format!(
+                    "{at}: `sha256` must be 64 lowercase hex digits (the hash, never the token)"
+                ))
+            })?;
+            let access = match (entry.role, entry.user_id) {
+                (Role::Operator, None) => Access::Operator,
+                (Role::Operator, Some(_)) => {
+                    return Err(invalid(format!("{at}: an operator token takes no `user_id`")));
+                }
+                (Role::User, Some(user_id)) if !user_id.trim().is_empty() => Access::User { user_id },
+                (Role::User, _) => {
+                    return Err(invalid(format!("{at}: a user token needs a `user_id`")));
+                }
+            };
+            if known.iter().any(|k: &Known| k.principal.name == entry.name) {
+                return Err(invalid(format!("{at}: the name is used twice")));
+            }
+            known.push(Known {
+                hash,
+                principal: Principal {
+                    name: entry.name,
+                    access,
+                },
+            });
+        }
+        Ok(TokenBook { known })
+    }
+
+    /// Reads the tokens file at `path`.
+    pub fn load(path: &Path) -> Result<TokenBook, TokensError> {
+        let text = std::fs::read_to_string(path).map_err(|err| TokensError::Read {
+            path: path.to_owned(),
+            err,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// The principal whose token this is. Every entry is compared, in constant time, so neither the
+    /// answer's timing nor its position gives a hash away.
+    pub fn authenticate(&self, token: &str) -> Option<Principal> {
+        let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let mut found = None;
+        for k in &self.known {
+            if bool::from(k.hash.ct_eq(&hash)) {
+                found = Some(&k.principal);
+            }
+        }
+        found.cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.known.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.known.is_empty()
+    }
+}
+
+/// The tokens in force, replaceable while the agent serves (SIGHUP).
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    current: Arc<RwLock<Arc<TokenBook>>>,
+}
+
+impl Tokens {
+    pub fn new(book: TokenBook) -> Tokens {
+        Tokens {
+            current: Arc::new(RwLock::new(Arc::new(book))),
+        }
+    }
+
+    pub fn authenticate(&self, token: &str) -> Option<Principal> {
+        let book = self.current.read().unwrap_or_else(|p| p.into_inner()).clone();
+        book.authenticate(token)
+    }
+
+    pub fn replace(&self, book: TokenBook) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(book);
+    }
+}
+
+fn parse_hash(hex_digits: &str) -> Option<[u8; 32]> {
+    if hex_digits.len() != 64 || hex_digits.bytes().any(|b| b.is_ascii_uppercase()) {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hex_digits, &mut out).ok()?;
+    Some(out)
+}
+
+/// Lowercase hex SHA-256 of a token, as the tokens file stores it.
+pub fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// A fresh token: [`TOKEN_BYTES`] random bytes from the operating system, hex-encoded.
+pub fn generate_token() -> Result<String, TokensError> {
+    let mut bytes = [0u8; TOKEN_BYTES];
+    getrandom::fill(&mut bytes).map_err(TokensError::Random)?;
+    Ok(hex::encode(bytes))
+}
+
+/// A fresh token and its tokens-file entry.
+pub fn new_token(
+    name: &str,
+    role: Role,
+    user_id: Option<String>,
+) -> Result<(String, TokenEntry), TokensError> {
+    let token = generate_token()?;
+    let entry = TokenEntry {
+        name: name.to_owned(),
+        sha256: hash_token(&token),
+        role,
+        user_id,
+    };
+    Ok((token, entry))
+}
+
+/// The entry as a `[[token]]` table for the tokens file.
+pub fn entry_toml(entry: &TokenEntry) -> String {
+    let file = TokensFile {
+        token: vec![entry.clone()],
+    };
+    toml::to_string(&file).unwrap_or_default()
+}
+
+/// Creates the tokens file at `path` (mode 0600, never overwriting) with one fresh operator token, and
+/// returns that token so it can be shown once.
+pub fn create_tokens_file(path: &Path) -> Result<String, TokensError> {
+    let create = |err| TokensError::Create {
+        path: path.to_owned(),
+        err,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(create)?;
+    }
+    let (token, entry) = new_token("operator", Role::Operator, None)?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(create)?;
+    let text = format!(
+        "# node-agent tokens: SHA-256 hashes only. Add entries with `node-agent token new`.\n\n{}",
+        entry_toml(&entry)
+    );
+    file.write_all(text.as_bytes()).map_err(create)?;
+    file.sync_all().map_err(create)?;
+    Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_tokens_authenticate_and_only_hashes_are_written() {
+        let (token, entry) = new_token("cp", Role::Operator, None).expect("token");
+        assert_eq!(token.len(), TOKEN_BYTES * 2);
+        let text = entry_toml(&entry);
+        assert!(!text.contains(&token));
+        let book = TokenBook::parse(&text, Path::new("t")).expect("valid");
+        let p = book.authenticate(&token).expect("known");
+        assert_eq!(p.name, "cp");
+        assert!(p.is_operator());
+        assert_eq!(book.authenticate("nope"), None);
+        assert_eq!(book.authenticate(""), None);
+    }
+
+    #[test]
+    fn user_tokens_carry_user_id() {
+        let (token, entry) = new_token("k", Role::User, Some("u1".into())).expect("token");
+        let book = TokenBook::parse(&entry_toml(&entry), Path::new("t")).expect("valid");
+        assert_eq!(
+            book.authenticate(&token).expect("known").access,
+            Access::User { user_id: "u1".into() }
+        );
+    }
+
+    #[test]
+    fn contract_example_hash_matches_test() {
+        // The contract's example entry is the hash of "test".
+        assert_eq!(
+            hash_token("test"),
+            "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+        );
+    }
+
+    #[test]
+    fn malformed_files_are_refused_with_reason() {
+        let h = hash_token("x");
+        for (text, why) in [
+            ("[[token]]\nname = \"a\"\nsha256 = \"abc\"\nrole = \"operator\"\n", "sha256"),
+            (&format!("[[token]]\nname = \"a\"\nsha256 = \"{}\"\nrole = \"operator\"\n", h.to_uppercase()), "sha256"),
+            (&format!("[[token]]\nname = \"a\"\nsha256 = \"{h}\"\nrole = \"user\"\n"), "user_id"),
+            (&format!("[[token]]\nname = \"a\"\nsha256 = \"{h}\"\nrole = \"admin\"\n"), "admin"),
+            (&format!("[[token]]\nname = \"a\"\nsha256 = \"{h}\"\nrole = \"operator\"\ntoken = \"x\"\n"), "token"),
+            (&format!("[[token]]\nname = \"a\"\nsha256 = \"{h}\"\nrole = \"operator\"\n[[token]]\nname = \"a\"\nsha256 = \"{h}\"\nrole = \"operator\"\n"), "twice"),
+        ] {
+            let err = TokenBook::parse(text, Path::new("t")).expect_err(why);
+            assert!(err.to_string().contains(why), "{err}");
+        }
+    }
+
+    #[test]
+    fn created_file_is_private_and_valid() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("sub/tokens.toml");
+        let token = create_tokens_file(&path).expect("created");
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let book = TokenBook::load(&path).expect("valid");
+        assert!(book.authenticate(&token).expect("known").is_operator());
+        assert!(create_tokens_file(&path).is_err(), "never overwrites");
+    }
+}

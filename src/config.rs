@@ -1,0 +1,341 @@
+//! The daemon's configuration: the TOML file, its `NODE_AGENT__SECTION__KEY` overrides, and validation.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Prefix of the environment variables that override the configuration file.
+pub const ENV_PREFIX: &str = "NODE_AGENT";
+
+/// Longest grace period a stop may ask for, in seconds.
+pub const MAX_STOP_TIMEOUT_SECS: u32 = 3600;
+
+/// Why a configuration could not be used. Every variant names the file, key or value at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {path} does not exist")]
+    Missing { path: PathBuf },
+    #[error("configuration {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("configuration {path}: key `{key}`: {message}")]
+    BadValue {
+        path: PathBuf,
+        key: &'static str,
+        message: String,
+    },
+}
+
+/// The whole configuration of one agent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Who this node is, as the control plane knows it.
+    pub node: NodeConfig,
+    /// The HTTP listener.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// How to reach the Docker engine.
+    #[serde(default)]
+    pub docker: DockerConfig,
+    /// Where the app records live.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// Defaults for stops.
+    #[serde(default)]
+    pub stop: StopConfig,
+    /// Who may call the agent.
+    #[serde(default)]
+    pub auth: AuthConfig,
+}
+
+/// This node's identity.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// `workerNodeId._id` in every record, and the lambda instance id of the ~okeanos route.
+    pub id: String,
+    /// `workerNodeId.nodeName` in every record.
+    pub name: String,
+}
+
+/// The TCP listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address and port to listen on; port 0 picks a free port (logged at start-up).
+    #[serde(default = "default_listen")]
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8475".to_owned()
+}
+
+/// The Docker engine's address.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DockerConfig {
+    /// `unix:///path/to/docker.sock`; unset means `DOCKER_HOST`, else the local socket.
+    pub host: Option<String>,
+}
+
+/// The embedded SQLite store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Path of the database file; its directory is created if missing.
+    #[serde(default = "default_store_path")]
+    pub path: PathBuf,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            path: default_store_path(),
+        }
+    }
+}
+
+fn default_store_path() -> PathBuf {
+    PathBuf::from("/var/lib/node-agent/node-agent.db")
+}
+
+/// Stop defaults.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StopConfig {
+    /// Grace period when a request gives none; unset means the container's own stop timeout.
+    pub default_timeout_secs: Option<u32>,
+}
+
+/// Authentication.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The tokens file: names, roles and SHA-256 hashes of the accepted tokens.
+    #[serde(default = "default_tokens_file")]
+    pub tokens_file: PathBuf,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            tokens_file: default_tokens_file(),
+        }
+    }
+}
+
+fn default_tokens_file() -> PathBuf {
+    PathBuf::from("/etc/node-agent/tokens.toml")
+}
+
+/// The validated listener address, and where the engine is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DockerEndpoint {
+    /// A Unix socket path.
+    Unix(PathBuf),
+    /// `tcp://host:port` or `http://host:port`, plain HTTP.
+    Http(String),
+}
+
+impl Config {
+    /// Reads `path`, applies environment overrides and validates every value.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_with_env(path, std::env::vars())
+    }
+
+    /// As [`Config::load`], with the environment given explicitly (tests use this).
+    pub fn load_with_env(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        if !path.exists() {
+            return Err(ConfigError::Missing {
+                path: path.to_owned(),
+            });
+        }
+        let invalid = |e: config::ConfigError| ConfigError::Invalid {
+            path: path.to_owned(),
+            message: e.to_string(),
+        };
+        let overrides: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
+            .collect();
+        let raw = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix(ENV_PREFIX)
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true)
+                    .source(Some(overrides)),
+            )
+            .build()
+            .map_err(invalid)?;
+        let config: Config = raw.try_deserialize().map_err(invalid)?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |key: &'static str, message: String| ConfigError::BadValue {
+            path: path.to_owned(),
+            key,
+            message,
+        };
+        if self.node.id.trim().is_empty() {
+            return Err(bad("node.id", "must not be empty".into()));
+        }
+        if self.node.name.trim().is_empty() {
+            return Err(bad("node.name", "must not be empty".into()));
+        }
+        self.listen_addr()
+            .map_err(|e| bad("http.listen", format!("{:?} is not an address:port ({e})", self.http.listen)))?;
+        self.docker_endpoint().map_err(|m| bad("docker.host", m))?;
+        if let Some(t) = self.stop.default_timeout_secs
+            && t > MAX_STOP_TIMEOUT_SECS
+        {
+            return Err(bad(
+                "stop.default_timeout_secs",
+                format!("{t} is above the limit of {MAX_STOP_TIMEOUT_SECS} seconds"),
+            ));
+        }
+        if self.store.path.as_os_str().is_empty() {
+            return Err(bad("store.path", "must not be empty".into()));
+        }
+        if self.auth.tokens_file.as_os_str().is_empty() {
+            return Err(bad("auth.tokens_file", "must not be empty".into()));
+        }
+        Ok(())
+    }
+
+    /// The TCP address to listen on.
+    pub fn listen_addr(&self) -> Result<SocketAddr, std::net::AddrParseError> {
+        self.http.listen.parse()
+    }
+
+    /// Where the Docker engine is: `[docker] host`, else `DOCKER_HOST`, else the local socket.
+    pub fn docker_endpoint(&self) -> Result<DockerEndpoint, String> {
+        let host = match &self.docker.host {
+            Some(h) => h.clone(),
+            None => std::env::var("DOCKER_HOST")
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "unix:///var/run/docker.sock".to_owned()),
+        };
+        parse_docker_host(&host)
+    }
+}
+
+fn parse_docker_host(host: &str) -> Result<DockerEndpoint, String> {
+    if let Some(path) = host.strip_prefix("unix://") {
+        if !path.starts_with('/') {
+            return Err(format!("{host:?}: a unix socket path must be absolute"));
+        }
+        return Ok(DockerEndpoint::Unix(PathBuf::from(path)));
+    }
+    for scheme in ["tcp://", "http://"] {
+        if let Some(rest) = host.strip_prefix(scheme) {
+            if rest.is_empty() {
+                return Err(format!("{host:?}: no address after {scheme}"));
+            }
+            return Ok(DockerEndpoint::Http(format!("tcp://{rest}")));
+        }
+    }
+    Err(format!(
+        "{host:?}: expected unix:///path, tcp://host:port or http://host:port"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write(contents: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().expect("temp file");
+        f.write_all(contents.as_bytes()).expect("write");
+        f
+    }
+
+    const MINIMAL: &str = "[node]\nid = \"n1\"\nname = \"ODIN\"\n";
+
+    #[test]
+    fn shipped_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/node-agent.toml");
+        let config = Config::load_with_env(&path, []).expect("shipped config is valid");
+        assert_eq!(config.node.name, "ODIN");
+        assert!(config.listen_addr().expect("addr").ip().is_loopback());
+    }
+
+    #[test]
+    fn defaults_fill_optional_sections() {
+        let f = write(MINIMAL);
+        let config = Config::load_with_env(f.path(), []).expect("valid");
+        assert_eq!(config.http.listen, "127.0.0.1:8475");
+        assert_eq!(config.stop.default_timeout_secs, None);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let f = write(&format!("{MINIMAL}[http]\nlisten = \"127.0.0.1:1\"\nlistne = 3\n"));
+        let err = Config::load_with_env(f.path(), []).expect_err("unknown key");
+        assert!(err.to_string().contains("listne"), "{err}");
+        let f = write(&format!("{MINIMAL}[surprise]\nx = 1\n"));
+        let err = Config::load_with_env(f.path(), []).expect_err("unknown section");
+        assert!(err.to_string().contains("surprise"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let f = write(MINIMAL);
+        let env = [
+            ("NODE_AGENT__HTTP__LISTEN".to_owned(), "127.0.0.1:9999".to_owned()),
+            ("NODE_AGENT__STOP__DEFAULT_TIMEOUT_SECS".to_owned(), "7".to_owned()),
+            ("NODE_AGENT__NODE__ID".to_owned(), "600".to_owned()),
+        ];
+        let config = Config::load_with_env(f.path(), env).expect("valid");
+        assert_eq!(config.http.listen, "127.0.0.1:9999");
+        assert_eq!(config.stop.default_timeout_secs, Some(7));
+        assert_eq!(config.node.id, "600");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (extra, key) in [
+            ("[http]\nlisten = \"nowhere\"\n", "http.listen"),
+            ("[stop]\ndefault_timeout_secs = 4000\n", "stop.default_timeout_secs"),
+            ("[docker]\nhost = \"ftp://x\"\n", "docker.host"),
+        ] {
+            let f = write(&format!("{MINIMAL}{extra}"));
+            let err = Config::load_with_env(f.path(), []).expect_err(key);
+            assert!(err.to_string().contains(key), "{err}");
+        }
+        let f = write("[node]\nname = \"x\"\n");
+        let err = Config::load_with_env(f.path(), []).expect_err("missing id");
+        assert!(err.to_string().contains("id"), "{err}");
+    }
+
+    #[test]
+    fn docker_hosts() {
+        assert_eq!(
+            parse_docker_host("unix:///run/d.sock"),
+            Ok(DockerEndpoint::Unix("/run/d.sock".into()))
+        );
+        assert_eq!(
+            parse_docker_host("tcp://127.0.0.1:2375"),
+            Ok(DockerEndpoint::Http("tcp://127.0.0.1:2375".into()))
+        );
+        assert!(parse_docker_host("unix://relative").is_err());
+    }
+}

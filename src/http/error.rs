@@ -1,0 +1,119 @@
+//! Errors as `/v1` answers them: `{"status", "error", "message"}` (and `"app"` on a stop's 409). The
+//! one place where a core error becomes a status code.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::agent::AgentError;
+use crate::record::WorkerNode;
+
+/// An error answer of the `/v1` family.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    app: Option<Value>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            app: None,
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> ApiError {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    pub fn payload_too_large() -> ApiError {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the request body is over the limit of {} bytes", super::MAX_BODY_BYTES),
+        )
+    }
+
+    pub fn no_route(message: impl Into<String>) -> ApiError {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn method_not_allowed(message: impl Into<String>) -> ApiError {
+        Self::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", message)
+    }
+
+    pub fn not_ready(message: impl Into<String>) -> ApiError {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", message)
+    }
+
+    /// Maps a core error; `node` renders the record a 409 carries.
+    pub fn from_agent(err: AgentError, node: &WorkerNode) -> ApiError {
+        let message = err.to_string();
+        match err {
+            AgentError::BadRequest(_) => Self::bad_request(message),
+            AgentError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, "app_not_found", message),
+            AgentError::Forbidden(_) => Self::new(StatusCode::FORBIDDEN, "forbidden", message),
+            AgentError::AlreadyStopped { record, .. } => ApiError {
+                app: Some(record.to_json(node)),
+                ..Self::new(StatusCode::CONFLICT, "already_stopped", message)
+            },
+            AgentError::StopInProgress(_) => {
+                Self::new(StatusCode::CONFLICT, "stop_in_progress", message)
+            }
+            AgentError::DockerUnavailable(cause) => {
+                tracing::warn!(%cause, "Docker engine unavailable");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "docker_unavailable",
+                    format!("the Docker engine is unreachable: {cause}"),
+                )
+            }
+            AgentError::Engine(cause) => {
+                tracing::error!(%cause, "Docker engine error");
+                Self::new(StatusCode::BAD_GATEWAY, "docker_error", cause)
+            }
+            AgentError::Store(err) => {
+                tracing::error!(error = ?err, "store failure");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "store_error",
+                    "the record store failed; the agent's log has the cause",
+                )
+            }
+            AgentError::Internal(cause) => {
+                tracing::error!(%cause, "internal error");
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", cause)
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({
+            "status": self.status.as_u16(),
+            "error": self.code,
+            "message": self.message,
+        });
+        if let Some(app) = self.app {
+            body["app"] = app;
+        }
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}

@@ -1,0 +1,137 @@
+//! Extractors: the authenticated caller, the app id from the path, bounded bodies and strict queries.
+//! Each refuses with a `/v1` JSON error.
+
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequestParts, Path};
+use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH};
+use axum::http::request::Parts;
+use axum::http::HeaderMap;
+
+use super::{ApiContext, ApiError, MAX_BODY_BYTES};
+use crate::auth::Principal;
+use crate::record::AppId;
+
+/// An authenticated caller: adding it to a handler's arguments makes the route require a token.
+#[derive(Debug)]
+pub struct Caller(pub Principal);
+
+/// The token in an `Authorization` header: `Bearer <token>` or `Token <token>`.
+pub fn bearer_token(headers: &HeaderMap) -> Result<&str, &'static str> {
+    let value = headers
+        .get(AUTHORIZATION)
+        .ok_or("an Authorization header (Bearer or Token) is required")?;
+    let value = value
+        .to_str()
+        .map_err(|_| "the Authorization header is not readable text")?;
+    let (scheme, token) = value
+        .split_once(' ')
+        .ok_or("the Authorization header must be `Bearer <token>` or `Token <token>`")?;
+    if !scheme.eq_ignore_ascii_case("bearer") && !scheme.eq_ignore_ascii_case("token") {
+        return Err("the Authorization scheme must be Bearer or Token");
+    }
+    let token = token.trim();
+    if token.is_empty() || token.contains(char::is_whitespace) {
+        return Err("the Authorization header carries no well-formed token");
+    }
+    Ok(token)
+}
+
+impl FromRequestParts<ApiContext> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, ctx: &ApiContext) -> Result<Self, Self::Rejection> {
+        let token = bearer_token(&parts.headers).map_err(ApiError::unauthorized)?;
+        ctx.tokens
+            .authenticate(token)
+            .map(Caller)
+            .ok_or_else(|| ApiError::unauthorized("the token is not known to this node"))
+    }
+}
+
+/// The `{appId}` path segment, checked against the id grammar.
+#[derive(Debug)]
+pub struct AppIdPath(pub AppId);
+
+impl<S: Send + Sync> FromRequestParts<S> for AppIdPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::bad_request(format!("malformed app id: {}", e.body_text())))?;
+        AppId::parse(&raw)
+            .map(AppIdPath)
+            .map_err(|e| ApiError::bad_request(e.to_string()))
+    }
+}
+
+/// Reads a request body of at most [`MAX_BODY_BYTES`].
+pub async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(ApiError::payload_too_large());
+    }
+    axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|e| {
+        let inner = e.into_inner();
+        if inner.is::<http_body_util::LengthLimitError>() {
+            ApiError::payload_too_large()
+        } else {
+            ApiError::bad_request(format!("could not read the request body: {inner}"))
+        }
+    })
+}
+
+/// Parses a query string into pairs, refusing parameters outside `allowed` and repeated ones.
+pub fn query_pairs(raw: Option<&str>, allowed: &[&str]) -> Result<Vec<(String, String)>, ApiError> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.unwrap_or(""))
+        .map_err(|e| ApiError::bad_request(format!("malformed query string: {e}")))?;
+    for (i, (key, _)) in pairs.iter().enumerate() {
+        if !allowed.contains(&key.as_str()) {
+            return Err(ApiError::bad_request(format!(
+                "unknown query parameter {key:?}; this route takes {}",
+                if allowed.is_empty() { "none".to_owned() } else { allowed.join(", ") }
+            )));
+        }
+        if pairs[..i].iter().any(|(k, _)| k == key) {
+            return Err(ApiError::bad_request(format!("query parameter {key:?} is given twice")));
+        }
+    }
+    Ok(pairs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(auth: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, HeaderValue::from_str(auth).expect("header"));
+        h
+    }
+
+    #[test]
+    fn both_schemes_are_accepted() {
+        assert_eq!(bearer_token(&headers("Bearer abc")), Ok("abc"));
+        assert_eq!(bearer_token(&headers("Token abc")), Ok("abc"));
+        assert_eq!(bearer_token(&headers("bearer abc")), Ok("abc"));
+        for bad in ["Basic abc", "Bearer", "Bearer ", "abc", "Bearer a b"] {
+            assert!(bearer_token(&headers(bad)).is_err(), "{bad:?}");
+        }
+        assert!(bearer_token(&HeaderMap::new()).is_err());
+    }
+
+    #[test]
+    fn queries_are_strict() {
+        assert_eq!(
+            query_pairs(Some("timeout=5&signal=TERM"), &["timeout", "signal"]).expect("ok").len(),
+            2
+        );
+        assert!(query_pairs(Some("timeout=5&timeout=6"), &["timeout"]).is_err());
+        assert!(query_pairs(Some("force=1"), &["timeout"]).is_err());
+        assert!(query_pairs(None, &[]).expect("ok").is_empty());
+    }
+}

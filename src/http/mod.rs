@@ -1,0 +1,41 @@
+//! The HTTP layer: routes, extractors and answers. It parses requests, calls one method of the core,
+//! and turns the result into a response; it holds no domain state of its own.
+
+mod error;
+mod extract;
+mod ops;
+mod v1;
+
+use axum::Router;
+use axum::routing::{get, post};
+
+use crate::agent::Agent;
+use crate::auth::Tokens;
+
+pub use error::ApiError;
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// What every handler is given.
+#[derive(Debug, Clone)]
+pub struct ApiContext {
+    pub agent: Agent,
+    pub tokens: Tokens,
+}
+
+/// The agent's routes.
+pub fn router(ctx: ApiContext) -> Router {
+    Router::new()
+        .route("/v1/apps", get(v1::list_apps))
+        .route(
+            "/v1/apps/{app_id}",
+            get(v1::get_app).put(v1::put_app).delete(v1::delete_app),
+        )
+        .route("/v1/apps/{app_id}/stop", post(v1::stop_app))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .fallback(ops::no_route)
+        .method_not_allowed_fallback(ops::method_not_allowed)
+        .with_state(ctx)
+}

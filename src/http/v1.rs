@@ -1,0 +1,243 @@
+//! The CamposCloud-compatible `/v1` routes: register, read, list, forget and stop apps.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::extract::{AppIdPath, Caller, query_pairs, read_body};
+use super::{ApiContext, ApiError};
+use crate::record::AppRecord;
+use crate::stop::{Signal, StopRequest, check_timeout, parse_timeout};
+
+/// Items per page of `GET /v1/apps` when the caller gives no `limit`, and the most it may ask.
+const DEFAULT_PAGE_SIZE: usize = 50;
+const MAX_PAGE_SIZE: usize = 500;
+
+fn record_json(ctx: &ApiContext, record: &AppRecord) -> Value {
+    record.to_json(ctx.agent.node())
+}
+
+/// `PUT /v1/apps/{appId}`: 201 created or 200 replaced, with the stored record.
+pub async fn put_app(
+    State(ctx): State<ApiContext>,
+    Caller(caller): Caller,
+    AppIdPath(id): AppIdPath,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let node = ctx.agent.node();
+    // Refuse a caller who may not register before reading what it sent.
+    ctx.agent
+        .may_manage_records(&caller, "register")
+        .map_err(|e| ApiError::from_agent(e, node))?;
+    let bytes = read_body(&headers, body).await?;
+    let value: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
+    let outcome = ctx
+        .agent
+        .register(&caller, &id, value)
+        .await
+        .map_err(|e| ApiError::from_agent(e, node))?;
+    let status = if outcome.created { StatusCode::CREATED } else { StatusCode::OK };
+    tracing::info!(app = %id, token = %caller.name, created = outcome.created, "registered");
+    Ok((status, Json(record_json(&ctx, &outcome.record))).into_response())
+}
+
+/// `GET /v1/apps/{appId}`: the record, with fresh metrics while the container runs.
+pub async fn get_app(
+    State(ctx): State<ApiContext>,
+    Caller(caller): Caller,
+    AppIdPath(id): AppIdPath,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    query_pairs(query.as_deref(), &[])?;
+    let record = ctx
+        .agent
+        .get(&caller, &id)
+        .await
+        .map_err(|e| ApiError::from_agent(e, ctx.agent.node()))?;
+    Ok(Json(record_json(&ctx, &record)))
+}
+
+/// `DELETE /v1/apps/{appId}`: 204; the container is left alone.
+pub async fn delete_app(
+    State(ctx): State<ApiContext>,
+    Caller(caller): Caller,
+    AppIdPath(id): AppIdPath,
+) -> Result<StatusCode, ApiError> {
+    ctx.agent
+        .delete(&caller, &id)
+        .await
+        .map_err(|e| ApiError::from_agent(e, ctx.agent.node()))?;
+    tracing::info!(app = %id, token = %caller.name, "deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn page_param(pairs: &[(String, String)], key: &str, default: usize, max: usize) -> Result<usize, ApiError> {
+    match pairs.iter().find(|(k, _)| k == key) {
+        None => Ok(default),
+        Some((_, v)) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| ApiError::bad_request(format!("`{key}` must be an integer from 1 to {max}, not {v:?}"))),
+    }
+}
+
+/// `GET /v1/apps`: the caller's records in the SDK's list shape, `?page=` and `?limit=` paging them.
+pub async fn list_apps(
+    State(ctx): State<ApiContext>,
+    Caller(caller): Caller,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let pairs = query_pairs(query.as_deref(), &["page", "limit"])?;
+    let page = page_param(&pairs, "page", 1, usize::MAX)?;
+    let limit = page_param(&pairs, "limit", DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
+    let records = ctx
+        .agent
+        .list(&caller)
+        .await
+        .map_err(|e| ApiError::from_agent(e, ctx.agent.node()))?;
+    Ok(Json(list_page(&ctx, &records, page, limit)))
+}
+
+fn list_page(ctx: &ApiContext, records: &[AppRecord], page: usize, limit: usize) -> Value {
+    let total_items = records.len();
+    let total_pages = total_items.div_ceil(limit);
+    // RAM allocated to the caller's apps that are online, in MB.
+    let used_mb: i64 = records
+        .iter()
+        .filter(|r| r.online())
+        .filter_map(|r| r.registered.get("allocatedMemoryMB").and_then(Value::as_i64))
+        .sum();
+    let applications: Vec<Value> = records
+        .iter()
+        .skip((page - 1).saturating_mul(limit))
+        .take(limit)
+        .map(|r| record_json(ctx, r))
+        .collect();
+    json!({
+        "applications": applications,
+        "totalUsedRAM": format!("{used_mb}MB"),
+        "pagination": {
+            "totalItems": total_items,
+            "totalPages": total_pages,
+            "currentPage": page,
+            "itemsPerPage": limit,
+            "hasNextPage": page < total_pages,
+            "hasPrevPage": page > 1,
+        },
+    })
+}
+
+/// Reads `timeout` and `signal` from the query and from an optional JSON body; giving one in both is
+/// refused rather than silently preferring one.
+fn stop_request(query: Option<&str>, body: &[u8]) -> Result<StopRequest, ApiError> {
+    let bad = |e: crate::stop::StopInputError| ApiError::bad_request(e.to_string());
+    let mut req = StopRequest::default();
+    for (key, value) in query_pairs(query, &["timeout", "signal"])? {
+        match key.as_str() {
+            "timeout" => req.timeout = Some(parse_timeout(&value).map_err(bad)?),
+            _ => req.signal = Some(Signal::parse(&value).map_err(bad)?),
+        }
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(req);
+    }
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
+    let fields = match value {
+        Value::Null => return Ok(req),
+        Value::Object(fields) => fields,
+        _ => return Err(ApiError::bad_request("the body must be a JSON object with optional `timeout` and `signal`")),
+    };
+    for (key, value) in fields {
+        match key.as_str() {
+            "timeout" if req.timeout.is_some() => {
+                return Err(ApiError::bad_request("`timeout` is given both in the query and in the body"));
+            }
+            "signal" if req.signal.is_some() => {
+                return Err(ApiError::bad_request("`signal` is given both in the query and in the body"));
+            }
+            "timeout" => {
+                let t = value
+                    .as_i64()
+                    .ok_or_else(|| bad(crate::stop::StopInputError::BadTimeout(value.to_string())))?;
+                req.timeout = Some(check_timeout(t).map_err(bad)?);
+            }
+            "signal" => {
+                let s = value
+                    .as_str()
+                    .ok_or_else(|| bad(crate::stop::StopInputError::BadSignal(value.to_string())))?;
+                req.signal = Some(Signal::parse(s).map_err(bad)?);
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown body key {other:?}; a stop takes `timeout` and `signal`"
+                )));
+            }
+        }
+    }
+    Ok(req)
+}
+
+/// `POST /v1/apps/{appId}/stop`: stops the container and answers with the updated record.
+pub async fn stop_app(
+    State(ctx): State<ApiContext>,
+    Caller(caller): Caller,
+    AppIdPath(id): AppIdPath,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let bytes = read_body(&headers, body).await?;
+    let req = stop_request(query.as_deref(), &bytes)?;
+    let record = ctx
+        .agent
+        .stop(&caller, &id, req)
+        .await
+        .map_err(|e| ApiError::from_agent(e, ctx.agent.node()))?;
+    Ok(Json(record_json(&ctx, &record)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_parameters_from_query_and_body() {
+        assert_eq!(stop_request(None, b"").expect("empty"), StopRequest::default());
+        assert_eq!(stop_request(None, b"  \n").expect("blank"), StopRequest::default());
+        assert_eq!(stop_request(None, b"{}").expect("object"), StopRequest::default());
+        assert_eq!(stop_request(None, b"null").expect("null"), StopRequest::default());
+        let q = stop_request(Some("timeout=3&signal=USR1"), b"").expect("query");
+        assert_eq!(q, StopRequest { timeout: Some(3), signal: Some(Signal::Usr1) });
+        let b = stop_request(None, br#"{"timeout": 0, "signal": "SIGKILL"}"#).expect("body");
+        assert_eq!(b, StopRequest { timeout: Some(0), signal: Some(Signal::Kill) });
+        let mixed = stop_request(Some("timeout=3"), br#"{"signal": "INT"}"#).expect("mixed");
+        assert_eq!(mixed, StopRequest { timeout: Some(3), signal: Some(Signal::Int) });
+    }
+
+    #[test]
+    fn malformed_stop_parameters() {
+        for (query, body) in [
+            (Some("timeout=-1"), &b""[..]),
+            (Some("timeout=abc"), b""),
+            (Some("timeout=3601"), b""),
+            (Some("signal=SIGSEGV"), b""),
+            (Some("force=true"), b""),
+            (None, br#"{"timeout": "5"}"#),
+            (None, br#"{"timeout": 1.5}"#),
+            (None, br#"{"signal": 9}"#),
+            (None, br#"{"grace": 1}"#),
+            (None, b"[1]"),
+            (None, b"{"),
+            (Some("timeout=1"), br#"{"timeout": 1}"#),
+        ] {
+            assert!(stop_request(query, body).is_err(), "{query:?} {:?}", String::from_utf8_lossy(body));
+        }
+    }
+}

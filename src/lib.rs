@@ -1,0 +1,140 @@
+//! `node-agent`: a per-node daemon that stops application containers through the Docker Engine API,
+//! records their final resource metrics, and keeps each app's record.
+//!
+//! A tour of the crate, from the outside in:
+//!
+//! - [`http`] parses requests and renders answers (the only module that knows status codes);
+//! - [`agent`] is the core: it decides how an app is read, registered and stopped;
+//! - [`stop`] turns a stop request into engine calls; [`metrics`] computes `docker stats` figures;
+//! - [`policy`] says who may do what to which app; [`auth`] knows tokens and principals;
+//! - [`runtime`] is the container engine behind a trait, with the bollard implementation;
+//! - [`store`] keeps records in SQLite; [`record`] is the record's shape;
+//! - [`config`] reads the configuration; [`signals`] turns Unix signals into shutdown and reload.
+
+pub mod agent;
+pub mod auth;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod policy;
+pub mod record;
+pub mod runtime;
+pub mod signals;
+pub mod stop;
+pub mod store;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::agent::Agent;
+use crate::auth::{TokenBook, Tokens, TokensError};
+use crate::config::Config;
+use crate::record::WorkerNode;
+use crate::runtime::ContainerRuntime;
+use crate::runtime::docker::DockerRuntime;
+use crate::store::{Store, StoreError};
+
+/// Why the agent could not start or serve.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Tokens(#[from] TokensError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}")]
+    Listen {
+        addr: String,
+        #[source]
+        err: std::io::Error,
+    },
+    #[error("the HTTP server failed")]
+    Serve(#[source] std::io::Error),
+}
+
+impl RunError {
+    /// The process exit code: 78 for bad configuration (including the tokens file), 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RunError::Config(_) | RunError::Tokens(TokensError::Invalid { .. }) => 78,
+            _ => 1,
+        }
+    }
+}
+
+/// Loads the tokens file, creating it with one fresh operator token when it does not exist; that
+/// token is printed once on standard output.
+pub fn load_or_create_tokens(config: &Config) -> Result<TokenBook, TokensError> {
+    let path = &config.auth.tokens_file;
+    if !path.exists() {
+        let token = auth::create_tokens_file(path)?;
+        println!(
+            "Created {} with one operator token. It is shown once; keep it:\n{token}",
+            path.display()
+        );
+        tracing::warn!(path = %path.display(), "created a tokens file with a fresh operator token");
+    }
+    TokenBook::load(path)
+}
+
+/// Everything the agent holds while it serves.
+#[derive(Debug)]
+pub struct Services {
+    pub agent: Agent,
+    pub tokens: Tokens,
+}
+
+impl Services {
+    /// Opens the store and the tokens; the engine is connected lazily.
+    pub fn open(config: &Config) -> Result<Services, RunError> {
+        let store = Store::open(&config.store.path)?;
+        let tokens = Tokens::new(load_or_create_tokens(config)?);
+        let endpoint = config.docker_endpoint().map_err(|message| config::ConfigError::BadValue {
+            path: "<loaded>".into(),
+            key: "docker.host",
+            message,
+        })?;
+        let runtime: Arc<dyn ContainerRuntime> = Arc::new(DockerRuntime::new(endpoint));
+        let node = WorkerNode {
+            id: config.node.id.clone(),
+            node_name: config.node.name.clone(),
+        };
+        let agent = Agent::new(runtime, store, node, config.stop.default_timeout_secs);
+        Ok(Services { agent, tokens })
+    }
+}
+
+/// Runs the agent until `shutdown` resolves, then lets in-flight requests finish and flushes the store.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), RunError> {
+    let services = Services::open(&config)?;
+    let addr = config.http.listen.clone();
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|err| RunError::Listen { addr: addr.clone(), err })?;
+    let bound = listener.local_addr().map_err(|err| RunError::Listen { addr, err })?;
+
+    // Say early whether the engine answers; the agent serves either way.
+    let runtime_agent = services.agent.clone();
+    tokio::spawn(async move {
+        match runtime_agent.runtime().engine().await {
+            Ok(info) => tracing::info!(engine = %info.version, api = %info.api_version, "Docker engine reachable"),
+            Err(e) => tracing::warn!(error = %e, "Docker engine not reachable yet; serving anyway"),
+        }
+    });
+    signals::spawn_reload(config.auth.tokens_file.clone(), services.tokens.clone());
+
+    let ctx = http::ApiContext {
+        agent: services.agent.clone(),
+        tokens: services.tokens.clone(),
+    };
+    tracing::info!(addr = %bound, node = %config.node.id, "listening");
+    axum::serve(listener, http::router(ctx))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(RunError::Serve)?;
+    tracing::info!("no more requests; flushing the store");
+    services.agent.store().checkpoint().await?;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,141 @@
+//! The `node-agent` command line: serve, check a configuration, or issue a token.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use node_agent::auth::{Role, entry_toml, new_token};
+use node_agent::config::Config;
+
+/// Exit code for a configuration that cannot be used (sysexits' EX_CONFIG).
+const EXIT_CONFIG: u8 = 78;
+
+#[derive(Debug, Parser)]
+#[command(name = "node-agent", version, about = "Stops application containers on this node, on request")]
+struct Cli {
+    /// Configuration file (TOML).
+    #[arg(long, global = true, default_value = "/etc/node-agent/node-agent.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate the configuration and exit 0, or 78 naming the bad key or value.
+    CheckConfig,
+    /// Manage tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Print a fresh random token once, and the tokens-file entry holding its hash.
+    New {
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_enum)]
+        role: Role,
+        /// The user this token acts for (role user only).
+        #[arg(long)]
+        user_id: Option<String>,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Token {
+            command: TokenCommand::New { name, role, user_id },
+        }) => token_new(&name, role, user_id),
+        Some(Command::CheckConfig) => match Config::load(&cli.config) {
+            Ok(_) => {
+                println!("{}: valid", cli.config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        None => serve(&cli.config),
+    }
+}
+
+fn token_new(name: &str, role: Role, user_id: Option<String>) -> ExitCode {
+    match (role, &user_id) {
+        (Role::User, None) => {
+            eprintln!("a user token needs --user-id");
+            return ExitCode::from(2);
+        }
+        (Role::Operator, Some(_)) => {
+            eprintln!("an operator token takes no --user-id");
+            return ExitCode::from(2);
+        }
+        _ => {}
+    }
+    match new_token(name, role, user_id) {
+        Ok((token, entry)) => {
+            println!("{token}");
+            println!();
+            println!("# Add this entry to the tokens file, then reload the agent (SIGHUP):");
+            print!("{}", entry_toml(&entry));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(path: &std::path::Path) -> ExitCode {
+    init_logging();
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(node_agent::run(config, node_agent::signals::shutdown_requested())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format_chain(&e), "node-agent stopped");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// An error and its sources on one line, for the journal.
+fn format_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

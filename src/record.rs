@@ -1,0 +1,498 @@
+//! The application record: its id, the keys the control plane registers, and the keys the agent owns.
+//!
+//! A record is kept as the control plane gave it (every key, in its order), beside the few keys the
+//! agent owns: `workerNodeId`, `currentResourceMetrics`, `lastExit` and `updatedAt`. The documented
+//! keys are type-checked on registration so that a record always answers in the documented shape.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Longest app id accepted.
+pub const MAX_APP_ID_LEN: usize = 128;
+
+/// An application id: 1–128 characters from `[A-Za-z0-9._-]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AppId(String);
+
+impl AppId {
+    /// Checks `raw` against the id grammar.
+    pub fn parse(raw: &str) -> Result<AppId, RecordError> {
+        let ok = !raw.is_empty()
+            && raw.len() <= MAX_APP_ID_LEN
+            && raw
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if ok {
+            Ok(AppId(raw.to_owned()))
+        } else {
+            Err(RecordError::BadAppId)
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for AppId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Why a registration body or an id was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("an app id is 1 to {MAX_APP_ID_LEN} characters from [A-Za-z0-9._-]")]
+    BadAppId,
+    #[error("the body must be a JSON object")]
+    NotAnObject,
+    #[error("`containerId` is required: the Docker container name or id of the app")]
+    MissingContainerId,
+    #[error("`containerId` must be a Docker container name or id, not {0:?}")]
+    BadContainerId(String),
+    #[error("`_id` is {body:?} but the path names app {path:?}")]
+    IdMismatch { body: String, path: String },
+    #[error("`{key}` must be {expected}")]
+    WrongType {
+        key: &'static str,
+        expected: &'static str,
+    },
+    #[error("`workerNodeId._id` is {given:?} but this is node {node:?}")]
+    WrongNode { given: String, node: String },
+}
+
+/// This node as the records name it (`workerNodeId`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerNode {
+    #[serde(rename = "_id")]
+    pub id: String,
+    #[serde(rename = "nodeName")]
+    pub node_name: String,
+}
+
+/// `currentResourceMetrics`: the container's last sample, as `docker stats` computes it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceMetrics {
+    /// When the sample was taken (or the state observed).
+    #[serde(with = "rfc3339_millis")]
+    pub timestamp: DateTime<Utc>,
+    /// Whether the container runs.
+    pub online: bool,
+    /// Whole seconds from the container's start to now, or to its exit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uptime: Option<u64>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "rfc3339_millis::option",
+        default
+    )]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_usage_percent: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_usage_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_limit_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network_rx_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network_tx_bytes: Option<u64>,
+}
+
+/// `lastExit`: how the container's last run ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LastExit {
+    /// The exit code Docker reports; 128 + n when signal n ended the process.
+    pub exit_code: i64,
+    /// The signal that ended the process, when the exit code says one did (`SIGKILL`, `SIGTERM`…).
+    pub signal: Option<String>,
+    /// Whether the process was killed with SIGKILL (by the agent after the grace period, or otherwise).
+    pub killed: bool,
+    /// Whether the kernel's OOM killer ended it.
+    pub oom_killed: bool,
+    #[serde(with = "rfc3339_millis::option", default)]
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// An application record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppRecord {
+    pub id: AppId,
+    /// Every key the control plane registered except the ones the agent owns, in its order.
+    pub registered: Map<String, Value>,
+    pub metrics: Option<ResourceMetrics>,
+    pub last_exit: Option<LastExit>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Keys whose values the agent owns; a registration may carry them but they are replaced.
+const AGENT_OWNED: [&str; 4] = [
+    "workerNodeId",
+    "currentResourceMetrics",
+    "lastExit",
+    "updatedAt",
+];
+
+#[derive(Clone, Copy)]
+enum Shape {
+    Str,
+    NullableStr,
+    Int,
+    NullableInt,
+    Bool,
+    Array,
+    NullableObject,
+    DateTime,
+    Status,
+    Team,
+}
+
+impl Shape {
+    fn expected(self) -> &'static str {
+        match self {
+            Shape::Str => "a string",
+            Shape::NullableStr => "a string or null",
+            Shape::Int => "an integer",
+            Shape::NullableInt => "an integer or null",
+            Shape::Bool => "a boolean",
+            Shape::Array => "an array",
+            Shape::NullableObject => "an object or null",
+            Shape::DateTime => "an RFC 3339 date-time string",
+            Shape::Status => "one of \"active\", \"creating\", \"suspended\"",
+            Shape::Team => "a team id string, null, or a team object with a string `owner` and a `members` array",
+        }
+    }
+
+    fn accepts(self, v: &Value) -> bool {
+        match self {
+            Shape::Str => v.is_string(),
+            Shape::NullableStr => v.is_string() || v.is_null(),
+            Shape::Int => v.is_i64() || v.is_u64(),
+            Shape::NullableInt => v.is_i64() || v.is_u64() || v.is_null(),
+            Shape::Bool => v.is_boolean(),
+            Shape::Array => v.is_array(),
+            Shape::NullableObject => v.is_object() || v.is_null(),
+            Shape::DateTime => v
+                .as_str()
+                .is_some_and(|s| DateTime::parse_from_rfc3339(s).is_ok()),
+            Shape::Status => matches!(v.as_str(), Some("active" | "creating" | "suspended")),
+            Shape::Team => match v {
+                Value::Null | Value::String(_) => true,
+                Value::Object(team) => {
+                    team.get("owner").is_none_or(Value::is_string)
+                        && team.get("members").is_none_or(valid_members)
+                }
+                _ => false,
+            },
+        }
+    }
+}
+
+fn valid_members(members: &Value) -> bool {
+    members.as_array().is_some_and(|list| {
+        list.iter().all(|m| {
+            m.get("user").is_some_and(Value::is_string)
+                && m.get("permissions").is_none_or(Value::is_object)
+        })
+    })
+}
+
+/// The documented keys and their types (the CamposCloud document and SDK).
+const DOCUMENTED: [(&str, Shape); 21] = [
+    ("containerId", Shape::Str),
+    ("teamId", Shape::Team),
+    ("restartRequired", Shape::Bool),
+    ("userId", Shape::Str),
+    ("name", Shape::Str),
+    ("allocatedMemoryMB", Shape::Int),
+    ("allocatedVCpu", Shape::Int),
+    ("containerImage", Shape::Str),
+    ("exposedViaWeb", Shape::Bool),
+    ("internalPort", Shape::NullableInt),
+    ("assignedSubdomain", Shape::NullableStr),
+    ("startupCommand", Shape::Str),
+    ("installDependenciesCmd", Shape::NullableStr),
+    ("runtimeEnvironment", Shape::Str),
+    ("autoRestartEnabled", Shape::Bool),
+    ("status", Shape::Status),
+    ("createdAt", Shape::DateTime),
+    ("githubDeploys", Shape::Array),
+    ("externalPort", Shape::NullableInt),
+    ("repository", Shape::NullableObject),
+    ("environmentVariables", Shape::Array),
+];
+
+/// Docker container names are `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, and ids are hex; nothing else can reach
+/// an engine URL.
+fn valid_container_ref(s: &str) -> bool {
+    let mut bytes = s.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_alphanumeric())
+        && s.len() <= 255
+        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// A registration body, checked: what `PUT /v1/apps/{appId}` stores.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Registration {
+    pub registered: Map<String, Value>,
+}
+
+impl Registration {
+    /// Checks a registration body for `id` on node `node`.
+    pub fn parse(id: &AppId, body: Value, node: &WorkerNode) -> Result<Registration, RecordError> {
+        let Value::Object(mut fields) = body else {
+            return Err(RecordError::NotAnObject);
+        };
+        match fields.get("_id") {
+            None => {}
+            Some(Value::String(given)) if given == id.as_str() => {}
+            Some(Value::String(given)) => {
+                return Err(RecordError::IdMismatch {
+                    body: given.clone(),
+                    path: id.to_string(),
+                });
+            }
+            Some(_) => {
+                return Err(RecordError::WrongType {
+                    key: "_id",
+                    expected: "a string equal to the app id in the path",
+                });
+            }
+        }
+        if let Some(given) = fields.get("workerNodeId") {
+            match given.get("_id").and_then(Value::as_str) {
+                Some(given) if given != node.id => {
+                    return Err(RecordError::WrongNode {
+                        given: given.to_owned(),
+                        node: node.id.clone(),
+                    });
+                }
+                _ => {}
+            }
+        }
+        match fields.get("containerId") {
+            None | Some(Value::Null) => return Err(RecordError::MissingContainerId),
+            Some(Value::String(c)) if !valid_container_ref(c) => {
+                return Err(RecordError::BadContainerId(c.clone()));
+            }
+            _ => {}
+        }
+        for (key, shape) in DOCUMENTED {
+            if let Some(v) = fields.get(key)
+                && !shape.accepts(v)
+            {
+                return Err(RecordError::WrongType {
+                    key,
+                    expected: shape.expected(),
+                });
+            }
+        }
+        fields.shift_remove("_id");
+        for key in AGENT_OWNED {
+            fields.shift_remove(key);
+        }
+        Ok(Registration { registered: fields })
+    }
+
+    pub fn container_id(&self) -> &str {
+        container_id_of(&self.registered)
+    }
+}
+
+fn container_id_of(registered: &Map<String, Value>) -> &str {
+    registered
+        .get("containerId")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
+impl AppRecord {
+    /// The Docker container name or id of this app.
+    pub fn container_id(&self) -> &str {
+        container_id_of(&self.registered)
+    }
+
+    /// Whether the record's last observation says the container runs.
+    pub fn online(&self) -> bool {
+        self.metrics.as_ref().is_some_and(|m| m.online)
+    }
+
+    /// A registered string key, such as `userId`.
+    pub fn str_key(&self, key: &str) -> Option<&str> {
+        self.registered.get(key).and_then(Value::as_str)
+    }
+
+    /// The record in the documented shape: `_id` first, the registered keys in their order, then the
+    /// agent's own keys.
+    pub fn to_json(&self, node: &WorkerNode) -> Value {
+        let mut out = Map::with_capacity(self.registered.len() + 6);
+        out.insert("_id".into(), Value::String(self.id.to_string()));
+        for (k, v) in &self.registered {
+            out.insert(k.clone(), v.clone());
+        }
+        out.insert("workerNodeId".into(), json_of(node));
+        if let Some(m) = &self.metrics {
+            out.insert("currentResourceMetrics".into(), json_of(m));
+        }
+        if let Some(e) = &self.last_exit {
+            out.insert("lastExit".into(), json_of(e));
+        }
+        out.insert("updatedAt".into(), Value::String(format_time(self.updated_at)));
+        Value::Object(out)
+    }
+}
+
+fn json_of<T: Serialize>(v: &T) -> Value {
+    // These types serialize infallibly: plain structs of strings, numbers and booleans.
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+/// RFC 3339 UTC with milliseconds and `Z`, as the documents write times.
+pub fn format_time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// Serde for times in the documents' format.
+pub mod rfc3339_millis {
+    use chrono::{DateTime, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::format_time(*t))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let s = String::deserialize(d)?;
+        DateTime::parse_from_rfc3339(&s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(serde::de::Error::custom)
+    }
+
+    pub mod option {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+            match t {
+                Some(t) => super::serialize(t, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
+            let s: Option<String> = Option::deserialize(d)?;
+            s.map(|s| {
+                DateTime::parse_from_rfc3339(&s)
+                    .map(|t| t.with_timezone(&Utc))
+                    .map_err(serde::de::Error::custom)
+            })
+            .transpose()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn node() -> WorkerNode {
+        WorkerNode {
+            id: "n1".into(),
+            node_name: "ODIN".into(),
+        }
+    }
+
+    #[test]
+    fn app_ids() {
+        for good in ["a", "60c72b2f9b1e8d001c8e4f3a", "my-app_1.2", &"x".repeat(128)] {
+            assert!(AppId::parse(good).is_ok(), "{good}");
+        }
+        for bad in ["", "a/b", "a b", "%2e", "é", "a\0", &"x".repeat(129)] {
+            assert_eq!(AppId::parse(bad), Err(RecordError::BadAppId), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn registration_keeps_keys_in_order_and_drops_agent_keys() {
+        let id = AppId::parse("a1").expect("id");
+        let body = json!({
+            "_id": "a1", "containerId": "web-1", "zeta": 1, "name": "x",
+            "currentResourceMetrics": {"online": true}, "updatedAt": "2020-01-01T00:00:00Z",
+            "teamId": null, "internalPort": null,
+        });
+        let reg = Registration::parse(&id, body, &node()).expect("valid");
+        let keys: Vec<_> = reg.registered.keys().cloned().collect();
+        assert_eq!(keys, ["containerId", "zeta", "name", "teamId", "internalPort"]);
+        assert_eq!(reg.container_id(), "web-1");
+    }
+
+    #[test]
+    fn registration_errors() {
+        let id = AppId::parse("a1").expect("id");
+        let cases = [
+            (json!([]), RecordError::NotAnObject),
+            (json!({}), RecordError::MissingContainerId),
+            (json!({"containerId": "../etc"}), RecordError::BadContainerId("../etc".into())),
+            (
+                json!({"containerId": "c", "_id": "b2"}),
+                RecordError::IdMismatch { body: "b2".into(), path: "a1".into() },
+            ),
+            (
+                json!({"containerId": "c", "status": "stopped"}),
+                RecordError::WrongType { key: "status", expected: Shape::Status.expected() },
+            ),
+            (
+                json!({"containerId": 5}),
+                RecordError::WrongType { key: "containerId", expected: "a string" },
+            ),
+            (
+                json!({"containerId": "c", "workerNodeId": {"_id": "other"}}),
+                RecordError::WrongNode { given: "other".into(), node: "n1".into() },
+            ),
+        ];
+        for (body, want) in cases {
+            assert_eq!(Registration::parse(&id, body.clone(), &node()), Err(want), "{body}");
+        }
+    }
+
+    #[test]
+    fn record_json_has_documented_shape() {
+        let id = AppId::parse("a1").expect("id");
+        let reg = Registration::parse(&id, json!({"containerId": "c", "status": "active"}), &node())
+            .expect("valid");
+        let t = DateTime::parse_from_rfc3339("2025-07-19T17:57:05.069Z")
+            .expect("time")
+            .with_timezone(&Utc);
+        let record = AppRecord {
+            id,
+            registered: reg.registered,
+            metrics: Some(ResourceMetrics {
+                timestamp: t,
+                online: false,
+                uptime: Some(3),
+                started_at: Some(t),
+                cpu_usage_percent: Some(0.5),
+                memory_usage_bytes: Some(1),
+                memory_limit_bytes: Some(2),
+                network_rx_bytes: Some(3),
+                network_tx_bytes: Some(4),
+            }),
+            last_exit: None,
+            updated_at: t,
+        };
+        let v = record.to_json(&node());
+        assert_eq!(v["_id"], "a1");
+        assert_eq!(v["workerNodeId"], json!({"_id": "n1", "nodeName": "ODIN"}));
+        assert_eq!(v["currentResourceMetrics"]["online"], false);
+        assert_eq!(v["currentResourceMetrics"]["timestamp"], "2025-07-19T17:57:05.069Z");
+        assert_eq!(v["currentResourceMetrics"]["cpuUsagePercent"], 0.5);
+        assert_eq!(v["updatedAt"], "2025-07-19T17:57:05.069Z");
+        let back: ResourceMetrics =
+            serde_json::from_value(v["currentResourceMetrics"].clone()).expect("round trip");
+        assert_eq!(Some(back), record.metrics);
+    }
+}

@@ -1,0 +1,302 @@
+//! The container runtime over the Docker Engine API, with `bollard`: connection, version negotiation,
+//! timeouts and error mapping. The only module that imports bollard.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bollard::errors::Error as BollardError;
+use bollard::query_parameters::{
+    InspectContainerOptions, KillContainerOptions, StatsOptions, StopContainerOptions,
+    WaitContainerOptions,
+};
+use bollard::{API_DEFAULT_VERSION, ClientVersion, Docker};
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+
+use super::{ContainerRuntime, ContainerState, EngineInfo, RawStats, RuntimeError};
+use crate::config::DockerEndpoint;
+
+/// Budget of every call but stop and wait: an engine slower than this counts as unavailable.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Added to a stop's grace period for its request timeout: the engine's own kill and clean-up.
+const STOP_MARGIN: Duration = Duration::from_secs(30);
+/// The first API version whose stop call takes a signal.
+const STOP_SIGNAL_API: ClientVersion = ClientVersion {
+    major_version: 1,
+    minor_version: 42,
+};
+
+/// A negotiated client and what the engine said of itself.
+#[derive(Debug, Clone)]
+struct Connected {
+    docker: Docker,
+    info: EngineInfo,
+}
+
+/// The Docker engine at one endpoint. Connects lazily and reconnects after a failure, so the agent
+/// starts and serves while the engine is down.
+#[derive(Debug)]
+pub struct DockerRuntime {
+    endpoint: DockerEndpoint,
+    connected: Mutex<Option<Connected>>,
+}
+
+impl DockerRuntime {
+    pub fn new(endpoint: DockerEndpoint) -> DockerRuntime {
+        DockerRuntime {
+            endpoint,
+            connected: Mutex::new(None),
+        }
+    }
+
+    fn cached(&self) -> Option<Connected> {
+        self.connected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn forget(&self) {
+        *self.connected.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// The connected client, connecting and negotiating the API version first if needed.
+    async fn connect(&self) -> Result<Connected, RuntimeError> {
+        if let Some(c) = self.cached() {
+            return Ok(c);
+        }
+        let timeout_secs = CALL_TIMEOUT.as_secs();
+        let docker = match &self.endpoint {
+            DockerEndpoint::Unix(path) => {
+                Docker::connect_with_unix(&path.to_string_lossy(), timeout_secs, API_DEFAULT_VERSION)
+            }
+            DockerEndpoint::Http(addr) => {
+                Docker::connect_with_http(addr, timeout_secs, API_DEFAULT_VERSION)
+            }
+        }
+        .map_err(unavailable)?;
+        // bollard's default API version is newer than many engines; ask the engine for its own.
+        let docker = docker.negotiate_version().await.map_err(unavailable)?;
+        let version = docker.version().await.map_err(unavailable)?;
+        let info = EngineInfo {
+            version: version.version.unwrap_or_default(),
+            api_version: docker.client_version().to_string(),
+            stop_takes_signal: docker.client_version() >= STOP_SIGNAL_API,
+        };
+        tracing::info!(engine = %info.version, api = %info.api_version, "connected to the Docker engine");
+        let connected = Connected { docker, info };
+        *self.connected.lock().unwrap_or_else(|p| p.into_inner()) = Some(connected.clone());
+        Ok(connected)
+    }
+
+    async fn client(&self) -> Result<Docker, RuntimeError> {
+        Ok(self.connect().await?.docker)
+    }
+
+    /// Maps a bollard error, forgetting the connection when the engine is unreachable so that the next
+    /// call reconnects (and renegotiates, should the engine have been upgraded meanwhile).
+    fn fail(&self, container: &str, err: BollardError) -> RuntimeError {
+        let mapped = map_error(container, err);
+        if matches!(mapped, RuntimeError::Unavailable(_)) {
+            self.forget();
+        }
+        mapped
+    }
+}
+
+fn unavailable(err: BollardError) -> RuntimeError {
+    RuntimeError::Unavailable(err.to_string())
+}
+
+fn map_error(container: &str, err: BollardError) -> RuntimeError {
+    match err {
+        BollardError::DockerResponseServerError {
+            status_code: 404,
+            message,
+        } => RuntimeError::NotFound(format!("{container}: {message}")),
+        BollardError::DockerResponseServerError {
+            status_code: 409,
+            message,
+        } => RuntimeError::NotRunning(format!("{container}: {message}")),
+        BollardError::DockerResponseServerError {
+            status_code,
+            message,
+        } => RuntimeError::Engine(format!("{container}: {status_code} {message}")),
+        e @ (BollardError::RequestTimeoutError
+        | BollardError::SocketNotFoundError(_)
+        | BollardError::IOError { .. }
+        | BollardError::HyperResponseError { .. }
+        | BollardError::HttpClientError { .. }
+        | BollardError::HyperLegacyError { .. }) => RuntimeError::Unavailable(e.to_string()),
+        other => RuntimeError::Engine(format!("{container}: {other}")),
+    }
+}
+
+/// Docker writes `0001-01-01T00:00:00Z` for "never".
+fn engine_time(s: Option<&str>) -> Option<DateTime<Utc>> {
+    let t = DateTime::parse_from_rfc3339(s?).ok()?.with_timezone(&Utc);
+    (t.timestamp() > 0).then_some(t)
+}
+
+fn to_raw_stats(s: bollard::models::ContainerStatsResponse) -> RawStats {
+    let cpu = s.cpu_stats.unwrap_or_default();
+    let precpu = s.precpu_stats.unwrap_or_default();
+    let total = |c: &bollard::models::ContainerCpuStats| {
+        c.cpu_usage.as_ref().and_then(|u| u.total_usage).unwrap_or(0)
+    };
+    let online_cpus = cpu.online_cpus.unwrap_or_else(|| {
+        cpu.cpu_usage
+            .as_ref()
+            .and_then(|u| u.percpu_usage.as_ref())
+            .map_or(1, |p| u32::try_from(p.len()).unwrap_or(1))
+    });
+    let memory = s.memory_stats.unwrap_or_default();
+    let reclaimable = memory.stats.as_ref().and_then(|st| {
+        ["inactive_file", "total_inactive_file", "cache"]
+            .iter()
+            .find_map(|k| st.get(*k).copied())
+    });
+    let (rx, tx) = s.networks.iter().flatten().fold((0u64, 0u64), |(rx, tx), (_, n)| {
+        (
+            rx.saturating_add(n.rx_bytes.unwrap_or(0)),
+            tx.saturating_add(n.tx_bytes.unwrap_or(0)),
+        )
+    });
+    RawStats {
+        read_at: s.read.as_deref().and_then(|r| engine_time(Some(r))),
+        cpu_total: total(&cpu),
+        precpu_total: total(&precpu),
+        system_total: cpu.system_cpu_usage.unwrap_or(0),
+        presystem_total: precpu.system_cpu_usage.unwrap_or(0),
+        online_cpus,
+        memory_usage: memory.usage.unwrap_or(0),
+        memory_reclaimable: reclaimable,
+        memory_limit: memory.limit.unwrap_or(0),
+        network_rx: rx,
+        network_tx: tx,
+    }
+}
+
+#[async_trait]
+impl ContainerRuntime for DockerRuntime {
+    async fn engine(&self) -> Result<EngineInfo, RuntimeError> {
+        Ok(self.connect().await?.info)
+    }
+
+    async fn ping(&self) -> Result<(), RuntimeError> {
+        let docker = self.client().await?;
+        docker.ping().await.map_err(|e| self.fail("ping", e))?;
+        Ok(())
+    }
+
+    async fn inspect(&self, container: &str) -> Result<ContainerState, RuntimeError> {
+        let docker = self.client().await?;
+        let c = docker
+            .inspect_container(container, None::<InspectContainerOptions>)
+            .await
+            .map_err(|e| self.fail(container, e))?;
+        let state = c.state.unwrap_or_default();
+        Ok(ContainerState {
+            id: c.id.unwrap_or_default(),
+            running: state.running.unwrap_or(false),
+            started_at: engine_time(state.started_at.as_deref()),
+            finished_at: engine_time(state.finished_at.as_deref()),
+            exit_code: state.exit_code,
+            oom_killed: state.oom_killed.unwrap_or(false),
+            stop_timeout: c
+                .config
+                .and_then(|cfg| cfg.stop_timeout)
+                .and_then(|t| u32::try_from(t).ok()),
+        })
+    }
+
+    async fn stats(&self, container: &str) -> Result<RawStats, RuntimeError> {
+        let docker = self.client().await?;
+        let options = StatsOptions {
+            stream: false,
+            one_shot: false,
+        };
+        let mut stream = docker.stats(container, Some(options));
+        match stream.next().await {
+            Some(Ok(s)) => Ok(to_raw_stats(s)),
+            Some(Err(e)) => Err(self.fail(container, e)),
+            None => Err(RuntimeError::Engine(format!("{container}: empty stats answer"))),
+        }
+    }
+
+    async fn stop(&self, container: &str, signal: Option<&str>, grace: u32) -> Result<(), RuntimeError> {
+        // One request timeout covers every bollard call; this one must outlast the grace period.
+        let docker = self
+            .client()
+            .await?
+            .with_timeout(Duration::from_secs(u64::from(grace)) + STOP_MARGIN);
+        let options = StopContainerOptions {
+            signal: signal.map(str::to_owned),
+            t: Some(i32::try_from(grace).unwrap_or(i32::MAX)),
+        };
+        docker
+            .stop_container(container, Some(options))
+            .await
+            .map_err(|e| self.fail(container, e))
+    }
+
+    async fn kill(&self, container: &str, signal: &str) -> Result<(), RuntimeError> {
+        let docker = self.client().await?;
+        let options = KillContainerOptions {
+            signal: signal.to_owned(),
+        };
+        docker
+            .kill_container(container, Some(options))
+            .await
+            .map_err(|e| self.fail(container, e))
+    }
+
+    async fn wait_exit(&self, container: &str, limit: Duration) -> Result<bool, RuntimeError> {
+        let docker = self.client().await?.with_timeout(limit + CALL_TIMEOUT);
+        let options = WaitContainerOptions {
+            condition: "not-running".to_owned(),
+        };
+        let mut stream = docker.wait_container(container, Some(options));
+        match tokio::time::timeout(limit, stream.next()).await {
+            Err(_elapsed) => Ok(false),
+            // bollard reports a non-zero exit code as an error; the container has exited all the same.
+            Ok(Some(Ok(_)) | Some(Err(BollardError::DockerContainerWaitError { .. })) | None) => Ok(true),
+            Ok(Some(Err(e))) => Err(self.fail(container, e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn never_is_none() {
+        assert_eq!(engine_time(Some("0001-01-01T00:00:00Z")), None);
+        assert!(engine_time(Some("2025-07-19T17:57:05.069123Z")).is_some());
+        assert_eq!(engine_time(None), None);
+    }
+
+    #[test]
+    fn errors_map_to_what_the_core_needs() {
+        let server = |status_code| BollardError::DockerResponseServerError {
+            status_code,
+            message: "m".into(),
+        };
+        assert!(matches!(map_error("c", server(404)), RuntimeError::NotFound(_)));
+        assert!(matches!(map_error("c", server(409)), RuntimeError::NotRunning(_)));
+        assert!(matches!(map_error("c", server(500)), RuntimeError::Engine(_)));
+        assert!(matches!(
+            map_error("c", BollardError::RequestTimeoutError),
+            RuntimeError::Unavailable(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_missing_socket_is_unavailable() {
+        let rt = DockerRuntime::new(DockerEndpoint::Unix("/nonexistent/docker.sock".into()));
+        assert!(matches!(rt.ping().await, Err(RuntimeError::Unavailable(_))));
+        assert!(matches!(rt.inspect("c").await, Err(RuntimeError::Unavailable(_))));
+    }
+}

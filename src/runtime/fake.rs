@@ -1,0 +1,251 @@
+//! A scripted container engine for unit tests: containers that exit on chosen signals, an engine that
+//! can be down, calls that fail or hang on demand, and a log of every call made.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use tokio::sync::Notify;
+
+use super::{ContainerRuntime, ContainerState, EngineInfo, RawStats, RuntimeError};
+
+#[derive(Debug, Default)]
+struct FakeContainer {
+    state: ContainerState,
+    /// Signals on which the workload exits cleanly (code 0).
+    exits_on: HashSet<String>,
+    stats: RawStats,
+}
+
+#[derive(Debug, Default)]
+struct Script {
+    containers: HashMap<String, FakeContainer>,
+    engine_down: bool,
+    calls: Vec<String>,
+    /// Errors to return from the next call of an operation, by operation name.
+    faults: HashMap<&'static str, VecDeque<RuntimeError>>,
+    /// Operations that block until [`FakeRuntime::release`] is called.
+    gated: HashSet<&'static str>,
+    /// Containers removed right after the next call of an operation.
+    vanish_after: HashMap<&'static str, String>,
+}
+
+/// The fake engine.
+#[derive(Debug, Clone)]
+pub struct FakeRuntime {
+    script: Arc<Mutex<Script>>,
+    stop_takes_signal: bool,
+    gate: Arc<Notify>,
+    entered: Arc<Notify>,
+}
+
+impl FakeRuntime {
+    /// A fake engine; `stop_takes_signal` says whether it speaks API 1.42 or later.
+    pub fn new(stop_takes_signal: bool) -> FakeRuntime {
+        FakeRuntime {
+            script: Arc::default(),
+            stop_takes_signal,
+            gate: Arc::new(Notify::new()),
+            entered: Arc::new(Notify::new()),
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Script) -> T) -> T {
+        f(&mut self.script.lock().expect("fake lock"))
+    }
+
+    /// Adds a running container that exits cleanly on `exits_on` and ignores other signals.
+    pub fn add_running(&self, name: &str, exits_on: &[&str]) {
+        self.with(|s| {
+            s.containers.insert(
+                name.to_owned(),
+                FakeContainer {
+                    state: ContainerState {
+                        id: format!("{name}-id"),
+                        running: true,
+                        started_at: Some(Utc::now() - chrono::Duration::seconds(42)),
+                        ..Default::default()
+                    },
+                    exits_on: exits_on.iter().map(|s| (*s).to_owned()).collect(),
+                    stats: RawStats {
+                        read_at: Some(Utc::now()),
+                        cpu_total: 2_000,
+                        precpu_total: 1_000,
+                        system_total: 20_000,
+                        presystem_total: 10_000,
+                        online_cpus: 2,
+                        memory_usage: 4096,
+                        memory_limit: 8192,
+                        network_rx: 11,
+                        network_tx: 22,
+                        ..Default::default()
+                    },
+                },
+            );
+        });
+    }
+
+    pub fn state(&self, name: &str) -> ContainerState {
+        self.with(|s| s.containers.get(name).map(|c| c.state.clone()).unwrap_or_default())
+    }
+
+    pub fn calls(&self) -> Vec<String> {
+        self.with(|s| s.calls.clone())
+    }
+
+    pub fn set_engine_down(&self, down: bool) {
+        self.with(|s| s.engine_down = down);
+    }
+
+    /// The next call of `op` fails with `err`.
+    pub fn fail_next(&self, op: &'static str, err: RuntimeError) {
+        self.with(|s| s.faults.entry(op).or_default().push_back(err));
+    }
+
+    /// Calls of `op` block until [`FakeRuntime::release`].
+    pub fn gate(&self, op: &'static str) {
+        self.with(|s| s.gated.insert(op));
+    }
+
+    /// Waits until a gated call has been entered.
+    pub async fn entered(&self) {
+        self.entered.notified().await;
+    }
+
+    /// Lets gated calls go on.
+    pub fn release(&self) {
+        self.with(|s| s.gated.clear());
+        self.gate.notify_waiters();
+    }
+
+    /// The container is removed (as by `docker rm -f`) right after the next call of `op`.
+    pub fn vanish_after(&self, op: &'static str, name: &str) {
+        self.with(|s| s.vanish_after.insert(op, name.to_owned()));
+    }
+
+    async fn enter(&self, op: &'static str, call: String) -> Result<(), RuntimeError> {
+        let gated = self.with(|s| {
+            s.calls.push(call);
+            s.gated.contains(op)
+        });
+        if gated {
+            let released = self.gate.notified();
+            self.entered.notify_one();
+            released.await;
+        }
+        self.with(|s| {
+            if s.engine_down {
+                return Err(RuntimeError::Unavailable("fake engine is down".into()));
+            }
+            if let Some(err) = s.faults.get_mut(op).and_then(VecDeque::pop_front) {
+                return Err(err);
+            }
+            Ok(())
+        })
+    }
+
+    fn leave(&self, op: &'static str) {
+        self.with(|s| {
+            if let Some(name) = s.vanish_after.remove(op) {
+                s.containers.remove(&name);
+            }
+        });
+    }
+
+    fn exit(c: &mut FakeContainer, code: i64) {
+        c.state.running = false;
+        c.state.exit_code = Some(code);
+        c.state.finished_at = Some(Utc::now());
+    }
+
+    fn with_container<T>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut FakeContainer) -> Result<T, RuntimeError>,
+    ) -> Result<T, RuntimeError> {
+        self.with(|s| match s.containers.get_mut(name) {
+            Some(c) => f(c),
+            None => Err(RuntimeError::NotFound(name.to_owned())),
+        })
+    }
+}
+
+#[async_trait]
+impl ContainerRuntime for FakeRuntime {
+    async fn engine(&self) -> Result<EngineInfo, RuntimeError> {
+        self.with(|s| {
+            if s.engine_down {
+                Err(RuntimeError::Unavailable("fake engine is down".into()))
+            } else {
+                Ok(())
+            }
+        })?;
+        Ok(EngineInfo {
+            version: "fake".into(),
+            api_version: if self.stop_takes_signal { "1.43" } else { "1.41" }.into(),
+            stop_takes_signal: self.stop_takes_signal,
+        })
+    }
+
+    async fn ping(&self) -> Result<(), RuntimeError> {
+        self.engine().await.map(|_| ())
+    }
+
+    async fn inspect(&self, container: &str) -> Result<ContainerState, RuntimeError> {
+        self.enter("inspect", format!("inspect {container}")).await?;
+        let r = self.with_container(container, |c| Ok(c.state.clone()));
+        self.leave("inspect");
+        r
+    }
+
+    async fn stats(&self, container: &str) -> Result<RawStats, RuntimeError> {
+        self.enter("stats", format!("stats {container}")).await?;
+        let r = self.with_container(container, |c| {
+            Ok(if c.state.running { c.stats.clone() } else { RawStats::default() })
+        });
+        self.leave("stats");
+        r
+    }
+
+    async fn stop(&self, container: &str, signal: Option<&str>, grace: u32) -> Result<(), RuntimeError> {
+        self.enter("stop", format!("stop {container} {} t={grace}", signal.unwrap_or("-")))
+            .await?;
+        let signal = signal.unwrap_or("SIGTERM");
+        let r = self.with_container(container, |c| {
+            if c.state.running {
+                let code = if grace > 0 && c.exits_on.contains(signal) { 0 } else { 137 };
+                Self::exit(c, code);
+            }
+            Ok(())
+        });
+        self.leave("stop");
+        r
+    }
+
+    async fn kill(&self, container: &str, signal: &str) -> Result<(), RuntimeError> {
+        self.enter("kill", format!("kill {container} {signal}")).await?;
+        let r = self.with_container(container, |c| {
+            if !c.state.running {
+                return Err(RuntimeError::NotRunning(container.to_owned()));
+            }
+            if signal == "SIGKILL" {
+                Self::exit(c, 137);
+            } else if c.exits_on.contains(signal) {
+                Self::exit(c, 0);
+            }
+            Ok(())
+        });
+        self.leave("kill");
+        r
+    }
+
+    async fn wait_exit(&self, container: &str, limit: Duration) -> Result<bool, RuntimeError> {
+        self.enter("wait", format!("wait {container} {}s", limit.as_secs()))
+            .await?;
+        let r = self.with_container(container, |c| Ok(!c.state.running));
+        self.leave("wait");
+        r
+    }
+}

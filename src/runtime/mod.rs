@@ -1,0 +1,73 @@
+//! The container runtime as the core sees it: a small trait over the engine's calls, so that the
+//! stop logic can run against the real engine ([`docker::DockerRuntime`]) or a scripted fake.
+
+pub mod docker;
+#[cfg(test)]
+pub mod fake;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+pub use crate::metrics::RawStats;
+
+/// A container's state, as inspected.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ContainerState {
+    /// The container's full id.
+    pub id: String,
+    pub running: bool,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub exit_code: Option<i64>,
+    pub oom_killed: bool,
+    /// The container's own stop timeout (`Config.StopTimeout`), if set.
+    pub stop_timeout: Option<u32>,
+}
+
+/// The engine's identity and what its API can do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineInfo {
+    pub version: String,
+    pub api_version: String,
+    /// Whether `POST /containers/{id}/stop` takes a `signal` (API 1.42 and later).
+    pub stop_takes_signal: bool,
+}
+
+/// Why a runtime call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuntimeError {
+    /// The engine did not answer (socket missing, refused, timed out).
+    #[error("the Docker engine is unreachable: {0}")]
+    Unavailable(String),
+    /// No such container.
+    #[error("no such container: {0}")]
+    NotFound(String),
+    /// The container is not running (a kill of a stopped container).
+    #[error("container is not running: {0}")]
+    NotRunning(String),
+    /// The engine answered with an error.
+    #[error("the Docker engine refused the call: {0}")]
+    Engine(String),
+}
+
+/// The calls the agent makes on the container engine.
+#[async_trait]
+pub trait ContainerRuntime: Send + Sync + std::fmt::Debug {
+    /// The engine's version; fails when it is unreachable.
+    async fn engine(&self) -> Result<EngineInfo, RuntimeError>;
+    /// Whether the engine answers now.
+    async fn ping(&self) -> Result<(), RuntimeError>;
+    /// The container's state.
+    async fn inspect(&self, container: &str) -> Result<ContainerState, RuntimeError>;
+    /// A stats reading with a real CPU interval.
+    async fn stats(&self, container: &str) -> Result<RawStats, RuntimeError>;
+    /// The engine's own stop: `signal` (the container's stop signal when `None`; only on engines whose
+    /// stop takes one), `grace` seconds, then SIGKILL. Returns once the container is not running.
+    async fn stop(&self, container: &str, signal: Option<&str>, grace: u32) -> Result<(), RuntimeError>;
+    /// Sends `signal` to the container's main process.
+    async fn kill(&self, container: &str, signal: &str) -> Result<(), RuntimeError>;
+    /// Waits until the container is not running, at most `limit`; true when it exited.
+    async fn wait_exit(&self, container: &str, limit: Duration) -> Result<bool, RuntimeError>;
+}

@@ -1,0 +1,392 @@
+//! The durable store of app records: SQLite (bundled) in WAL mode, one row per app.
+//!
+//! Every write is one transaction with `synchronous = FULL`, so an answered write survives `kill -9`
+//! and power loss. Calls run on tokio's blocking pool, never on the async workers.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::{Map, Value};
+
+use crate::record::{AppId, AppRecord, LastExit, Registration, ResourceMetrics, format_time};
+
+/// Schema version written to `PRAGMA user_version`.
+const SCHEMA_VERSION: i64 = 1;
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the store at {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        err: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("the store at {path} has schema version {found}, newer than this agent's {SCHEMA_VERSION}")]
+    TooNew { path: PathBuf, found: i64 },
+    #[error("store query failed")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("stored record {id:?} cannot be read: {message}")]
+    Corrupt { id: String, message: String },
+    #[error("store worker failed")]
+    Worker(#[from] tokio::task::JoinError),
+}
+
+/// A cheap-clone handle to the store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+}
+
+/// What a registration did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registered {
+    Created,
+    Replaced,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let open_err = |err: Box<dyn std::error::Error + Send + Sync>| StoreError::Open {
+            path: path.to_owned(),
+            err,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| open_err(e.into()))?;
+        }
+        let conn = Connection::open(path).map_err(|e| open_err(e.into()))?;
+        Self::init(conn, path).map_err(|e| match e {
+            StoreError::Sqlite(err) => open_err(err.into()),
+            other => other,
+        })
+    }
+
+    fn init(conn: Connection, path: &Path) -> Result<Store, StoreError> {
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // WAL lets readers run beside the writer; FULL makes each commit durable before it returns.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::TooNew {
+                path: path.to_owned(),
+                found: version,
+            });
+        }
+        if version < 1 {
+            conn.execute_batch(
+                "BEGIN;
+                 CREATE TABLE IF NOT EXISTS apps (
+                     id          TEXT PRIMARY KEY NOT NULL,
+                     registered  TEXT NOT NULL,
+                     metrics     TEXT,
+                     last_exit   TEXT,
+                     updated_at  TEXT NOT NULL
+                 ) STRICT;
+                 PRAGMA user_version = 1;
+                 COMMIT;",
+            )?;
+        }
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    async fn with_conn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            // A panic while holding the lock cannot leave SQLite half-written (the transaction rolls
+            // back), so a poisoned lock is safe to take over.
+            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut guard)
+        })
+        .await?
+    }
+
+    /// The record of `id`, if registered.
+    pub async fn get(&self, id: &AppId) -> Result<Option<AppRecord>, StoreError> {
+        let id = id.clone();
+        self.with_conn(move |c| select_one(c, &id)).await
+    }
+
+    /// Every record, ordered by id.
+    pub async fn list(&self) -> Result<Vec<AppRecord>, StoreError> {
+        self.with_conn(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, registered, metrics, last_exit, updated_at FROM apps ORDER BY id",
+            )?;
+            let rows = stmt.query_map([], raw_row)?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(row?.decode()?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Registers or replaces `id`. The agent's own observations are kept when the container stays the
+    /// same, and dropped when the registration names another container.
+    pub async fn register(
+        &self,
+        id: &AppId,
+        registration: Registration,
+        now: DateTime<Utc>,
+    ) -> Result<(AppRecord, Registered), StoreError> {
+        let id = id.clone();
+        self.with_conn(move |c| {
+            let tx = c.transaction()?;
+            let existing = select_one(&tx, &id)?;
+            let same_container = existing
+                .as_ref()
+                .is_some_and(|r| r.container_id() == registration.container_id());
+            let (metrics, last_exit) = match existing.as_ref() {
+                Some(r) if same_container => (r.metrics.clone(), r.last_exit.clone()),
+                _ => (None, None),
+            };
+            let record = AppRecord {
+                id: id.clone(),
+                registered: registration.registered,
+                metrics,
+                last_exit,
+                updated_at: now,
+            };
+            tx.execute(
+                "INSERT INTO apps (id, registered, metrics, last_exit, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(id) DO UPDATE SET registered = ?2, metrics = ?3, last_exit = ?4, updated_at = ?5",
+                params![
+                    id.as_str(),
+                    Value::Object(record.registered.clone()).to_string(),
+                    to_json_text(&record.metrics),
+                    to_json_text(&record.last_exit),
+                    format_time(now),
+                ],
+            )?;
+            tx.commit()?;
+            let how = if existing.is_some() {
+                Registered::Replaced
+            } else {
+                Registered::Created
+            };
+            Ok((record, how))
+        })
+        .await
+    }
+
+    /// Forgets `id`; false when it was not registered.
+    pub async fn delete(&self, id: &AppId) -> Result<bool, StoreError> {
+        let id = id.clone();
+        self.with_conn(move |c| Ok(c.execute("DELETE FROM apps WHERE id = ?1", [id.as_str()])? > 0))
+            .await
+    }
+
+    /// Records what the agent observed of `id`'s container, provided the record still names
+    /// `container_id` (a registration may have replaced it meanwhile). Returns the updated record, or
+    /// `None` when the record is gone or names another container.
+    pub async fn observe(
+        &self,
+        id: &AppId,
+        container_id: &str,
+        metrics: ResourceMetrics,
+        last_exit: Option<LastExit>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<AppRecord>, StoreError> {
+        let id = id.clone();
+        let container_id = container_id.to_owned();
+        self.with_conn(move |c| {
+            let tx = c.transaction()?;
+            let Some(mut record) = select_one(&tx, &id)? else {
+                return Ok(None);
+            };
+            if record.container_id() != container_id {
+                return Ok(None);
+            }
+            record.metrics = Some(metrics);
+            if last_exit.is_some() {
+                record.last_exit = last_exit;
+            }
+            record.updated_at = now;
+            tx.execute(
+                "UPDATE apps SET metrics = ?2, last_exit = ?3, updated_at = ?4 WHERE id = ?1",
+                params![
+                    id.as_str(),
+                    to_json_text(&record.metrics),
+                    to_json_text(&record.last_exit),
+                    format_time(now),
+                ],
+            )?;
+            tx.commit()?;
+            Ok(Some(record))
+        })
+        .await
+    }
+
+    /// Whether the database answers a query.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.with_conn(|c| {
+            c.query_row("SELECT count(*) FROM apps", [], |r| r.get::<_, i64>(0))?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Folds the write-ahead log into the database file; called at shutdown.
+    pub async fn checkpoint(&self) -> Result<(), StoreError> {
+        self.with_conn(|c| {
+            c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+fn to_json_text<T: serde::Serialize>(v: &Option<T>) -> Option<String> {
+    v.as_ref().and_then(|v| serde_json::to_string(v).ok())
+}
+
+struct RawRow {
+    id: String,
+    registered: String,
+    metrics: Option<String>,
+    last_exit: Option<String>,
+    updated_at: String,
+}
+
+fn raw_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
+    Ok(RawRow {
+        id: r.get(0)?,
+        registered: r.get(1)?,
+        metrics: r.get(2)?,
+        last_exit: r.get(3)?,
+        updated_at: r.get(4)?,
+    })
+}
+
+impl RawRow {
+    fn decode(self) -> Result<AppRecord, StoreError> {
+        let corrupt = |message: String| StoreError::Corrupt {
+            id: self.id.clone(),
+            message,
+        };
+        let id = AppId::parse(&self.id).map_err(|e| corrupt(e.to_string()))?;
+        let registered: Map<String, Value> =
+            serde_json::from_str(&self.registered).map_err(|e| corrupt(format!("registered: {e}")))?;
+        let metrics = self
+            .metrics
+            .as_deref()
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(|e| corrupt(format!("metrics: {e}")))?;
+        let last_exit = self
+            .last_exit
+            .as_deref()
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(|e| corrupt(format!("last_exit: {e}")))?;
+        let updated_at = DateTime::parse_from_rfc3339(&self.updated_at)
+            .map_err(|e| corrupt(format!("updated_at: {e}")))?
+            .with_timezone(&Utc);
+        Ok(AppRecord {
+            id,
+            registered,
+            metrics,
+            last_exit,
+            updated_at,
+        })
+    }
+}
+
+fn select_one(c: &Connection, id: &AppId) -> Result<Option<AppRecord>, StoreError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT id, registered, metrics, last_exit, updated_at FROM apps WHERE id = ?1",
+    )?;
+    let raw = stmt.query_row([id.as_str()], raw_row).optional()?;
+    raw.map(RawRow::decode).transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::WorkerNode;
+    use serde_json::json;
+
+    fn reg(id: &AppId, container: &str) -> Registration {
+        let node = WorkerNode {
+            id: "n".into(),
+            node_name: "N".into(),
+        };
+        Registration::parse(id, json!({"containerId": container, "name": "x"}), &node).expect("valid")
+    }
+
+    fn metrics(online: bool) -> ResourceMetrics {
+        ResourceMetrics {
+            timestamp: Utc::now(),
+            online,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn records_survive_reopen() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("db/agent.db");
+        let id = AppId::parse("a").expect("id");
+        {
+            let store = Store::open(&path).expect("open");
+            let (_, how) = store.register(&id, reg(&id, "c1"), Utc::now()).await.expect("put");
+            assert_eq!(how, Registered::Created);
+            store
+                .observe(&id, "c1", metrics(false), None, Utc::now())
+                .await
+                .expect("observe")
+                .expect("updated");
+        }
+        let store = Store::open(&path).expect("reopen");
+        let got = store.get(&id).await.expect("get").expect("present");
+        assert_eq!(got.container_id(), "c1");
+        assert!(!got.online());
+        assert!(got.metrics.is_some());
+    }
+
+    #[tokio::test]
+    async fn replacing_keeps_observations_only_for_the_same_container() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(&dir.path().join("a.db")).expect("open");
+        let id = AppId::parse("a").expect("id");
+        store.register(&id, reg(&id, "c1"), Utc::now()).await.expect("put");
+        store.observe(&id, "c1", metrics(true), None, Utc::now()).await.expect("obs");
+        let (r, how) = store.register(&id, reg(&id, "c1"), Utc::now()).await.expect("put");
+        assert_eq!(how, Registered::Replaced);
+        assert!(r.online());
+        let (r, _) = store.register(&id, reg(&id, "c2"), Utc::now()).await.expect("put");
+        assert!(r.metrics.is_none());
+        // An observation of the old container no longer lands.
+        let stale = store.observe(&id, "c1", metrics(false), None, Utc::now()).await.expect("obs");
+        assert!(stale.is_none());
+    }
+
+    #[tokio::test]
+    async fn delete_and_list() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(&dir.path().join("a.db")).expect("open");
+        for name in ["b", "a", "c"] {
+            let id = AppId::parse(name).expect("id");
+            store.register(&id, reg(&id, name), Utc::now()).await.expect("put");
+        }
+        let ids: Vec<_> = store.list().await.expect("list").into_iter().map(|r| r.id.to_string()).collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+        let b = AppId::parse("b").expect("id");
+        assert!(store.delete(&b).await.expect("delete"));
+        assert!(!store.delete(&b).await.expect("delete"));
+        assert!(store.get(&b).await.expect("get").is_none());
+        assert!(store.observe(&b, "b", metrics(false), None, Utc::now()).await.expect("obs").is_none());
+    }
+}
