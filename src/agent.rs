@@ -218,7 +218,9 @@ impl Agent {
             Ok(state) if state.running => {
                 let stats = match runtime.stats(record.container_id()).await {
                     Ok(s) => s,
-                    Err(RuntimeError::Unavailable(m)) => return Err(AgentError::DockerUnavailable(m)),
+                    Err(RuntimeError::Unavailable(m)) => {
+                        return Err(AgentError::DockerUnavailable(m));
+                    }
                     Err(e) => {
                         tracing::warn!(app = %id, error = %e, "stats failed; answering without a sample");
                         RawStats::default()
@@ -227,7 +229,10 @@ impl Agent {
                 record.metrics = Some(running_metrics(&state, &stats, Utc::now()));
                 Ok(record)
             }
-            Ok(state) => self.settle_exited(record, Some(&state), Settler::Read).await,
+            Ok(state) => {
+                self.settle_exited(record, Some(&state), Settler::Read)
+                    .await
+            }
             Err(RuntimeError::NotFound(_)) => self.settle_exited(record, None, Settler::Read).await,
             Err(e) => Err(AgentError::from_runtime(e)),
         }
@@ -268,7 +273,11 @@ impl Agent {
     }
 
     fn begin_stop(&self, id: &AppId) -> Result<StopGuard, AgentError> {
-        let mut stopping = self.inner.stopping.lock().unwrap_or_else(|p| p.into_inner());
+        let mut stopping = self
+            .inner
+            .stopping
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if !stopping.insert(id.clone()) {
             return Err(AgentError::StopInProgress(id.clone()));
         }
@@ -297,7 +306,9 @@ impl Agent {
             let elapsed_ms = started.elapsed().as_millis();
             match &outcome {
                 Ok(r) => tracing::info!(app = %r.id, token = %caller, elapsed_ms, "stopped"),
-                Err(e) => tracing::info!(token = %caller, elapsed_ms, outcome = %e, "stop refused or failed"),
+                Err(e) => {
+                    tracing::info!(token = %caller, elapsed_ms, outcome = %e, "stop refused or failed")
+                }
             }
             outcome
         });
@@ -360,7 +371,11 @@ impl Agent {
             Err(RuntimeError::NotRunning(_)) => {
                 let state = runtime.inspect(&container).await.ok();
                 return self
-                    .already_stopped(record, state.as_ref(), "its container exited before the signal")
+                    .already_stopped(
+                        record,
+                        state.as_ref(),
+                        "its container exited before the signal",
+                    )
                     .await;
             }
             // Removed while stopping (an auto-removing container, or `docker rm -f`): it is down.
@@ -387,7 +402,9 @@ impl Agent {
                 "container {container} was running again right after the stop (its restart policy may have restarted it)"
             )));
         }
-        Ok(self.record_final(record, &final_state, reading.as_ref(), now).await?)
+        Ok(self
+            .record_final(record, &final_state, reading.as_ref(), now)
+            .await?)
     }
 
     async fn record_final(
@@ -402,7 +419,13 @@ impl Agent {
         let stored = self
             .inner
             .store
-            .observe(&record.id, record.container_id(), metrics.clone(), exit.clone(), now)
+            .observe(
+                &record.id,
+                record.container_id(),
+                metrics.clone(),
+                exit.clone(),
+                now,
+            )
             .await?;
         // The record was deleted or re-registered during the stop: answer with what was observed.
         Ok(stored.unwrap_or_else(|| {

@@ -117,9 +117,13 @@ impl TokenBook {
             let access = match (entry.role, entry.user_id) {
                 (Role::Operator, None) => Access::Operator,
                 (Role::Operator, Some(_)) => {
-                    return Err(invalid(format!("{at}: an operator token takes no `user_id`")));
+                    return Err(invalid(format!(
+                        "{at}: an operator token takes no `user_id`"
+                    )));
                 }
-                (Role::User, Some(user_id)) if !user_id.trim().is_empty() => Access::User { user_id },
+                (Role::User, Some(user_id)) if !user_id.trim().is_empty() => {
+                    Access::User { user_id }
+                }
                 (Role::User, _) => {
                     return Err(invalid(format!("{at}: a user token needs a `user_id`")));
                 }
@@ -183,7 +187,11 @@ impl Tokens {
     }
 
     pub fn authenticate(&self, token: &str) -> Option<Principal> {
-        let book = self.current.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let book = self
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         book.authenticate(token)
     }
 
@@ -287,7 +295,9 @@ mod tests {
         let book = TokenBook::parse(&entry_toml(&entry), Path::new("t")).expect("valid");
         assert_eq!(
             book.authenticate(&token).expect("known").access,
-            Access::User { user_id: "u1".into() }
+            Access::User {
+                user_id: "u1".into()
+            }
         );
     }
 
@@ -304,12 +314,37 @@ mod tests {
     fn malformed_files_are_refused_with_reason() {
         let h = hash_token("x");
         for (text, why) in [
-            ("[[token]]\nname = \"a\"\nsha256 = \"abc\"\nrole = \"operator\"\n", "sha256"),
-            (&format!("[[token]]\nname = \"a\"\nsha256 = \"{}\"\nrole = \"operator\"\n", h.to_uppercase()), "sha256"),
-            (&format!("[[token]]\nname = \"a\"\nsha256 = \"{h}\"\nrole = \"user\"\n"), "user_id"),
-            (&format!("[[token]]\nname = \"a\"\nsha256 = \"{h}\"\nrole = \"admin\"\n"), "admin"),
-            (&format!("[[token]]\nname = \"a\"\nsha256 = \"{h}\"\nrole = \"operator\"\ntoken = \"x\"\n"), "token"),
-            (&format!("[[token]]\nname = \"a\"\nsha256 = \"{h}\"\nrole = \"operator\"\n[[token]]\nname = \"a\"\nsha256 = \"{h}\"\nrole = \"operator\"\n"), "twice"),
+            (
+                "[[token]]\nname = \"a\"\nsha256 = \"abc\"\nrole = \"operator\"\n",
+                "sha256",
+            ),
+            (
+                &format!(
+                    "[[token]]\nname = \"a\"\nsha256 = \"{}\"\nrole = \"operator\"\n",
+                    h.to_uppercase()
+                ),
+                "sha256",
+            ),
+            (
+                &format!("[[token]]\nname = \"a\"\nsha256 = \"{h}\"\nrole = \"user\"\n"),
+                "user_id",
+            ),
+            (
+                &format!("[[token]]\nname = \"a\"\nsha256 = \"{h}\"\nrole = \"admin\"\n"),
+                "admin",
+            ),
+            (
+                &format!(
+                    "[[token]]\nname = \"a\"\nsha256 = \"{h}\"\nrole = \"operator\"\ntoken = \"x\"\n"
+                ),
+                "token",
+            ),
+            (
+                &format!(
+                    "[[token]]\nname = \"a\"\nsha256 = \"{h}\"\nrole = \"operator\"\n[[token]]\nname = \"a\"\nsha256 = \"{h}\"\nrole = \"operator\"\n"
+                ),
+                "twice",
+            ),
         ] {
             let err = TokenBook::parse(text, Path::new("t")).expect_err(why);
             assert!(err.to_string().contains(why), "{err}");

@@ -199,8 +199,12 @@ impl Config {
         if self.node.name.trim().is_empty() {
             return Err(bad("node.name", "must not be empty".into()));
         }
-        self.listen_addr()
-            .map_err(|e| bad("http.listen", format!("{:?} is not an address:port ({e})", self.http.listen)))?;
+        self.listen_addr().map_err(|e| {
+            bad(
+                "http.listen",
+                format!("{:?} is not an address:port ({e})", self.http.listen),
+            )
+        })?;
         self.docker_endpoint().map_err(|m| bad("docker.host", m))?;
         if let Some(t) = self.stop.default_timeout_secs
             && t > MAX_STOP_TIMEOUT_SECS
@@ -288,7 +292,9 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_named() {
-        let f = write(&format!("{MINIMAL}[http]\nlisten = \"127.0.0.1:1\"\nlistne = 3\n"));
+        let f = write(&format!(
+            "{MINIMAL}[http]\nlisten = \"127.0.0.1:1\"\nlistne = 3\n"
+        ));
         let err = Config::load_with_env(f.path(), []).expect_err("unknown key");
         assert!(err.to_string().contains("listne"), "{err}");
         let f = write(&format!("{MINIMAL}[surprise]\nx = 1\n"));
@@ -300,8 +306,14 @@ mod tests {
     fn environment_overrides_the_file() {
         let f = write(MINIMAL);
         let env = [
-            ("NODE_AGENT__HTTP__LISTEN".to_owned(), "127.0.0.1:9999".to_owned()),
-            ("NODE_AGENT__STOP__DEFAULT_TIMEOUT_SECS".to_owned(), "7".to_owned()),
+            (
+                "NODE_AGENT__HTTP__LISTEN".to_owned(),
+                "127.0.0.1:9999".to_owned(),
+            ),
+            (
+                "NODE_AGENT__STOP__DEFAULT_TIMEOUT_SECS".to_owned(),
+                "7".to_owned(),
+            ),
             ("NODE_AGENT__NODE__ID".to_owned(), "600".to_owned()),
         ];
         let config = Config::load_with_env(f.path(), env).expect("valid");
@@ -314,7 +326,10 @@ mod tests {
     fn bad_values_name_their_key() {
         for (extra, key) in [
             ("[http]\nlisten = \"nowhere\"\n", "http.listen"),
-            ("[stop]\ndefault_timeout_secs = 4000\n", "stop.default_timeout_secs"),
+            (
+                "[stop]\ndefault_timeout_secs = 4000\n",
+                "stop.default_timeout_secs",
+            ),
             ("[docker]\nhost = \"ftp://x\"\n", "docker.host"),
         ] {
             let f = write(&format!("{MINIMAL}{extra}"));

@@ -90,11 +90,14 @@ impl Services {
     pub fn open(config: &Config) -> Result<Services, RunError> {
         let store = Store::open(&config.store.path)?;
         let tokens = Tokens::new(load_or_create_tokens(config)?);
-        let endpoint = config.docker_endpoint().map_err(|message| config::ConfigError::BadValue {
-            path: "<loaded>".into(),
-            key: "docker.host",
-            message,
-        })?;
+        let endpoint =
+            config
+                .docker_endpoint()
+                .map_err(|message| config::ConfigError::BadValue {
+                    path: "<loaded>".into(),
+                    key: "docker.host",
+                    message,
+                })?;
         let runtime: Arc<dyn ContainerRuntime> = Arc::new(DockerRuntime::new(endpoint));
         let node = WorkerNode {
             id: config.node.id.clone(),
@@ -106,19 +109,29 @@ impl Services {
 }
 
 /// Runs the agent until `shutdown` resolves, then lets in-flight requests finish and flushes the store.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), RunError> {
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
     let services = Services::open(&config)?;
     let addr = config.http.listen.clone();
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
-        .map_err(|err| RunError::Listen { addr: addr.clone(), err })?;
-    let bound = listener.local_addr().map_err(|err| RunError::Listen { addr, err })?;
+        .map_err(|err| RunError::Listen {
+            addr: addr.clone(),
+            err,
+        })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|err| RunError::Listen { addr, err })?;
 
     // Say early whether the engine answers; the agent serves either way.
     let runtime_agent = services.agent.clone();
     tokio::spawn(async move {
         match runtime_agent.runtime().engine().await {
-            Ok(info) => tracing::info!(engine = %info.version, api = %info.api_version, "Docker engine reachable"),
+            Ok(info) => {
+                tracing::info!(engine = %info.version, api = %info.api_version, "Docker engine reachable")
+            }
             Err(e) => tracing::warn!(error = %e, "Docker engine not reachable yet; serving anyway"),
         }
     });

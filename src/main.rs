@@ -12,7 +12,11 @@ use node_agent::config::Config;
 const EXIT_CONFIG: u8 = 78;
 
 #[derive(Debug, Parser)]
-#[command(name = "node-agent", version, about = "Stops application containers on this node, on request")]
+#[command(
+    name = "node-agent",
+    version,
+    about = "Stops application containers on this node, on request"
+)]
 struct Cli {
     /// Configuration file (TOML).
     #[arg(long, global = true, default_value = "/etc/node-agent/node-agent.toml")]
@@ -60,7 +64,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Token {
-            command: TokenCommand::New { name, role, user_id },
+            command:
+                TokenCommand::New {
+                    name,
+                    role,
+                    user_id,
+                },
         }) => token_new(&name, role, user_id),
         Some(Command::CheckConfig) => match Config::load(&cli.config) {
             Ok(_) => {
@@ -119,7 +128,10 @@ fn serve(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(node_agent::run(config, node_agent::signals::shutdown_requested())) {
+    match runtime.block_on(node_agent::run(
+        config,
+        node_agent::signals::shutdown_requested(),
+    )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %format_chain(&e), "node-agent stopped");

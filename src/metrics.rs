@@ -39,7 +39,8 @@ impl RawStats {
         if cpu_delta == 0 || system_delta == 0 || self.presystem_total == 0 {
             return 0.0;
         }
-        let pct = cpu_delta as f64 / system_delta as f64 * f64::from(self.online_cpus.max(1)) * 100.0;
+        let pct =
+            cpu_delta as f64 / system_delta as f64 * f64::from(self.online_cpus.max(1)) * 100.0;
         (pct * 100.0).round() / 100.0
     }
 
@@ -57,7 +58,11 @@ fn whole_seconds(from: DateTime<Utc>, to: DateTime<Utc>) -> u64 {
 }
 
 /// Metrics of a running container from a fresh reading.
-pub fn running_metrics(state: &ContainerState, stats: &RawStats, now: DateTime<Utc>) -> ResourceMetrics {
+pub fn running_metrics(
+    state: &ContainerState,
+    stats: &RawStats,
+    now: DateTime<Utc>,
+) -> ResourceMetrics {
     let mut m = ResourceMetrics {
         timestamp: stats.read_at.unwrap_or(now),
         online: true,
@@ -150,7 +155,9 @@ mod tests {
     use super::*;
 
     fn t(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s).expect("time").with_timezone(&Utc)
+        DateTime::parse_from_rfc3339(s)
+            .expect("time")
+            .with_timezone(&Utc)
     }
 
     #[test]

@@ -135,14 +135,28 @@ mod tests {
         for who in ["owner", "lead", "can"] {
             assert_eq!(authorize(&user(who), &r, Action::Stop), Ok(()), "{who}");
             assert_eq!(authorize(&user(who), &r, Action::Read), Ok(()), "{who}");
-            assert_eq!(authorize(&user(who), &r, Action::Delete), Err(Denial::Forbidden), "{who}");
+            assert_eq!(
+                authorize(&user(who), &r, Action::Delete),
+                Err(Denial::Forbidden),
+                "{who}"
+            );
         }
         for who in ["cannot", "bare"] {
-            assert_eq!(authorize(&user(who), &r, Action::Stop), Err(Denial::Forbidden), "{who}");
+            assert_eq!(
+                authorize(&user(who), &r, Action::Stop),
+                Err(Denial::Forbidden),
+                "{who}"
+            );
             assert_eq!(authorize(&user(who), &r, Action::Read), Ok(()), "{who}");
         }
-        assert_eq!(authorize(&user("stranger"), &r, Action::Read), Err(Denial::Hidden));
-        assert_eq!(authorize(&user("stranger"), &r, Action::Stop), Err(Denial::Hidden));
+        assert_eq!(
+            authorize(&user("stranger"), &r, Action::Read),
+            Err(Denial::Hidden)
+        );
+        assert_eq!(
+            authorize(&user("stranger"), &r, Action::Stop),
+            Err(Denial::Hidden)
+        );
     }
 
     #[test]
@@ -150,7 +164,10 @@ mod tests {
         for team in [json!("t1"), Value::Null] {
             let r = record(json!({"containerId": "c", "userId": "owner", "teamId": team}));
             assert_eq!(authorize(&user("owner"), &r, Action::Stop), Ok(()));
-            assert_eq!(authorize(&user("t1"), &r, Action::Stop), Err(Denial::Hidden));
+            assert_eq!(
+                authorize(&user("t1"), &r, Action::Stop),
+                Err(Denial::Hidden)
+            );
         }
     }
 }

@@ -163,7 +163,9 @@ impl Shape {
             Shape::NullableObject => "an object or null",
             Shape::DateTime => "an RFC 3339 date-time string",
             Shape::Status => "one of \"active\", \"creating\", \"suspended\"",
-            Shape::Team => "a team id string, null, or a team object with a string `owner` and a `members` array",
+            Shape::Team => {
+                "a team id string, null, or a team object with a string `owner` and a `members` array"
+            }
         }
     }
 
@@ -341,7 +343,10 @@ impl AppRecord {
         if let Some(e) = &self.last_exit {
             out.insert("lastExit".into(), json_of(e));
         }
-        out.insert("updatedAt".into(), Value::String(format_time(self.updated_at)));
+        out.insert(
+            "updatedAt".into(),
+            Value::String(format_time(self.updated_at)),
+        );
         Value::Object(out)
     }
 }
@@ -375,14 +380,19 @@ pub mod rfc3339_millis {
     pub mod option {
         use super::*;
 
-        pub fn serialize<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+        pub fn serialize<S: Serializer>(
+            t: &Option<DateTime<Utc>>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
             match t {
                 Some(t) => super::serialize(t, s),
                 None => s.serialize_none(),
             }
         }
 
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<DateTime<Utc>>, D::Error> {
             let s: Option<String> = Option::deserialize(d)?;
             s.map(|s| {
                 DateTime::parse_from_rfc3339(&s)
@@ -408,7 +418,12 @@ mod tests {
 
     #[test]
     fn app_ids() {
-        for good in ["a", "60c72b2f9b1e8d001c8e4f3a", "my-app_1.2", &"x".repeat(128)] {
+        for good in [
+            "a",
+            "60c72b2f9b1e8d001c8e4f3a",
+            "my-app_1.2",
+            &"x".repeat(128),
+        ] {
             assert!(AppId::parse(good).is_ok(), "{good}");
         }
         for bad in ["", "a/b", "a b", "%2e", "é", "a\0", &"x".repeat(129)] {
@@ -426,7 +441,10 @@ mod tests {
         });
         let reg = Registration::parse(&id, body, &node()).expect("valid");
         let keys: Vec<_> = reg.registered.keys().cloned().collect();
-        assert_eq!(keys, ["containerId", "zeta", "name", "teamId", "internalPort"]);
+        assert_eq!(
+            keys,
+            ["containerId", "zeta", "name", "teamId", "internalPort"]
+        );
         assert_eq!(reg.container_id(), "web-1");
     }
 
@@ -436,34 +454,57 @@ mod tests {
         let cases = [
             (json!([]), RecordError::NotAnObject),
             (json!({}), RecordError::MissingContainerId),
-            (json!({"containerId": "../etc"}), RecordError::BadContainerId("../etc".into())),
+            (
+                json!({"containerId": "../etc"}),
+                RecordError::BadContainerId("../etc".into()),
+            ),
             (
                 json!({"containerId": "c", "_id": "b2"}),
-                RecordError::IdMismatch { body: "b2".into(), path: "a1".into() },
+                RecordError::IdMismatch {
+                    body: "b2".into(),
+                    path: "a1".into(),
+                },
             ),
             (
                 json!({"containerId": "c", "status": "stopped"}),
-                RecordError::WrongType { key: "status", expected: Shape::Status.expected() },
+                RecordError::WrongType {
+                    key: "status",
+                    expected: Shape::Status.expected(),
+                },
             ),
             (
                 json!({"containerId": 5}),
-                RecordError::WrongType { key: "containerId", expected: "a string" },
+                RecordError::WrongType {
+                    key: "containerId",
+                    expected: "a string",
+                },
             ),
             (
                 json!({"containerId": "c", "workerNodeId": {"_id": "other"}}),
-                RecordError::WrongNode { given: "other".into(), node: "n1".into() },
+                RecordError::WrongNode {
+                    given: "other".into(),
+                    node: "n1".into(),
+                },
             ),
         ];
         for (body, want) in cases {
-            assert_eq!(Registration::parse(&id, body.clone(), &node()), Err(want), "{body}");
+            assert_eq!(
+                Registration::parse(&id, body.clone(), &node()),
+                Err(want),
+                "{body}"
+            );
         }
     }
 
     #[test]
     fn record_json_has_documented_shape() {
         let id = AppId::parse("a1").expect("id");
-        let reg = Registration::parse(&id, json!({"containerId": "c", "status": "active"}), &node())
-            .expect("valid");
+        let reg = Registration::parse(
+            &id,
+            json!({"containerId": "c", "status": "active"}),
+            &node(),
+        )
+        .expect("valid");
         let t = DateTime::parse_from_rfc3339("2025-07-19T17:57:05.069Z")
             .expect("time")
             .with_timezone(&Utc);
@@ -488,7 +529,10 @@ mod tests {
         assert_eq!(v["_id"], "a1");
         assert_eq!(v["workerNodeId"], json!({"_id": "n1", "nodeName": "ODIN"}));
         assert_eq!(v["currentResourceMetrics"]["online"], false);
-        assert_eq!(v["currentResourceMetrics"]["timestamp"], "2025-07-19T17:57:05.069Z");
+        assert_eq!(
+            v["currentResourceMetrics"]["timestamp"],
+            "2025-07-19T17:57:05.069Z"
+        );
         assert_eq!(v["currentResourceMetrics"]["cpuUsagePercent"], 0.5);
         assert_eq!(v["updatedAt"], "2025-07-19T17:57:05.069Z");
         let back: ResourceMetrics =

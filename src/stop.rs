@@ -34,7 +34,9 @@ const SIGNALS: [(Signal, &str); 7] = [
 /// Why stop parameters were refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StopInputError {
-    #[error("`signal` must be one of SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2, SIGKILL (the SIG prefix is optional), not {0:?}")]
+    #[error(
+        "`signal` must be one of SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2, SIGKILL (the SIG prefix is optional), not {0:?}"
+    )]
     BadSignal(String),
     #[error("`timeout` must be whole seconds from 0 to {MAX_STOP_TIMEOUT_SECS}, not {0:?}")]
     BadTimeout(String),
@@ -118,7 +120,10 @@ pub async fn halt(
             runtime.kill(container, Signal::Kill.name()).await?;
             // The kill is asynchronous in the engine; the stop must answer once the container is down.
             runtime
-                .wait_exit(container, Duration::from_secs(u64::from(DOCKER_DEFAULT_GRACE_SECS)))
+                .wait_exit(
+                    container,
+                    Duration::from_secs(u64::from(DOCKER_DEFAULT_GRACE_SECS)),
+                )
                 .await?;
             Ok(StopPath::Kill)
         }
@@ -132,7 +137,9 @@ pub async fn halt(
             Ok(StopPath::SignalThenStop { exited_in_grace })
         }
         signal => {
-            runtime.stop(container, signal.map(Signal::name), grace).await?;
+            runtime
+                .stop(container, signal.map(Signal::name), grace)
+                .await?;
             Ok(StopPath::EngineStop)
         }
     }
@@ -177,7 +184,17 @@ mod tests {
             ..Default::default()
         };
         let req = StopRequest::default();
-        assert_eq!(effective_grace(&StopRequest { timeout: Some(2), ..req }, Some(5), &state), 2);
+        assert_eq!(
+            effective_grace(
+                &StopRequest {
+                    timeout: Some(2),
+                    ..req
+                },
+                Some(5),
+                &state
+            ),
+            2
+        );
         assert_eq!(effective_grace(&req, Some(5), &state), 5);
         assert_eq!(effective_grace(&req, None, &state), 30);
         assert_eq!(effective_grace(&req, None, &ContainerState::default()), 10);
@@ -192,8 +209,16 @@ mod tests {
             signal: Some(Signal::Usr1),
         };
         let path = halt(&fake, "c", &req, 3).await.expect("stopped");
-        assert_eq!(path, StopPath::SignalThenStop { exited_in_grace: true });
-        assert_eq!(fake.calls(), ["kill c SIGUSR1", "wait c 3s", "stop c - t=0"]);
+        assert_eq!(
+            path,
+            StopPath::SignalThenStop {
+                exited_in_grace: true
+            }
+        );
+        assert_eq!(
+            fake.calls(),
+            ["kill c SIGUSR1", "wait c 3s", "stop c - t=0"]
+        );
     }
 
     #[tokio::test]
@@ -205,7 +230,12 @@ mod tests {
             signal: Some(Signal::Hup),
         };
         let path = halt(&fake, "c", &req, 1).await.expect("stopped");
-        assert_eq!(path, StopPath::SignalThenStop { exited_in_grace: false });
+        assert_eq!(
+            path,
+            StopPath::SignalThenStop {
+                exited_in_grace: false
+            }
+        );
         assert_eq!(fake.state("c").exit_code, Some(137));
     }
 

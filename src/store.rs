@@ -24,7 +24,9 @@ pub enum StoreError {
         #[source]
         err: Box<dyn std::error::Error + Send + Sync>,
     },
-    #[error("the store at {path} has schema version {found}, newer than this agent's {SCHEMA_VERSION}")]
+    #[error(
+        "the store at {path} has schema version {found}, newer than this agent's {SCHEMA_VERSION}"
+    )]
     TooNew { path: PathBuf, found: i64 },
     #[error("store query failed")]
     Sqlite(#[from] rusqlite::Error),
@@ -277,8 +279,8 @@ impl RawRow {
             message,
         };
         let id = AppId::parse(&self.id).map_err(|e| corrupt(e.to_string()))?;
-        let registered: Map<String, Value> =
-            serde_json::from_str(&self.registered).map_err(|e| corrupt(format!("registered: {e}")))?;
+        let registered: Map<String, Value> = serde_json::from_str(&self.registered)
+            .map_err(|e| corrupt(format!("registered: {e}")))?;
         let metrics = self
             .metrics
             .as_deref()
@@ -323,7 +325,8 @@ mod tests {
             id: "n".into(),
             node_name: "N".into(),
         };
-        Registration::parse(id, json!({"containerId": container, "name": "x"}), &node).expect("valid")
+        Registration::parse(id, json!({"containerId": container, "name": "x"}), &node)
+            .expect("valid")
     }
 
     fn metrics(online: bool) -> ResourceMetrics {
@@ -341,7 +344,10 @@ mod tests {
         let id = AppId::parse("a").expect("id");
         {
             let store = Store::open(&path).expect("open");
-            let (_, how) = store.register(&id, reg(&id, "c1"), Utc::now()).await.expect("put");
+            let (_, how) = store
+                .register(&id, reg(&id, "c1"), Utc::now())
+                .await
+                .expect("put");
             assert_eq!(how, Registered::Created);
             store
                 .observe(&id, "c1", metrics(false), None, Utc::now())
@@ -361,15 +367,30 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let store = Store::open(&dir.path().join("a.db")).expect("open");
         let id = AppId::parse("a").expect("id");
-        store.register(&id, reg(&id, "c1"), Utc::now()).await.expect("put");
-        store.observe(&id, "c1", metrics(true), None, Utc::now()).await.expect("obs");
-        let (r, how) = store.register(&id, reg(&id, "c1"), Utc::now()).await.expect("put");
+        store
+            .register(&id, reg(&id, "c1"), Utc::now())
+            .await
+            .expect("put");
+        store
+            .observe(&id, "c1", metrics(true), None, Utc::now())
+            .await
+            .expect("obs");
+        let (r, how) = store
+            .register(&id, reg(&id, "c1"), Utc::now())
+            .await
+            .expect("put");
         assert_eq!(how, Registered::Replaced);
         assert!(r.online());
-        let (r, _) = store.register(&id, reg(&id, "c2"), Utc::now()).await.expect("put");
+        let (r, _) = store
+            .register(&id, reg(&id, "c2"), Utc::now())
+            .await
+            .expect("put");
         assert!(r.metrics.is_none());
         // An observation of the old container no longer lands.
-        let stale = store.observe(&id, "c1", metrics(false), None, Utc::now()).await.expect("obs");
+        let stale = store
+            .observe(&id, "c1", metrics(false), None, Utc::now())
+            .await
+            .expect("obs");
         assert!(stale.is_none());
     }
 
@@ -379,14 +400,29 @@ mod tests {
         let store = Store::open(&dir.path().join("a.db")).expect("open");
         for name in ["b", "a", "c"] {
             let id = AppId::parse(name).expect("id");
-            store.register(&id, reg(&id, name), Utc::now()).await.expect("put");
+            store
+                .register(&id, reg(&id, name), Utc::now())
+                .await
+                .expect("put");
         }
-        let ids: Vec<_> = store.list().await.expect("list").into_iter().map(|r| r.id.to_string()).collect();
+        let ids: Vec<_> = store
+            .list()
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|r| r.id.to_string())
+            .collect();
         assert_eq!(ids, ["a", "b", "c"]);
         let b = AppId::parse("b").expect("id");
         assert!(store.delete(&b).await.expect("delete"));
         assert!(!store.delete(&b).await.expect("delete"));
         assert!(store.get(&b).await.expect("get").is_none());
-        assert!(store.observe(&b, "b", metrics(false), None, Utc::now()).await.expect("obs").is_none());
+        assert!(
+            store
+                .observe(&b, "b", metrics(false), None, Utc::now())
+                .await
+                .expect("obs")
+                .is_none()
+        );
     }
 }

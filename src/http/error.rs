@@ -40,7 +40,10 @@ impl ApiError {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
-            format!("the request body is over the limit of {} bytes", super::MAX_BODY_BYTES),
+            format!(
+                "the request body is over the limit of {} bytes",
+                super::MAX_BODY_BYTES
+            ),
         )
     }
 
@@ -49,7 +52,11 @@ impl ApiError {
     }
 
     pub fn method_not_allowed(message: impl Into<String>) -> ApiError {
-        Self::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", message)
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            message,
+        )
     }
 
     pub fn not_ready(message: impl Into<String>) -> ApiError {

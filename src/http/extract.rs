@@ -3,9 +3,9 @@
 
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequestParts, Path};
+use axum::http::HeaderMap;
 use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH};
 use axum::http::request::Parts;
-use axum::http::HeaderMap;
 
 use super::{ApiContext, ApiError, MAX_BODY_BYTES};
 use crate::auth::Principal;
@@ -39,7 +39,10 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<&str, &'static str> {
 impl FromRequestParts<ApiContext> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, ctx: &ApiContext) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        ctx: &ApiContext,
+    ) -> Result<Self, Self::Rejection> {
         let token = bearer_token(&parts.headers).map_err(ApiError::unauthorized)?;
         ctx.tokens
             .authenticate(token)
@@ -74,14 +77,16 @@ pub async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiErro
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
         return Err(ApiError::payload_too_large());
     }
-    axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|e| {
-        let inner = e.into_inner();
-        if inner.is::<http_body_util::LengthLimitError>() {
-            ApiError::payload_too_large()
-        } else {
-            ApiError::bad_request(format!("could not read the request body: {inner}"))
-        }
-    })
+    axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|e| {
+            let inner = e.into_inner();
+            if inner.is::<http_body_util::LengthLimitError>() {
+                ApiError::payload_too_large()
+            } else {
+                ApiError::bad_request(format!("could not read the request body: {inner}"))
+            }
+        })
 }
 
 /// Parses a query string into pairs, refusing parameters outside `allowed` and repeated ones.
@@ -92,11 +97,17 @@ pub fn query_pairs(raw: Option<&str>, allowed: &[&str]) -> Result<Vec<(String, S
         if !allowed.contains(&key.as_str()) {
             return Err(ApiError::bad_request(format!(
                 "unknown query parameter {key:?}; this route takes {}",
-                if allowed.is_empty() { "none".to_owned() } else { allowed.join(", ") }
+                if allowed.is_empty() {
+                    "none".to_owned()
+                } else {
+                    allowed.join(", ")
+                }
             )));
         }
         if pairs[..i].iter().any(|(k, _)| k == key) {
-            return Err(ApiError::bad_request(format!("query parameter {key:?} is given twice")));
+            return Err(ApiError::bad_request(format!(
+                "query parameter {key:?} is given twice"
+            )));
         }
     }
     Ok(pairs)
@@ -127,7 +138,9 @@ mod tests {
     #[test]
     fn queries_are_strict() {
         assert_eq!(
-            query_pairs(Some("timeout=5&signal=TERM"), &["timeout", "signal"]).expect("ok").len(),
+            query_pairs(Some("timeout=5&signal=TERM"), &["timeout", "signal"])
+                .expect("ok")
+                .len(),
             2
         );
         assert!(query_pairs(Some("timeout=5&timeout=6"), &["timeout"]).is_err());

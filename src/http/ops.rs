@@ -23,9 +23,14 @@ pub async fn readyz(State(ctx): State<ApiContext>) -> Result<Json<Value>, ApiErr
         failing.push(format!("docker: {e}"));
     }
     if failing.is_empty() {
-        Ok(Json(json!({"status": "ready", "store": "ok", "docker": "ok"})))
+        Ok(Json(
+            json!({"status": "ready", "store": "ok", "docker": "ok"}),
+        ))
     } else {
-        Err(ApiError::not_ready(format!("not ready: {}", failing.join("; "))))
+        Err(ApiError::not_ready(format!(
+            "not ready: {}",
+            failing.join("; ")
+        )))
     }
 }
 

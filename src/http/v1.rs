@@ -41,7 +41,11 @@ pub async fn put_app(
         .register(&caller, &id, value)
         .await
         .map_err(|e| ApiError::from_agent(e, node))?;
-    let status = if outcome.created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if outcome.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     tracing::info!(app = %id, token = %caller.name, created = outcome.created, "registered");
     Ok((status, Json(record_json(&ctx, &outcome.record))).into_response())
 }
@@ -76,14 +80,23 @@ pub async fn delete_app(
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn page_param(pairs: &[(String, String)], key: &str, default: usize, max: usize) -> Result<usize, ApiError> {
+fn page_param(
+    pairs: &[(String, String)],
+    key: &str,
+    default: usize,
+    max: usize,
+) -> Result<usize, ApiError> {
     match pairs.iter().find(|(k, _)| k == key) {
         None => Ok(default),
         Some((_, v)) => v
             .parse::<usize>()
             .ok()
             .filter(|n| (1..=max).contains(n))
-            .ok_or_else(|| ApiError::bad_request(format!("`{key}` must be an integer from 1 to {max}, not {v:?}"))),
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "`{key}` must be an integer from 1 to {max}, not {v:?}"
+                ))
+            }),
     }
 }
 
@@ -111,7 +124,11 @@ fn list_page(ctx: &ApiContext, records: &[AppRecord], page: usize, limit: usize)
     let used_mb: i64 = records
         .iter()
         .filter(|r| r.online())
-        .filter_map(|r| r.registered.get("allocatedMemoryMB").and_then(Value::as_i64))
+        .filter_map(|r| {
+            r.registered
+                .get("allocatedMemoryMB")
+                .and_then(Value::as_i64)
+        })
         .sum();
     let applications: Vec<Value> = records
         .iter()
@@ -152,26 +169,34 @@ fn stop_request(query: Option<&str>, body: &[u8]) -> Result<StopRequest, ApiErro
     let fields = match value {
         Value::Null => return Ok(req),
         Value::Object(fields) => fields,
-        _ => return Err(ApiError::bad_request("the body must be a JSON object with optional `timeout` and `signal`")),
+        _ => {
+            return Err(ApiError::bad_request(
+                "the body must be a JSON object with optional `timeout` and `signal`",
+            ));
+        }
     };
     for (key, value) in fields {
         match key.as_str() {
             "timeout" if req.timeout.is_some() => {
-                return Err(ApiError::bad_request("`timeout` is given both in the query and in the body"));
+                return Err(ApiError::bad_request(
+                    "`timeout` is given both in the query and in the body",
+                ));
             }
             "signal" if req.signal.is_some() => {
-                return Err(ApiError::bad_request("`signal` is given both in the query and in the body"));
+                return Err(ApiError::bad_request(
+                    "`signal` is given both in the query and in the body",
+                ));
             }
             "timeout" => {
-                let t = value
-                    .as_i64()
-                    .ok_or_else(|| bad(crate::stop::StopInputError::BadTimeout(value.to_string())))?;
+                let t = value.as_i64().ok_or_else(|| {
+                    bad(crate::stop::StopInputError::BadTimeout(value.to_string()))
+                })?;
                 req.timeout = Some(check_timeout(t).map_err(bad)?);
             }
             "signal" => {
-                let s = value
-                    .as_str()
-                    .ok_or_else(|| bad(crate::stop::StopInputError::BadSignal(value.to_string())))?;
+                let s = value.as_str().ok_or_else(|| {
+                    bad(crate::stop::StopInputError::BadSignal(value.to_string()))
+                })?;
                 req.signal = Some(Signal::parse(s).map_err(bad)?);
             }
             other => {
@@ -209,16 +234,46 @@ mod tests {
 
     #[test]
     fn stop_parameters_from_query_and_body() {
-        assert_eq!(stop_request(None, b"").expect("empty"), StopRequest::default());
-        assert_eq!(stop_request(None, b"  \n").expect("blank"), StopRequest::default());
-        assert_eq!(stop_request(None, b"{}").expect("object"), StopRequest::default());
-        assert_eq!(stop_request(None, b"null").expect("null"), StopRequest::default());
+        assert_eq!(
+            stop_request(None, b"").expect("empty"),
+            StopRequest::default()
+        );
+        assert_eq!(
+            stop_request(None, b"  \n").expect("blank"),
+            StopRequest::default()
+        );
+        assert_eq!(
+            stop_request(None, b"{}").expect("object"),
+            StopRequest::default()
+        );
+        assert_eq!(
+            stop_request(None, b"null").expect("null"),
+            StopRequest::default()
+        );
         let q = stop_request(Some("timeout=3&signal=USR1"), b"").expect("query");
-        assert_eq!(q, StopRequest { timeout: Some(3), signal: Some(Signal::Usr1) });
+        assert_eq!(
+            q,
+            StopRequest {
+                timeout: Some(3),
+                signal: Some(Signal::Usr1)
+            }
+        );
         let b = stop_request(None, br#"{"timeout": 0, "signal": "SIGKILL"}"#).expect("body");
-        assert_eq!(b, StopRequest { timeout: Some(0), signal: Some(Signal::Kill) });
+        assert_eq!(
+            b,
+            StopRequest {
+                timeout: Some(0),
+                signal: Some(Signal::Kill)
+            }
+        );
         let mixed = stop_request(Some("timeout=3"), br#"{"signal": "INT"}"#).expect("mixed");
-        assert_eq!(mixed, StopRequest { timeout: Some(3), signal: Some(Signal::Int) });
+        assert_eq!(
+            mixed,
+            StopRequest {
+                timeout: Some(3),
+                signal: Some(Signal::Int)
+            }
+        );
     }
 
     #[test]
@@ -237,7 +292,11 @@ mod tests {
             (None, b"{"),
             (Some("timeout=1"), br#"{"timeout": 1}"#),
         ] {
-            assert!(stop_request(query, body).is_err(), "{query:?} {:?}", String::from_utf8_lossy(body));
+            assert!(
+                stop_request(query, body).is_err(),
+                "{query:?} {:?}",
+                String::from_utf8_lossy(body)
+            );
         }
     }
 }

@@ -68,9 +68,11 @@ impl DockerRuntime {
         }
         let timeout_secs = CALL_TIMEOUT.as_secs();
         let docker = match &self.endpoint {
-            DockerEndpoint::Unix(path) => {
-                Docker::connect_with_unix(&path.to_string_lossy(), timeout_secs, API_DEFAULT_VERSION)
-            }
+            DockerEndpoint::Unix(path) => Docker::connect_with_unix(
+                &path.to_string_lossy(),
+                timeout_secs,
+                API_DEFAULT_VERSION,
+            ),
             DockerEndpoint::Http(addr) => {
                 Docker::connect_with_http(addr, timeout_secs, API_DEFAULT_VERSION)
             }
@@ -143,7 +145,10 @@ fn to_raw_stats(s: bollard::models::ContainerStatsResponse) -> RawStats {
     let cpu = s.cpu_stats.unwrap_or_default();
     let precpu = s.precpu_stats.unwrap_or_default();
     let total = |c: &bollard::models::ContainerCpuStats| {
-        c.cpu_usage.as_ref().and_then(|u| u.total_usage).unwrap_or(0)
+        c.cpu_usage
+            .as_ref()
+            .and_then(|u| u.total_usage)
+            .unwrap_or(0)
     };
     let online_cpus = cpu.online_cpus.unwrap_or_else(|| {
         cpu.cpu_usage
@@ -157,12 +162,16 @@ fn to_raw_stats(s: bollard::models::ContainerStatsResponse) -> RawStats {
             .iter()
             .find_map(|k| st.get(*k).copied())
     });
-    let (rx, tx) = s.networks.iter().flatten().fold((0u64, 0u64), |(rx, tx), (_, n)| {
-        (
-            rx.saturating_add(n.rx_bytes.unwrap_or(0)),
-            tx.saturating_add(n.tx_bytes.unwrap_or(0)),
-        )
-    });
+    let (rx, tx) = s
+        .networks
+        .iter()
+        .flatten()
+        .fold((0u64, 0u64), |(rx, tx), (_, n)| {
+            (
+                rx.saturating_add(n.rx_bytes.unwrap_or(0)),
+                tx.saturating_add(n.tx_bytes.unwrap_or(0)),
+            )
+        });
     RawStats {
         read_at: s.read.as_deref().and_then(|r| engine_time(Some(r))),
         cpu_total: total(&cpu),
@@ -221,11 +230,18 @@ impl ContainerRuntime for DockerRuntime {
         match stream.next().await {
             Some(Ok(s)) => Ok(to_raw_stats(s)),
             Some(Err(e)) => Err(self.fail(container, e)),
-            None => Err(RuntimeError::Engine(format!("{container}: empty stats answer"))),
+            None => Err(RuntimeError::Engine(format!(
+                "{container}: empty stats answer"
+            ))),
         }
     }
 
-    async fn stop(&self, container: &str, signal: Option<&str>, grace: u32) -> Result<(), RuntimeError> {
+    async fn stop(
+        &self,
+        container: &str,
+        signal: Option<&str>,
+        grace: u32,
+    ) -> Result<(), RuntimeError> {
         // One request timeout covers every bollard call; this one must outlast the grace period.
         let docker = self
             .client()
@@ -261,7 +277,9 @@ impl ContainerRuntime for DockerRuntime {
         match tokio::time::timeout(limit, stream.next()).await {
             Err(_elapsed) => Ok(false),
             // bollard reports a non-zero exit code as an error; the container has exited all the same.
-            Ok(Some(Ok(_)) | Some(Err(BollardError::DockerContainerWaitError { .. })) | None) => Ok(true),
+            Ok(Some(Ok(_)) | Some(Err(BollardError::DockerContainerWaitError { .. })) | None) => {
+                Ok(true)
+            }
             Ok(Some(Err(e))) => Err(self.fail(container, e)),
         }
     }
@@ -284,9 +302,18 @@ mod tests {
             status_code,
             message: "m".into(),
         };
-        assert!(matches!(map_error("c", server(404)), RuntimeError::NotFound(_)));
-        assert!(matches!(map_error("c", server(409)), RuntimeError::NotRunning(_)));
-        assert!(matches!(map_error("c", server(500)), RuntimeError::Engine(_)));
+        assert!(matches!(
+            map_error("c", server(404)),
+            RuntimeError::NotFound(_)
+        ));
+        assert!(matches!(
+            map_error("c", server(409)),
+            RuntimeError::NotRunning(_)
+        ));
+        assert!(matches!(
+            map_error("c", server(500)),
+            RuntimeError::Engine(_)
+        ));
         assert!(matches!(
             map_error("c", BollardError::RequestTimeoutError),
             RuntimeError::Unavailable(_)
@@ -297,6 +324,9 @@ mod tests {
     async fn a_missing_socket_is_unavailable() {
         let rt = DockerRuntime::new(DockerEndpoint::Unix("/nonexistent/docker.sock".into()));
         assert!(matches!(rt.ping().await, Err(RuntimeError::Unavailable(_))));
-        assert!(matches!(rt.inspect("c").await, Err(RuntimeError::Unavailable(_))));
+        assert!(matches!(
+            rt.inspect("c").await,
+            Err(RuntimeError::Unavailable(_))
+        ));
     }
 }

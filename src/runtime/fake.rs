@@ -88,7 +88,12 @@ impl FakeRuntime {
     }
 
     pub fn state(&self, name: &str) -> ContainerState {
-        self.with(|s| s.containers.get(name).map(|c| c.state.clone()).unwrap_or_default())
+        self.with(|s| {
+            s.containers
+                .get(name)
+                .map(|c| c.state.clone())
+                .unwrap_or_default()
+        })
     }
 
     pub fn calls(&self) -> Vec<String> {
@@ -184,7 +189,12 @@ impl ContainerRuntime for FakeRuntime {
         })?;
         Ok(EngineInfo {
             version: "fake".into(),
-            api_version: if self.stop_takes_signal { "1.43" } else { "1.41" }.into(),
+            api_version: if self.stop_takes_signal {
+                "1.43"
+            } else {
+                "1.41"
+            }
+            .into(),
             stop_takes_signal: self.stop_takes_signal,
         })
     }
@@ -194,7 +204,8 @@ impl ContainerRuntime for FakeRuntime {
     }
 
     async fn inspect(&self, container: &str) -> Result<ContainerState, RuntimeError> {
-        self.enter("inspect", format!("inspect {container}")).await?;
+        self.enter("inspect", format!("inspect {container}"))
+            .await?;
         let r = self.with_container(container, |c| Ok(c.state.clone()));
         self.leave("inspect");
         r
@@ -203,19 +214,35 @@ impl ContainerRuntime for FakeRuntime {
     async fn stats(&self, container: &str) -> Result<RawStats, RuntimeError> {
         self.enter("stats", format!("stats {container}")).await?;
         let r = self.with_container(container, |c| {
-            Ok(if c.state.running { c.stats.clone() } else { RawStats::default() })
+            Ok(if c.state.running {
+                c.stats.clone()
+            } else {
+                RawStats::default()
+            })
         });
         self.leave("stats");
         r
     }
 
-    async fn stop(&self, container: &str, signal: Option<&str>, grace: u32) -> Result<(), RuntimeError> {
-        self.enter("stop", format!("stop {container} {} t={grace}", signal.unwrap_or("-")))
-            .await?;
+    async fn stop(
+        &self,
+        container: &str,
+        signal: Option<&str>,
+        grace: u32,
+    ) -> Result<(), RuntimeError> {
+        self.enter(
+            "stop",
+            format!("stop {container} {} t={grace}", signal.unwrap_or("-")),
+        )
+        .await?;
         let signal = signal.unwrap_or("SIGTERM");
         let r = self.with_container(container, |c| {
             if c.state.running {
-                let code = if grace > 0 && c.exits_on.contains(signal) { 0 } else { 137 };
+                let code = if grace > 0 && c.exits_on.contains(signal) {
+                    0
+                } else {
+                    137
+                };
                 Self::exit(c, code);
             }
             Ok(())
@@ -225,7 +252,8 @@ impl ContainerRuntime for FakeRuntime {
     }
 
     async fn kill(&self, container: &str, signal: &str) -> Result<(), RuntimeError> {
-        self.enter("kill", format!("kill {container} {signal}")).await?;
+        self.enter("kill", format!("kill {container} {signal}"))
+            .await?;
         let r = self.with_container(container, |c| {
             if !c.state.running {
                 return Err(RuntimeError::NotRunning(container.to_owned()));

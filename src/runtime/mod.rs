@@ -65,7 +65,12 @@ pub trait ContainerRuntime: Send + Sync + std::fmt::Debug {
     async fn stats(&self, container: &str) -> Result<RawStats, RuntimeError>;
     /// The engine's own stop: `signal` (the container's stop signal when `None`; only on engines whose
     /// stop takes one), `grace` seconds, then SIGKILL. Returns once the container is not running.
-    async fn stop(&self, container: &str, signal: Option<&str>, grace: u32) -> Result<(), RuntimeError>;
+    async fn stop(
+        &self,
+        container: &str,
+        signal: Option<&str>,
+        grace: u32,
+    ) -> Result<(), RuntimeError>;
     /// Sends `signal` to the container's main process.
     async fn kill(&self, container: &str, signal: &str) -> Result<(), RuntimeError>;
     /// Waits until the container is not running, at most `limit`; true when it exited.
