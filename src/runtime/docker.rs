@@ -11,7 +11,7 @@ use bollard::query_parameters::{
     WaitContainerOptions,
 };
 use bollard::{API_DEFAULT_VERSION, ClientVersion, Docker};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use futures_util::StreamExt;
 
 use super::{ContainerRuntime, ContainerState, EngineInfo, RawStats, RuntimeError};
@@ -135,9 +135,13 @@ fn map_error(container: &str, err: BollardError) -> RuntimeError {
     }
 }
 
-/// Docker writes `0001-01-01T00:00:00Z` for "never".
+/// Docker writes `0001-01-01T00:00:00Z` for "never". Times keep millisecond precision, as records
+/// store them, so that an observation compares equal to what was stored of it.
 fn engine_time(s: Option<&str>) -> Option<DateTime<Utc>> {
-    let t = DateTime::parse_from_rfc3339(s?).ok()?.with_timezone(&Utc);
+    let t = DateTime::parse_from_rfc3339(s?)
+        .ok()?
+        .with_timezone(&Utc)
+        .trunc_subsecs(3);
     (t.timestamp() > 0).then_some(t)
 }
 

@@ -1,0 +1,552 @@
+//! Test harness: the real agent binary on a free loopback port, a workload image built from a static
+//! binary compiled here, and labelled containers that are removed when a test ends.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, InspectContainerOptions, RemoveContainerOptions,
+    StartContainerOptions,
+};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::sync::OnceCell;
+
+/// The label every test container carries; tests remove only containers they created.
+pub const TEST_LABEL: &str = "node-agent-test";
+pub const NODE_ID: &str = "node-test-0001";
+pub const NODE_NAME: &str = "TESTNODE";
+
+static DOCKER: OnceCell<Docker> = OnceCell::const_new();
+static IMAGE: OnceCell<String> = OnceCell::const_new();
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// The local Docker engine. Fails the test with a clear message when none answers.
+pub async fn docker() -> Docker {
+    DOCKER
+        .get_or_init(|| async {
+            let docker = Docker::connect_with_local_defaults()
+                .and_then(|d| Ok(d.with_timeout(Duration::from_secs(60))))
+                .expect("these tests need a Docker engine at /var/run/docker.sock (DOCKER_HOST); `bash .ci/run` starts one");
+            let docker = docker.negotiate_version().await.expect(
+                "no Docker engine answers at /var/run/docker.sock; these tests drive the real engine. Start one (`bash .ci/run` does)",
+            );
+            docker
+        })
+        .await
+        .clone()
+}
+
+/// The workload image, built once per test binary: `tests/workload/workload.c` compiled with
+/// `gcc -static` and imported as a one-file image.
+pub async fn workload_image() -> String {
+    IMAGE
+        .get_or_init(|| async {
+            let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workload/workload.c");
+            let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("workload"));
+            std::fs::create_dir_all(&out_dir).unwrap();
+            let bin = out_dir.join("workload");
+            let status = Command::new("gcc")
+                .args(["-static", "-O2", "-o"])
+                .arg(&bin)
+                .arg(&src)
+                .status()
+                .expect("gcc is needed to build the test workload (apt-get install gcc libc6-dev)");
+            assert!(status.success(), "gcc -static failed on {}", src.display());
+            let bytes = std::fs::read(&bin).unwrap();
+            let tag = hex::encode(&Sha256::digest(&bytes)[..6]);
+            let mut tar = tar::Builder::new(Vec::new());
+            let mut header = tar::Header::new_gnu();
+            header.set_size(bytes.len() as u64);
+            header.set_mode(0o755);
+            header.set_cksum();
+            tar.append_data(&mut header, "workload", bytes.as_slice()).unwrap();
+            let archive = tar.into_inner().unwrap();
+            let docker = docker().await;
+            let options = CreateImageOptions {
+                from_src: Some("-".into()),
+                repo: Some("node-agent-test-workload".into()),
+                tag: Some(tag.clone()),
+                ..Default::default()
+            };
+            let mut progress =
+                docker.create_image(Some(options), Some(bollard::body_full(archive.into())), None);
+            while let Some(step) = progress.next().await {
+                step.expect("docker import of the workload image failed");
+            }
+            let _ = std::fs::remove_dir_all(&out_dir);
+            format!("node-agent-test-workload:{tag}")
+        })
+        .await
+        .clone()
+}
+
+/// A labelled test container running the workload; removed (force) when dropped.
+#[derive(Debug)]
+pub struct Workload {
+    pub name: String,
+}
+
+impl Workload {
+    /// Starts a container running `workload MODE [ALLOC_MB]`.
+    pub async fn start(mode: &str) -> Workload {
+        Self::start_with(mode, |_| {}).await
+    }
+
+    pub async fn start_with(mode: &str, tweak: impl FnOnce(&mut ContainerCreateBody)) -> Workload {
+        let docker = docker().await;
+        let name = unique("na-test");
+        let mut body = ContainerCreateBody {
+            image: Some(workload_image().await),
+            cmd: Some(vec!["/workload".into(), mode.into(), "4".into()]),
+            labels: Some([(TEST_LABEL.to_owned(), "1".to_owned())].into()),
+            host_config: Some(HostConfig {
+                memory: Some(64 * 1024 * 1024),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        tweak(&mut body);
+        docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(name.clone()),
+                    ..Default::default()
+                }),
+                body,
+            )
+            .await
+            .expect("create test container");
+        let w = Workload { name };
+        docker
+            .start_container(&w.name, None::<StartContainerOptions>)
+            .await
+            .expect("start test container");
+        w.wait_ready().await;
+        w
+    }
+
+    /// Waits until the workload has installed its signal handlers (it prints "ready").
+    async fn wait_ready(&self) {
+        for _ in 0..200 {
+            if self.logs().await.contains("ready") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("workload {} never said ready", self.name);
+    }
+
+    pub async fn logs(&self) -> String {
+        let docker = docker().await;
+        let options = bollard::query_parameters::LogsOptions {
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        };
+        let mut out = String::new();
+        let mut stream = docker.logs(&self.name, Some(options));
+        while let Some(Ok(chunk)) = stream.next().await {
+            out.push_str(&chunk.to_string());
+        }
+        out
+    }
+
+    pub async fn inspect(&self) -> Option<bollard::models::ContainerInspectResponse> {
+        docker()
+            .await
+            .inspect_container(&self.name, None::<InspectContainerOptions>)
+            .await
+            .ok()
+    }
+
+    pub async fn running(&self) -> bool {
+        self.inspect()
+            .await
+            .and_then(|c| c.state)
+            .and_then(|s| s.running)
+            .unwrap_or(false)
+    }
+
+    pub async fn exit_code(&self) -> Option<i64> {
+        self.inspect().await.and_then(|c| c.state).and_then(|s| s.exit_code)
+    }
+
+    /// Removes the container now.
+    pub async fn remove(&self) {
+        let _ = docker()
+            .await
+            .remove_container(
+                &self.name,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    ..Default::default()
+                }),
+            )
+            .await;
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        // Drop cannot await: remove the container from a thread with a runtime of its own.
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(d) = Docker::connect_with_local_defaults() {
+                    let _ = d
+                        .remove_container(
+                            &name,
+                            Some(RemoveContainerOptions {
+                                force: true,
+                                ..Default::default()
+                            }),
+                        )
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Options for an agent under test.
+#[derive(Debug, Clone, Default)]
+pub struct AgentOptions {
+    /// `[docker] host`; unset uses the local engine.
+    pub docker_host: Option<String>,
+    /// `[stop] default_timeout_secs`.
+    pub default_timeout: Option<u32>,
+    /// Do not write a tokens file: the agent must create one.
+    pub no_tokens_file: bool,
+}
+
+/// The real agent binary, serving on a free loopback port from a private directory.
+#[derive(Debug)]
+pub struct AgentProcess {
+    pub dir: tempfile::TempDir,
+    pub base: String,
+    pub token: String,
+    pub stdout: String,
+    child: Option<Child>,
+}
+
+pub const OPERATOR_TOKEN_NAME: &str = "test-operator";
+
+impl AgentProcess {
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("node-agent.toml")
+    }
+
+    pub fn tokens_path(&self) -> PathBuf {
+        self.dir.path().join("tokens.toml")
+    }
+
+    /// Starts an agent with an operator token of its own.
+    pub fn start() -> AgentProcess {
+        Self::start_with(AgentOptions::default())
+    }
+
+    pub fn start_with(options: AgentOptions) -> AgentProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = format!(
+            "[node]\nid = \"{NODE_ID}\"\nname = \"{NODE_NAME}\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n[store]\npath = \"{}\"\n\n[auth]\ntokens_file = \"{}\"\n",
+            dir.path().join("state/node-agent.db").display(),
+            dir.path().join("tokens.toml").display(),
+        );
+        if let Some(host) = &options.docker_host {
+            config.push_str(&format!("\n[docker]\nhost = \"{host}\"\n"));
+        }
+        if let Some(t) = options.default_timeout {
+            config.push_str(&format!("\n[stop]\ndefault_timeout_secs = {t}\n"));
+        }
+        std::fs::write(dir.path().join("node-agent.toml"), config).unwrap();
+        let token = if options.no_tokens_file {
+            String::new()
+        } else {
+            let token = unique("operator-token");
+            write_tokens(
+                &dir.path().join("tokens.toml"),
+                &[(OPERATOR_TOKEN_NAME, &token, "operator", None)],
+            );
+            token
+        };
+        let mut agent = AgentProcess {
+            dir,
+            base: String::new(),
+            token,
+            stdout: String::new(),
+            child: None,
+        };
+        agent.spawn();
+        agent
+    }
+
+    /// Starts the binary and waits for its "listening" line.
+    fn spawn(&mut self) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_node-agent"))
+            .arg("--config")
+            .arg(self.config_path())
+            .env("RUST_LOG", "info,node_agent=debug")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start node-agent");
+        let stderr = child.stderr.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[agent] {line}");
+                if line.contains("listening")
+                    && let Some(addr) = line.split("addr=").nth(1)
+                {
+                    let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_owned());
+                }
+            }
+        });
+        let (out_tx, out_rx) = mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = out_tx.send(line);
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("node-agent did not start listening within 30 s");
+        self.base = format!("http://{addr}");
+        self.child = Some(child);
+        // Whatever the agent printed on stdout before listening (the created token, if any).
+        std::thread::sleep(Duration::from_millis(50));
+        while let Ok(line) = out_rx.try_recv() {
+            self.stdout.push_str(&line);
+            self.stdout.push('\n');
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([sig, &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// SIGTERM, then waits for the exit; returns the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        self.signal("-TERM");
+        let mut child = self.child.take().unwrap();
+        for _ in 0..300 {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        panic!("node-agent did not exit within 15 s of SIGTERM");
+    }
+
+    /// SIGKILL: the agent dies at once.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Starts the agent again on the same directory (store and tokens).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the agent before restarting it");
+        self.spawn();
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn client(&self) -> Client {
+        Client {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .unwrap(),
+            base: self.base.clone(),
+            token: self.token.clone(),
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Writes a tokens file: (name, token, role, user_id).
+pub fn write_tokens(path: &Path, tokens: &[(&str, &str, &str, Option<&str>)]) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut text = String::new();
+    for (name, token, role, user) in tokens {
+        text.push_str(&format!(
+            "[[token]]\nname = \"{name}\"\nsha256 = \"{}\"\nrole = \"{role}\"\n",
+            hex::encode(Sha256::digest(token.as_bytes()))
+        ));
+        if let Some(u) = user {
+            text.push_str(&format!("user_id = \"{u}\"\n"));
+        }
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+}
+
+/// An HTTP client for one agent, authenticated as its operator.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub http: reqwest::Client,
+    pub base: String,
+    pub token: String,
+}
+
+/// A status code and the JSON body (Null when the body is empty).
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl Client {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> Answer {
+        let resp = req.send().await.expect("request to the agent failed");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap();
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("answer is not JSON: {text:?}"))
+        };
+        Answer {
+            status,
+            body,
+            headers,
+        }
+    }
+
+    pub fn authed(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, self.url(path))
+            .bearer_auth(&self.token)
+    }
+
+    /// Registers app `id` for container `container`.
+    pub async fn register(&self, id: &str, container: &str) -> Answer {
+        self.register_body(id, app_body(id, container)).await
+    }
+
+    pub async fn register_body(&self, id: &str, body: Value) -> Answer {
+        let a = self
+            .send(
+                self.authed(reqwest::Method::PUT, &format!("/v1/apps/{id}"))
+                    .json(&body),
+            )
+            .await;
+        assert!(matches!(a.status, 200 | 201), "register {id}: {a:?}");
+        a
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        self.send(self.authed(reqwest::Method::GET, path)).await
+    }
+
+    /// `POST /v1/apps/{id}/stop` exactly as the CamposCloud SDK sends it: JSON content type, no body.
+    pub async fn stop(&self, id: &str) -> Answer {
+        self.stop_query(id, "").await
+    }
+
+    pub async fn stop_query(&self, id: &str, query: &str) -> Answer {
+        self.send(
+            self.authed(reqwest::Method::POST, &format!("/v1/apps/{id}/stop{query}"))
+                .header("Content-Type", "application/json"),
+        )
+        .await
+    }
+
+    pub async fn stop_body(&self, id: &str, body: Value) -> Answer {
+        self.send(
+            self.authed(reqwest::Method::POST, &format!("/v1/apps/{id}/stop"))
+                .json(&body),
+        )
+        .await
+    }
+}
+
+/// A registration body in the CamposCloud record shape.
+pub fn app_body(id: &str, container: &str) -> Value {
+    json!({
+        "_id": id,
+        "containerId": container,
+        "teamId": null,
+        "restartRequired": false,
+        "userId": "60c72b2f9b1e8d001c8e4f3a",
+        "name": format!("app {id}"),
+        "allocatedMemoryMB": 64,
+        "allocatedVCpu": 1,
+        "containerImage": "node-agent-test-workload",
+        "exposedViaWeb": false,
+        "internalPort": 3000,
+        "assignedSubdomain": null,
+        "startupCommand": "/workload",
+        "installDependenciesCmd": null,
+        "runtimeEnvironment": "static",
+        "autoRestartEnabled": false,
+        "status": "active",
+        "createdAt": "2025-07-19T00:02:54.455Z",
+        "githubDeploys": [],
+        "externalPort": null,
+        "repository": null,
+        "environmentVariables": [{"key": "API_PORT", "value": "3005", "_id": "e1"}],
+    })
+}
+
+/// A fresh app id.
+pub fn app_id() -> String {
+    unique("app")
+}

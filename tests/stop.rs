@@ -1,0 +1,282 @@
+//! The stop, end to end: the real agent over HTTP, stopping real containers on the real engine.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{AgentProcess, NODE_ID, NODE_NAME, Workload, app_id};
+use serde_json::{Value, json};
+
+fn metrics(record: &Value) -> &Value {
+    &record["currentResourceMetrics"]
+}
+
+/// The documented shape of a stopped record, with the final sample's figures.
+fn assert_stopped_record(record: &Value, id: &str, container: &str) {
+    assert_eq!(record["_id"], id);
+    assert_eq!(record["containerId"], container);
+    assert_eq!(record["status"], "active", "status keeps its documented value");
+    assert_eq!(record["workerNodeId"], json!({"_id": NODE_ID, "nodeName": NODE_NAME}));
+    let m = metrics(record);
+    assert_eq!(m["online"], false, "{record:#}");
+    for key in ["timestamp", "startedAt"] {
+        let t = m[key].as_str().unwrap_or_else(|| panic!("{key} missing: {m}"));
+        chrono::DateTime::parse_from_rfc3339(t).expect("RFC 3339");
+        assert!(t.ends_with('Z'), "UTC: {t}");
+    }
+    assert!(m["uptime"].is_u64(), "{m}");
+    assert!(m["cpuUsagePercent"].is_number(), "{m}");
+    assert!(m["memoryUsageBytes"].as_u64().unwrap() > 0, "{m}");
+    assert_eq!(m["memoryLimitBytes"].as_u64(), Some(64 * 1024 * 1024), "{m}");
+    assert!(m["networkRxBytes"].is_u64(), "{m}");
+    assert!(m["networkTxBytes"].is_u64(), "{m}");
+    assert!(record["lastExit"]["finishedAt"].is_string(), "{record:#}");
+    assert!(record["updatedAt"].is_string());
+    // Every registered key is kept as given.
+    assert_eq!(record["environmentVariables"][0]["key"], "API_PORT");
+    assert_eq!(record["assignedSubdomain"], Value::Null);
+}
+
+#[tokio::test]
+async fn a_container_that_exits_on_sigterm_is_stopped_with_final_metrics() {
+    let agent = AgentProcess::start();
+    let client = agent.client();
+    let w = Workload::start("exit").await;
+    let id = app_id();
+    client.register(&id, &w.name).await;
+
+    let before = client.get(&format!("/v1/apps/{id}")).await;
+    assert_eq!(before.status, 200);
+    assert_eq!(metrics(&before.body)["online"], true, "{:#}", before.body);
+
+    let a = client.stop(&id).await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_stopped_record(&a.body, &id, &w.name);
+    assert_eq!(a.body["lastExit"]["exitCode"], 0);
+    assert_eq!(a.body["lastExit"]["killed"], false);
+    assert!(!w.running().await, "the container really stopped");
+    assert!(w.logs().await.contains("signal 15"), "SIGTERM reached the workload");
+
+    // The final metrics were sampled before the stop, and the record keeps them.
+    let sampled = chrono::DateTime::parse_from_rfc3339(metrics(&a.body)["timestamp"].as_str().unwrap()).unwrap();
+    let finished = chrono::DateTime::parse_from_rfc3339(a.body["lastExit"]["finishedAt"].as_str().unwrap()).unwrap();
+    assert!(sampled <= finished, "sampled {sampled} before the exit at {finished}");
+    let after = client.get(&format!("/v1/apps/{id}")).await;
+    assert_eq!(after.status, 200);
+    assert_eq!(after.body, a.body, "GET answers the stored final record");
+}
+
+#[tokio::test]
+async fn a_container_that_ignores_sigterm_is_killed_after_the_grace_period() {
+    let agent = AgentProcess::start();
+    let client = agent.client();
+    let w = Workload::start("ignore").await;
+    let id = app_id();
+    client.register(&id, &w.name).await;
+
+    let started = Instant::now();
+    let a = client.stop_query(&id, "?timeout=2").await;
+    let took = started.elapsed();
+    assert_eq!(a.status, 200, "{a:?}");
+    assert!(took >= Duration::from_secs(2), "the grace period was waited ({took:?})");
+    assert_stopped_record(&a.body, &id, &w.name);
+    assert_eq!(a.body["lastExit"]["exitCode"], 137);
+    assert_eq!(a.body["lastExit"]["killed"], true);
+    assert_eq!(a.body["lastExit"]["signal"], "SIGKILL");
+    assert!(!w.running().await);
+    assert!(w.logs().await.contains("signal 15"), "SIGTERM was sent first");
+}
+
+#[tokio::test]
+async fn a_custom_signal_reaches_the_workload() {
+    let agent = AgentProcess::start();
+    let client = agent.client();
+    // From the query, with the SIG prefix.
+    let w = Workload::start("ignore").await;
+    let id = app_id();
+    client.register(&id, &w.name).await;
+    let a = client.stop_query(&id, "?signal=SIGUSR1&timeout=5").await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(a.body["lastExit"]["exitCode"], 64 + 10, "the workload saw SIGUSR1");
+    assert!(w.logs().await.contains("signal 10"));
+    assert!(!w.running().await);
+
+    // From a JSON body, without the prefix.
+    let w2 = Workload::start("ignore").await;
+    let id2 = app_id();
+    client.register(&id2, &w2.name).await;
+    let a = client.stop_body(&id2, json!({"signal": "HUP", "timeout": 5})).await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(a.body["lastExit"]["exitCode"], 64 + 1, "the workload saw SIGHUP");
+    assert!(w2.logs().await.contains("signal 1\n"));
+}
+
+#[tokio::test]
+async fn sigkill_and_zero_timeout_kill_at_once() {
+    let agent = AgentProcess::start();
+    let client = agent.client();
+    for query in ["?signal=KILL", "?timeout=0"] {
+        let w = Workload::start("ignore").await;
+        let id = app_id();
+        client.register(&id, &w.name).await;
+        let started = Instant::now();
+        let a = client.stop_query(&id, query).await;
+        assert_eq!(a.status, 200, "{query}: {a:?}");
+        assert_eq!(a.body["lastExit"]["exitCode"], 137, "{query}");
+        assert!(started.elapsed() < Duration::from_secs(10), "{query}: no grace period was waited");
+        assert!(!w.running().await);
+    }
+}
+
+#[tokio::test]
+async fn a_slow_graceful_exit_is_waited_for() {
+    let agent = AgentProcess::start();
+    let client = agent.client();
+    let w = Workload::start("slow=1500").await;
+    let id = app_id();
+    client.register(&id, &w.name).await;
+    let started = Instant::now();
+    let a = client.stop_query(&id, "?timeout=20").await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert!(started.elapsed() >= Duration::from_millis(1500), "the clean-up was waited for");
+    assert_eq!(a.body["lastExit"]["exitCode"], 0, "it exited by itself, not killed");
+    assert_eq!(a.body["lastExit"]["killed"], false);
+}
+
+#[tokio::test]
+async fn the_configured_default_timeout_applies() {
+    let agent = AgentProcess::start_with(common::AgentOptions {
+        default_timeout: Some(1),
+        ..Default::default()
+    });
+    let client = agent.client();
+    let w = Workload::start("ignore").await;
+    let id = app_id();
+    client.register(&id, &w.name).await;
+    let started = Instant::now();
+    let a = client.stop(&id).await;
+    assert_eq!(a.status, 200, "{a:?}");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(1) && took < Duration::from_secs(9), "1 s grace, not Docker's 10 s: {took:?}");
+    assert_eq!(a.body["lastExit"]["killed"], true);
+}
+
+#[tokio::test]
+async fn concurrent_stops_of_one_app_exactly_one_succeeds() {
+    let agent = AgentProcess::start();
+    let client = agent.client();
+    let w = Workload::start("slow=1000").await;
+    let id = app_id();
+    client.register(&id, &w.name).await;
+    let answers = futures_util::future::join_all((0..6).map(|_| client.stop(&id))).await;
+    let ok = answers.iter().filter(|a| a.status == 200).count();
+    assert_eq!(ok, 1, "{answers:#?}");
+    for a in answers.iter().filter(|a| a.status != 200) {
+        assert_eq!(a.status, 409, "{a:?}");
+        let code = a.body["error"].as_str().unwrap();
+        assert!(code == "stop_in_progress" || code == "already_stopped", "{a:?}");
+    }
+    assert!(answers.iter().any(|a| a.body["error"] == "stop_in_progress"), "{answers:#?}");
+}
+
+#[tokio::test]
+async fn twenty_apps_stopped_at_once() {
+    let agent = AgentProcess::start();
+    let client = agent.client();
+    let workloads = futures_util::future::join_all((0..20).map(|_| Workload::start("exit"))).await;
+    let mut ids = Vec::new();
+    for w in &workloads {
+        let id = app_id();
+        client.register(&id, &w.name).await;
+        ids.push(id);
+    }
+    let answers = futures_util::future::join_all(ids.iter().map(|id| client.stop(id))).await;
+    for (a, (id, w)) in answers.iter().zip(ids.iter().zip(&workloads)) {
+        assert_eq!(a.status, 200, "{id}: {a:?}");
+        assert_stopped_record(&a.body, id, &w.name);
+    }
+    for w in &workloads {
+        assert!(!w.running().await, "{} still runs", w.name);
+    }
+}
+
+#[tokio::test]
+async fn already_stopped_answers_409_with_the_current_record() {
+    let agent = AgentProcess::start();
+    let client = agent.client();
+
+    // Stopped by the agent: a second stop is 409.
+    let w = Workload::start("exit").await;
+    let id = app_id();
+    client.register(&id, &w.name).await;
+    assert_eq!(client.stop(&id).await.status, 200);
+    let again = client.stop(&id).await;
+    assert_eq!(again.status, 409, "{again:?}");
+    assert_eq!(again.body["error"], "already_stopped");
+    assert_eq!(again.body["status"], 409);
+    assert_eq!(again.body["app"]["_id"], id.as_str());
+    assert_eq!(again.body["app"]["currentResourceMetrics"]["online"], false);
+
+    // Stopped behind the agent's back: 409, and the record now says so, with the exit.
+    let w = Workload::start("exit").await;
+    let id = app_id();
+    client.register(&id, &w.name).await;
+    assert_eq!(metrics(&client.get(&format!("/v1/apps/{id}")).await.body)["online"], true);
+    common::docker()
+        .await
+        .stop_container(&w.name, None::<bollard::query_parameters::StopContainerOptions>)
+        .await
+        .unwrap();
+    let a = client.stop(&id).await;
+    assert_eq!(a.status, 409, "{a:?}");
+    assert_eq!(a.body["error"], "already_stopped");
+    assert_eq!(a.body["app"]["currentResourceMetrics"]["online"], false);
+    assert_eq!(a.body["app"]["lastExit"]["exitCode"], 0);
+    assert!(a.body["message"].as_str().unwrap().contains("not running"));
+
+    // Gone altogether: 409 as well.
+    let w = Workload::start("exit").await;
+    let id = app_id();
+    client.register(&id, &w.name).await;
+    w.remove().await;
+    let a = client.stop(&id).await;
+    assert_eq!(a.status, 409, "{a:?}");
+    assert_eq!(a.body["error"], "already_stopped");
+    assert!(a.body["message"].as_str().unwrap().contains("no longer exists"));
+    assert_eq!(a.body["app"]["currentResourceMetrics"]["online"], false);
+}
+
+#[tokio::test]
+async fn the_stop_is_not_cancelled_when_the_client_hangs_up() {
+    let agent = AgentProcess::start();
+    let client = agent.client();
+    let w = Workload::start("slow=1500").await;
+    let id = app_id();
+    client.register(&id, &w.name).await;
+    // A client that gives up after 300 ms, well before the workload finishes its clean-up.
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let r = impatient
+        .post(client.url(&format!("/v1/apps/{id}/stop")))
+        .bearer_auth(&client.token)
+        .send()
+        .await;
+    assert!(r.is_err(), "the client timed out");
+    // The stop goes on and lands in the record.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let a = client.get(&format!("/v1/apps/{id}")).await;
+        if metrics(&a.body)["online"] == false && a.body["lastExit"].is_object() {
+            assert_eq!(a.body["lastExit"]["exitCode"], 0, "{a:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the stop never completed: {a:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!w.running().await);
+    assert!(w.logs().await.contains("signal 15"));
+}

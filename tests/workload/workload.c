@@ -1,0 +1,73 @@
+/*
+ * The test workload: a tiny static program run as a container's only process.
+ *
+ *   workload MODE [ALLOC_MB]
+ *
+ * MODE says what SIGTERM does:
+ *   exit      exit at once with code 0
+ *   ignore    ignore SIGTERM (the stop's kill must end it)
+ *   slow=MS   finish "cleaning up" for MS milliseconds, then exit 0
+ * Every other handled signal (SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2) exits at once with code
+ * 64 + the signal's number, so a test can tell which signal arrived. Each signal received is
+ * written to standard output as "signal N". ALLOC_MB megabytes are allocated and touched at start
+ * so that memory figures are not trivial.
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static int slow_ms = -1;
+static int ignore_term = 0;
+
+static void say(int sig) {
+    char buf[32];
+    int n = snprintf(buf, sizeof buf, "signal %d\n", sig);
+    if (n > 0) {
+        ssize_t w = write(1, buf, (size_t)n);
+        (void)w;
+    }
+}
+
+static void on_signal(int sig) {
+    say(sig);
+    if (sig == SIGTERM) {
+        if (ignore_term) return;
+        if (slow_ms > 0) {
+            struct timespec ts = {slow_ms / 1000, (long)(slow_ms % 1000) * 1000000L};
+            nanosleep(&ts, NULL);
+        }
+        _exit(0);
+    }
+    _exit(64 + sig);
+}
+
+int main(int argc, char **argv) {
+    const char *mode = argc > 1 ? argv[1] : "exit";
+    if (strcmp(mode, "ignore") == 0) {
+        ignore_term = 1;
+    } else if (strncmp(mode, "slow=", 5) == 0) {
+        slow_ms = atoi(mode + 5);
+    } else if (strcmp(mode, "exit") != 0) {
+        fprintf(stderr, "unknown mode %s\n", mode);
+        return 2;
+    }
+    int sigs[] = {SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2};
+    for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++) {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = on_signal;
+        sigemptyset(&sa.sa_mask);
+        sigaction(sigs[i], &sa, NULL);
+    }
+    if (argc > 2) {
+        size_t bytes = (size_t)atoi(argv[2]) * 1024 * 1024;
+        char *p = malloc(bytes);
+        if (p) memset(p, 1, bytes);
+    }
+    printf("ready\n");
+    fflush(stdout);
+    for (;;) pause();
+}
