@@ -436,3 +436,259 @@ impl Agent {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Access;
+    use crate::runtime::fake::FakeRuntime;
+    use crate::stop::Signal;
+    use serde_json::json;
+
+    struct Fixture {
+        agent: Agent,
+        fake: FakeRuntime,
+        _dir: tempfile::TempDir,
+    }
+
+    fn operator() -> Principal {
+        Principal {
+            name: "op".into(),
+            access: Access::Operator,
+        }
+    }
+
+    async fn fixture(stop_takes_signal: bool, apps: &[(&str, Value)]) -> Fixture {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(&dir.path().join("a.db")).expect("store");
+        let fake = FakeRuntime::new(stop_takes_signal);
+        let node = WorkerNode {
+            id: "n".into(),
+            node_name: "N".into(),
+        };
+        let agent = Agent::new(Arc::new(fake.clone()), store, node, None);
+        for (id, body) in apps {
+            let id = AppId::parse(id).expect("id");
+            agent
+                .register(&operator(), &id, body.clone())
+                .await
+                .expect("register");
+            fake.add_running(
+                body["containerId"].as_str().expect("container"),
+                &["SIGTERM"],
+            );
+        }
+        Fixture {
+            agent,
+            fake,
+            _dir: dir,
+        }
+    }
+
+    fn id(s: &str) -> AppId {
+        AppId::parse(s).expect("id")
+    }
+
+    #[tokio::test]
+    async fn a_stop_records_final_metrics_and_exit() {
+        let f = fixture(true, &[("a", json!({"containerId": "ca"}))]).await;
+        let r = f
+            .agent
+            .stop(&operator(), &id("a"), StopRequest::default())
+            .await
+            .expect("stopped");
+        let m = r.metrics.expect("metrics");
+        assert!(!m.online);
+        assert_eq!(m.uptime, Some(42));
+        assert_eq!(m.cpu_usage_percent, Some(20.0));
+        assert_eq!(m.network_tx_bytes, Some(22));
+        assert_eq!(r.last_exit.expect("exit").exit_code, 0);
+        assert_eq!(
+            f.fake.calls(),
+            ["inspect ca", "stats ca", "stop ca - t=10", "inspect ca"]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_engine_leaves_the_record_untouched() {
+        let f = fixture(true, &[("a", json!({"containerId": "ca"}))]).await;
+        let before = f.agent.store().get(&id("a")).await.expect("get");
+        f.fake.set_engine_down(true);
+        let err = f
+            .agent
+            .stop(&operator(), &id("a"), StopRequest::default())
+            .await;
+        assert!(
+            matches!(err, Err(AgentError::DockerUnavailable(_))),
+            "{err:?}"
+        );
+        assert_eq!(f.agent.store().get(&id("a")).await.expect("get"), before);
+        f.fake.set_engine_down(false);
+        assert!(
+            f.agent
+                .stop(&operator(), &id("a"), StopRequest::default())
+                .await
+                .is_ok(),
+            "works again"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_engine_dying_mid_stop_is_503_and_the_record_untouched() {
+        let f = fixture(true, &[("a", json!({"containerId": "ca"}))]).await;
+        let before = f.agent.store().get(&id("a")).await.expect("get");
+        f.fake
+            .fail_next("stop", RuntimeError::Unavailable("connection reset".into()));
+        let err = f
+            .agent
+            .stop(&operator(), &id("a"), StopRequest::default())
+            .await;
+        assert!(
+            matches!(err, Err(AgentError::DockerUnavailable(_))),
+            "{err:?}"
+        );
+        assert_eq!(f.agent.store().get(&id("a")).await.expect("get"), before);
+    }
+
+    #[tokio::test]
+    async fn a_container_vanishing_before_the_stop_call_ends_stopped() {
+        let f = fixture(true, &[("a", json!({"containerId": "ca"}))]).await;
+        f.fake.vanish_after("stats", "ca");
+        let r = f
+            .agent
+            .stop(&operator(), &id("a"), StopRequest::default())
+            .await
+            .expect("down");
+        let m = r.metrics.expect("metrics");
+        assert!(!m.online);
+        assert_eq!(
+            m.memory_usage_bytes,
+            Some(4096),
+            "the sample taken before it vanished is kept"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_container_vanishing_between_inspect_and_stats_is_already_stopped() {
+        let f = fixture(true, &[("a", json!({"containerId": "ca"}))]).await;
+        f.fake.vanish_after("inspect", "ca");
+        let err = f
+            .agent
+            .stop(&operator(), &id("a"), StopRequest::default())
+            .await;
+        match err {
+            Err(AgentError::AlreadyStopped { record, .. }) => assert!(!record.online()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn exiting_before_the_signal_is_already_stopped() {
+        let f = fixture(false, &[("a", json!({"containerId": "ca"}))]).await;
+        f.fake
+            .fail_next("kill", RuntimeError::NotRunning("ca".into()));
+        let req = StopRequest {
+            signal: Some(Signal::Usr1),
+            timeout: Some(1),
+        };
+        let err = f.agent.stop(&operator(), &id("a"), req).await;
+        assert!(
+            matches!(err, Err(AgentError::AlreadyStopped { .. })),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_hanging_stop_excludes_only_its_own_app_and_survives_its_caller() {
+        let f = fixture(
+            true,
+            &[
+                ("a", json!({"containerId": "ca"})),
+                ("b", json!({"containerId": "cb"})),
+            ],
+        )
+        .await;
+        f.fake.gate("stop");
+        let agent = f.agent.clone();
+        let first = tokio::spawn(async move {
+            agent
+                .stop(&operator(), &id("a"), StopRequest::default())
+                .await
+        });
+        f.fake.entered().await;
+        let second = f
+            .agent
+            .stop(&operator(), &id("a"), StopRequest::default())
+            .await;
+        assert!(
+            matches!(second, Err(AgentError::StopInProgress(_))),
+            "{second:?}"
+        );
+        // The caller of the first stop goes away; the stop itself goes on.
+        first.abort();
+        // Another app is not held up by the hanging stop.
+        let agent = f.agent.clone();
+        let other = tokio::spawn(async move {
+            agent
+                .stop(&operator(), &id("b"), StopRequest::default())
+                .await
+        });
+        f.fake.entered().await;
+        f.fake.release();
+        assert!(other.await.expect("join").is_ok());
+        for _ in 0..100 {
+            let r = f
+                .agent
+                .store()
+                .get(&id("a"))
+                .await
+                .expect("get")
+                .expect("record");
+            if r.metrics.as_ref().is_some_and(|m| !m.online) {
+                assert!(!f.fake.state("ca").running);
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("the abandoned stop never completed");
+    }
+
+    #[tokio::test]
+    async fn refused_callers_never_reach_the_engine() {
+        let team = json!({"owner": "lead", "members": [{"user": "viewer", "permissions": {"canChangeStatusApplication": false}}]});
+        let f = fixture(
+            true,
+            &[(
+                "a",
+                json!({"containerId": "ca", "userId": "owner", "teamId": team}),
+            )],
+        )
+        .await;
+        let user = |u: &str| Principal {
+            name: u.into(),
+            access: Access::User { user_id: u.into() },
+        };
+        let err = f
+            .agent
+            .stop(&user("stranger"), &id("a"), StopRequest::default())
+            .await;
+        assert!(matches!(err, Err(AgentError::NotFound(_))), "{err:?}");
+        let err = f
+            .agent
+            .stop(&user("viewer"), &id("a"), StopRequest::default())
+            .await;
+        assert!(matches!(err, Err(AgentError::Forbidden(_))), "{err:?}");
+        let err = f
+            .agent
+            .register(&user("owner"), &id("a"), json!({"containerId": "x"}))
+            .await;
+        assert!(matches!(err, Err(AgentError::Forbidden(_))), "{err:?}");
+        assert!(f.fake.calls().is_empty(), "{:?}", f.fake.calls());
+        assert!(
+            f.agent
+                .stop(&user("owner"), &id("a"), StopRequest::default())
+                .await
+                .is_ok()
+        );
+    }
+}

@@ -17,19 +17,31 @@ fn metrics(record: &Value) -> &Value {
 fn assert_stopped_record(record: &Value, id: &str, container: &str) {
     assert_eq!(record["_id"], id);
     assert_eq!(record["containerId"], container);
-    assert_eq!(record["status"], "active", "status keeps its documented value");
-    assert_eq!(record["workerNodeId"], json!({"_id": NODE_ID, "nodeName": NODE_NAME}));
+    assert_eq!(
+        record["status"], "active",
+        "status keeps its documented value"
+    );
+    assert_eq!(
+        record["workerNodeId"],
+        json!({"_id": NODE_ID, "nodeName": NODE_NAME})
+    );
     let m = metrics(record);
     assert_eq!(m["online"], false, "{record:#}");
     for key in ["timestamp", "startedAt"] {
-        let t = m[key].as_str().unwrap_or_else(|| panic!("{key} missing: {m}"));
+        let t = m[key]
+            .as_str()
+            .unwrap_or_else(|| panic!("{key} missing: {m}"));
         chrono::DateTime::parse_from_rfc3339(t).expect("RFC 3339");
         assert!(t.ends_with('Z'), "UTC: {t}");
     }
     assert!(m["uptime"].is_u64(), "{m}");
     assert!(m["cpuUsagePercent"].is_number(), "{m}");
     assert!(m["memoryUsageBytes"].as_u64().unwrap() > 0, "{m}");
-    assert_eq!(m["memoryLimitBytes"].as_u64(), Some(64 * 1024 * 1024), "{m}");
+    assert_eq!(
+        m["memoryLimitBytes"].as_u64(),
+        Some(64 * 1024 * 1024),
+        "{m}"
+    );
     assert!(m["networkRxBytes"].is_u64(), "{m}");
     assert!(m["networkTxBytes"].is_u64(), "{m}");
     assert!(record["lastExit"]["finishedAt"].is_string(), "{record:#}");
@@ -57,12 +69,22 @@ async fn a_container_that_exits_on_sigterm_is_stopped_with_final_metrics() {
     assert_eq!(a.body["lastExit"]["exitCode"], 0);
     assert_eq!(a.body["lastExit"]["killed"], false);
     assert!(!w.running().await, "the container really stopped");
-    assert!(w.logs().await.contains("signal 15"), "SIGTERM reached the workload");
+    assert!(
+        w.logs().await.contains("signal 15"),
+        "SIGTERM reached the workload"
+    );
 
     // The final metrics were sampled before the stop, and the record keeps them.
-    let sampled = chrono::DateTime::parse_from_rfc3339(metrics(&a.body)["timestamp"].as_str().unwrap()).unwrap();
-    let finished = chrono::DateTime::parse_from_rfc3339(a.body["lastExit"]["finishedAt"].as_str().unwrap()).unwrap();
-    assert!(sampled <= finished, "sampled {sampled} before the exit at {finished}");
+    let sampled =
+        chrono::DateTime::parse_from_rfc3339(metrics(&a.body)["timestamp"].as_str().unwrap())
+            .unwrap();
+    let finished =
+        chrono::DateTime::parse_from_rfc3339(a.body["lastExit"]["finishedAt"].as_str().unwrap())
+            .unwrap();
+    assert!(
+        sampled <= finished,
+        "sampled {sampled} before the exit at {finished}"
+    );
     let after = client.get(&format!("/v1/apps/{id}")).await;
     assert_eq!(after.status, 200);
     assert_eq!(after.body, a.body, "GET answers the stored final record");
@@ -80,13 +102,19 @@ async fn a_container_that_ignores_sigterm_is_killed_after_the_grace_period() {
     let a = client.stop_query(&id, "?timeout=2").await;
     let took = started.elapsed();
     assert_eq!(a.status, 200, "{a:?}");
-    assert!(took >= Duration::from_secs(2), "the grace period was waited ({took:?})");
+    assert!(
+        took >= Duration::from_secs(2),
+        "the grace period was waited ({took:?})"
+    );
     assert_stopped_record(&a.body, &id, &w.name);
     assert_eq!(a.body["lastExit"]["exitCode"], 137);
     assert_eq!(a.body["lastExit"]["killed"], true);
     assert_eq!(a.body["lastExit"]["signal"], "SIGKILL");
     assert!(!w.running().await);
-    assert!(w.logs().await.contains("signal 15"), "SIGTERM was sent first");
+    assert!(
+        w.logs().await.contains("signal 15"),
+        "SIGTERM was sent first"
+    );
 }
 
 #[tokio::test]
@@ -99,7 +127,11 @@ async fn a_custom_signal_reaches_the_workload() {
     client.register(&id, &w.name).await;
     let a = client.stop_query(&id, "?signal=SIGUSR1&timeout=5").await;
     assert_eq!(a.status, 200, "{a:?}");
-    assert_eq!(a.body["lastExit"]["exitCode"], 64 + 10, "the workload saw SIGUSR1");
+    assert_eq!(
+        a.body["lastExit"]["exitCode"],
+        64 + 10,
+        "the workload saw SIGUSR1"
+    );
     assert!(w.logs().await.contains("signal 10"));
     assert!(!w.running().await);
 
@@ -107,9 +139,15 @@ async fn a_custom_signal_reaches_the_workload() {
     let w2 = Workload::start("ignore").await;
     let id2 = app_id();
     client.register(&id2, &w2.name).await;
-    let a = client.stop_body(&id2, json!({"signal": "HUP", "timeout": 5})).await;
+    let a = client
+        .stop_body(&id2, json!({"signal": "HUP", "timeout": 5}))
+        .await;
     assert_eq!(a.status, 200, "{a:?}");
-    assert_eq!(a.body["lastExit"]["exitCode"], 64 + 1, "the workload saw SIGHUP");
+    assert_eq!(
+        a.body["lastExit"]["exitCode"],
+        64 + 1,
+        "the workload saw SIGHUP"
+    );
     assert!(w2.logs().await.contains("signal 1\n"));
 }
 
@@ -125,7 +163,10 @@ async fn sigkill_and_zero_timeout_kill_at_once() {
         let a = client.stop_query(&id, query).await;
         assert_eq!(a.status, 200, "{query}: {a:?}");
         assert_eq!(a.body["lastExit"]["exitCode"], 137, "{query}");
-        assert!(started.elapsed() < Duration::from_secs(10), "{query}: no grace period was waited");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{query}: no grace period was waited"
+        );
         assert!(!w.running().await);
     }
 }
@@ -140,8 +181,14 @@ async fn a_slow_graceful_exit_is_waited_for() {
     let started = Instant::now();
     let a = client.stop_query(&id, "?timeout=20").await;
     assert_eq!(a.status, 200, "{a:?}");
-    assert!(started.elapsed() >= Duration::from_millis(1500), "the clean-up was waited for");
-    assert_eq!(a.body["lastExit"]["exitCode"], 0, "it exited by itself, not killed");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "the clean-up was waited for"
+    );
+    assert_eq!(
+        a.body["lastExit"]["exitCode"], 0,
+        "it exited by itself, not killed"
+    );
     assert_eq!(a.body["lastExit"]["killed"], false);
 }
 
@@ -159,7 +206,10 @@ async fn the_configured_default_timeout_applies() {
     let a = client.stop(&id).await;
     assert_eq!(a.status, 200, "{a:?}");
     let took = started.elapsed();
-    assert!(took >= Duration::from_secs(1) && took < Duration::from_secs(9), "1 s grace, not Docker's 10 s: {took:?}");
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(9),
+        "1 s grace, not Docker's 10 s: {took:?}"
+    );
     assert_eq!(a.body["lastExit"]["killed"], true);
 }
 
@@ -176,9 +226,17 @@ async fn concurrent_stops_of_one_app_exactly_one_succeeds() {
     for a in answers.iter().filter(|a| a.status != 200) {
         assert_eq!(a.status, 409, "{a:?}");
         let code = a.body["error"].as_str().unwrap();
-        assert!(code == "stop_in_progress" || code == "already_stopped", "{a:?}");
+        assert!(
+            code == "stop_in_progress" || code == "already_stopped",
+            "{a:?}"
+        );
     }
-    assert!(answers.iter().any(|a| a.body["error"] == "stop_in_progress"), "{answers:#?}");
+    assert!(
+        answers
+            .iter()
+            .any(|a| a.body["error"] == "stop_in_progress"),
+        "{answers:#?}"
+    );
 }
 
 #[tokio::test]
@@ -223,10 +281,16 @@ async fn already_stopped_answers_409_with_the_current_record() {
     let w = Workload::start("exit").await;
     let id = app_id();
     client.register(&id, &w.name).await;
-    assert_eq!(metrics(&client.get(&format!("/v1/apps/{id}")).await.body)["online"], true);
+    assert_eq!(
+        metrics(&client.get(&format!("/v1/apps/{id}")).await.body)["online"],
+        true
+    );
     common::docker()
         .await
-        .stop_container(&w.name, None::<bollard::query_parameters::StopContainerOptions>)
+        .stop_container(
+            &w.name,
+            None::<bollard::query_parameters::StopContainerOptions>,
+        )
         .await
         .unwrap();
     let a = client.stop(&id).await;
@@ -244,7 +308,12 @@ async fn already_stopped_answers_409_with_the_current_record() {
     let a = client.stop(&id).await;
     assert_eq!(a.status, 409, "{a:?}");
     assert_eq!(a.body["error"], "already_stopped");
-    assert!(a.body["message"].as_str().unwrap().contains("no longer exists"));
+    assert!(
+        a.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("no longer exists")
+    );
     assert_eq!(a.body["app"]["currentResourceMetrics"]["online"], false);
 }
 

@@ -43,12 +43,11 @@ pub async fn docker() -> Docker {
     DOCKER
         .get_or_init(|| async {
             let docker = Docker::connect_with_local_defaults()
-                .and_then(|d| Ok(d.with_timeout(Duration::from_secs(60))))
-                .expect("these tests need a Docker engine at /var/run/docker.sock (DOCKER_HOST); `bash .ci/run` starts one");
-            let docker = docker.negotiate_version().await.expect(
+                .map(|d| d.with_timeout(Duration::from_secs(60)))
+                .expect("these tests need a Docker engine at /var/run/docker.sock (or DOCKER_HOST); `bash .ci/run` starts one");
+            docker.negotiate_version().await.expect(
                 "no Docker engine answers at /var/run/docker.sock; these tests drive the real engine. Start one (`bash .ci/run` does)",
-            );
-            docker
+            )
         })
         .await
         .clone()
@@ -77,7 +76,8 @@ pub async fn workload_image() -> String {
             header.set_size(bytes.len() as u64);
             header.set_mode(0o755);
             header.set_cksum();
-            tar.append_data(&mut header, "workload", bytes.as_slice()).unwrap();
+            tar.append_data(&mut header, "workload", bytes.as_slice())
+                .unwrap();
             let archive = tar.into_inner().unwrap();
             let docker = docker().await;
             let options = CreateImageOptions {
@@ -86,8 +86,11 @@ pub async fn workload_image() -> String {
                 tag: Some(tag.clone()),
                 ..Default::default()
             };
-            let mut progress =
-                docker.create_image(Some(options), Some(bollard::body_full(archive.into())), None);
+            let mut progress = docker.create_image(
+                Some(options),
+                Some(bollard::body_full(archive.into())),
+                None,
+            );
             while let Some(step) = progress.next().await {
                 step.expect("docker import of the workload image failed");
             }
@@ -186,7 +189,10 @@ impl Workload {
     }
 
     pub async fn exit_code(&self) -> Option<i64> {
-        self.inspect().await.and_then(|c| c.state).and_then(|s| s.exit_code)
+        self.inspect()
+            .await
+            .and_then(|c| c.state)
+            .and_then(|s| s.exit_code)
     }
 
     /// Removes the container now.

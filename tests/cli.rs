@@ -1,0 +1,157 @@
+//! The command line: `check-config` exit codes, environment overrides, and `token new`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::{Command, Output};
+
+use sha2::{Digest, Sha256};
+
+fn node_agent(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_node-agent"));
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run node-agent")
+}
+
+fn check(config: &str, env: &[(&str, &str)]) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = node_agent(&["check-config", "--config", path.to_str().unwrap()], env);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap(), text)
+}
+
+const MINIMAL: &str = "[node]\nid = \"n1\"\nname = \"ODIN\"\n";
+
+#[test]
+fn check_config_accepts_the_shipped_file() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/node-agent.toml");
+    let out = node_agent(&["check-config", "--config", path], &[]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+}
+
+#[test]
+fn check_config_exits_78_naming_the_bad_key_or_value() {
+    for (config, named) in [
+        (
+            format!("{MINIMAL}[http]\nlisten = \"127.0.0.1:1\"\nport = 80\n"),
+            "port",
+        ),
+        (format!("{MINIMAL}[stopp]\n"), "stopp"),
+        (
+            format!("{MINIMAL}[http]\nlisten = \"everywhere\"\n"),
+            "http.listen",
+        ),
+        (
+            format!("{MINIMAL}[stop]\ndefault_timeout_secs = -5\n"),
+            "default_timeout_secs",
+        ),
+        ("[node]\nname = \"x\"\n".to_owned(), "id"),
+        ("not toml at all [".to_owned(), "c.toml"),
+    ] {
+        let (code, text) = check(&config, &[]);
+        assert_eq!(code, 78, "{config}: {text}");
+        assert!(text.contains(named), "{named} not named in: {text}");
+    }
+    let out = node_agent(
+        &["check-config", "--config", "/nonexistent/node-agent.toml"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(78));
+}
+
+#[test]
+fn environment_variables_override_the_file() {
+    let (code, text) = check(MINIMAL, &[("NODE_AGENT__HTTP__LISTEN", "not-an-address")]);
+    assert_eq!(code, 78, "{text}");
+    assert!(text.contains("http.listen"), "{text}");
+    let (code, text) = check(
+        &format!("{MINIMAL}[http]\nlisten = \"bad\"\n"),
+        &[("NODE_AGENT__HTTP__LISTEN", "127.0.0.1:9")],
+    );
+    assert_eq!(code, 0, "{text}");
+    let (code, text) = check(MINIMAL, &[("NODE_AGENT__HTTP__LISTENN", "127.0.0.1:9")]);
+    assert_eq!(
+        code, 78,
+        "an unknown key from the environment is refused too: {text}"
+    );
+}
+
+#[test]
+fn serving_with_a_bad_config_exits_78() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, format!("{MINIMAL}[extra]\n")).unwrap();
+    let out = node_agent(&["--config", path.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("extra"));
+}
+
+#[test]
+fn token_new_prints_a_fresh_token_and_its_hashed_entry() {
+    let out = node_agent(
+        &[
+            "token",
+            "new",
+            "--name",
+            "control-plane",
+            "--role",
+            "operator",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let token = text.lines().next().unwrap();
+    assert!(
+        token.len() >= 64 && token.chars().all(|c| c.is_ascii_hexdigit()),
+        "{token}"
+    );
+    let hash = hex::encode(Sha256::digest(token.as_bytes()));
+    assert!(text.contains(&format!("sha256 = \"{hash}\"")), "{text}");
+    assert!(
+        text.contains("name = \"control-plane\"") && text.contains("role = \"operator\""),
+        "{text}"
+    );
+    assert_eq!(text.matches(token).count(), 1, "the token is printed once");
+
+    let again = node_agent(&["token", "new", "--name", "x", "--role", "operator"], &[]);
+    assert_ne!(
+        String::from_utf8(again.stdout)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+        token,
+        "fresh each time"
+    );
+
+    let user = node_agent(
+        &[
+            "token",
+            "new",
+            "--name",
+            "keven",
+            "--role",
+            "user",
+            "--user-id",
+            "u1",
+        ],
+        &[],
+    );
+    assert_eq!(user.status.code(), Some(0));
+    assert!(
+        String::from_utf8(user.stdout)
+            .unwrap()
+            .contains("user_id = \"u1\"")
+    );
+    let missing = node_agent(&["token", "new", "--name", "keven", "--role", "user"], &[]);
+    assert_ne!(missing.status.code(), Some(0));
+}
