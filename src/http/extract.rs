@@ -6,6 +6,7 @@ use axum::extract::{FromRequestParts, Path};
 use axum::http::HeaderMap;
 use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH};
 use axum::http::request::Parts;
+use http_body_util::BodyExt;
 
 use super::{ApiContext, ApiError, MAX_BODY_BYTES};
 use crate::auth::Principal;
@@ -68,25 +69,40 @@ impl<S: Send + Sync> FromRequestParts<S> for AppIdPath {
     }
 }
 
+/// How much of an oversized body is read and discarded before answering 413, so that a client still
+/// writing it receives the answer instead of a reset connection. Larger bodies are cut off at once.
+const DRAIN_LIMIT: u64 = 16 * MAX_BODY_BYTES as u64;
+
 /// Reads a request body of at most [`MAX_BODY_BYTES`].
 pub async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+    if declared.is_some_and(|n| n > DRAIN_LIMIT) {
         return Err(ApiError::payload_too_large());
     }
-    axum::body::to_bytes(body, MAX_BODY_BYTES)
-        .await
-        .map_err(|e| {
-            let inner = e.into_inner();
-            if inner.is::<http_body_util::LengthLimitError>() {
-                ApiError::payload_too_large()
-            } else {
-                ApiError::bad_request(format!("could not read the request body: {inner}"))
-            }
-        })
+    let mut body = body;
+    let mut kept = Vec::new();
+    let mut total: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .map_err(|e| ApiError::bad_request(format!("could not read the request body: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total += data.len() as u64;
+        if total > DRAIN_LIMIT {
+            break;
+        }
+        if total <= MAX_BODY_BYTES as u64 {
+            kept.extend_from_slice(&data);
+        }
+    }
+    if total > MAX_BODY_BYTES as u64 {
+        return Err(ApiError::payload_too_large());
+    }
+    Ok(Bytes::from(kept))
 }
 
 /// Parses a query string into pairs, refusing parameters outside `allowed` and repeated ones.
