@@ -295,19 +295,25 @@ impl Agent {
         id: &AppId,
         req: StopRequest,
     ) -> Result<AppRecord, AgentError> {
-        let record = self.authorized(principal, id, Action::Stop).await?;
-        let guard = self.begin_stop(id)?;
+        let admitted = match self.authorized(principal, id, Action::Stop).await {
+            Ok(record) => self.begin_stop(id).map(|guard| (record, guard)),
+            Err(e) => Err(e),
+        };
+        let (record, guard) = admitted.inspect_err(|e| {
+            tracing::info!(app = %id, token = %principal.name, outcome = %e, "stop refused");
+        })?;
         let agent = self.clone();
         let caller = principal.name.clone();
         let task = tokio::spawn(async move {
             let _guard = guard;
+            let app = record.id.clone();
             let started = std::time::Instant::now();
             let outcome = agent.run_stop(record, req).await;
             let elapsed_ms = started.elapsed().as_millis();
             match &outcome {
-                Ok(r) => tracing::info!(app = %r.id, token = %caller, elapsed_ms, "stopped"),
+                Ok(_) => tracing::info!(%app, token = %caller, elapsed_ms, "stopped"),
                 Err(e) => {
-                    tracing::info!(token = %caller, elapsed_ms, outcome = %e, "stop refused or failed")
+                    tracing::info!(%app, token = %caller, elapsed_ms, outcome = %e, "stop not done")
                 }
             }
             outcome

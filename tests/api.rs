@@ -373,3 +373,47 @@ async fn first_start_creates_a_private_tokens_file_and_shows_the_token_once() {
     client.token = token;
     assert_eq!(client.get("/v1/apps").await.status, 200);
 }
+
+#[tokio::test]
+async fn users_may_not_register_or_delete_and_never_touch_what_they_cannot_see() {
+    let agent = AgentProcess::start_with(AgentOptions {
+        user_tokens: vec![(
+            "keven".into(),
+            "user-token-keven".into(),
+            "someone-else".into(),
+        )],
+        ..Default::default()
+    });
+    let client = agent.client();
+    let w = Workload::start("exit").await;
+    let id = app_id();
+    client.register(&id, &w.name).await;
+    let mut user = client.clone();
+    user.token = "user-token-keven".into();
+
+    let put = user
+        .send(
+            user.authed(Method::PUT, &format!("/v1/apps/{id}"))
+                .json(&app_body(&id, &w.name)),
+        )
+        .await;
+    assert_error(&put, 403, "forbidden");
+    let del = user
+        .send(user.authed(Method::DELETE, &format!("/v1/apps/{id}")))
+        .await;
+    assert_error(&del, 403, "forbidden");
+    // Not this user's app: as if absent.
+    assert_error(&user.stop(&id).await, 404, "app_not_found");
+    assert_error(
+        &user.get(&format!("/v1/apps/{id}")).await,
+        404,
+        "app_not_found",
+    );
+    assert_eq!(user.get("/v1/apps").await.body["applications"], json!([]));
+    assert!(w.running().await, "the container was not touched");
+    assert_eq!(
+        client.get(&format!("/v1/apps/{id}")).await.status,
+        200,
+        "the record is still there"
+    );
+}
