@@ -495,14 +495,30 @@ mod tests {
         AppId::parse(s).expect("id")
     }
 
+    impl Fixture {
+        async fn stop_as(
+            &self,
+            who: &Principal,
+            app: &str,
+            req: StopRequest,
+        ) -> Result<AppRecord, AgentError> {
+            self.agent.stop(who, &id(app), req).await
+        }
+
+        /// A default stop of `app` by an operator.
+        async fn stop(&self, app: &str) -> Result<AppRecord, AgentError> {
+            self.stop_as(&operator(), app, StopRequest::default()).await
+        }
+
+        async fn stored(&self, app: &str) -> Option<AppRecord> {
+            self.agent.store().get(&id(app)).await.expect("get")
+        }
+    }
+
     #[tokio::test]
     async fn a_stop_records_final_metrics_and_exit() {
         let f = fixture(true, &[("a", json!({"containerId": "ca"}))]).await;
-        let r = f
-            .agent
-            .stop(&operator(), &id("a"), StopRequest::default())
-            .await
-            .expect("stopped");
+        let r = f.stop("a").await.expect("stopped");
         let m = r.metrics.expect("metrics");
         assert!(!m.online);
         assert_eq!(m.uptime, Some(42));
@@ -518,53 +534,37 @@ mod tests {
     #[tokio::test]
     async fn an_unreachable_engine_leaves_the_record_untouched() {
         let f = fixture(true, &[("a", json!({"containerId": "ca"}))]).await;
-        let before = f.agent.store().get(&id("a")).await.expect("get");
+        let before = f.stored("a").await;
         f.fake.set_engine_down(true);
-        let err = f
-            .agent
-            .stop(&operator(), &id("a"), StopRequest::default())
-            .await;
+        let err = f.stop("a").await;
         assert!(
             matches!(err, Err(AgentError::DockerUnavailable(_))),
             "{err:?}"
         );
-        assert_eq!(f.agent.store().get(&id("a")).await.expect("get"), before);
+        assert_eq!(f.stored("a").await, before);
         f.fake.set_engine_down(false);
-        assert!(
-            f.agent
-                .stop(&operator(), &id("a"), StopRequest::default())
-                .await
-                .is_ok(),
-            "works again"
-        );
+        assert!(f.stop("a").await.is_ok(), "works again");
     }
 
     #[tokio::test]
     async fn the_engine_dying_mid_stop_is_503_and_the_record_untouched() {
         let f = fixture(true, &[("a", json!({"containerId": "ca"}))]).await;
-        let before = f.agent.store().get(&id("a")).await.expect("get");
+        let before = f.stored("a").await;
         f.fake
             .fail_next("stop", RuntimeError::Unavailable("connection reset".into()));
-        let err = f
-            .agent
-            .stop(&operator(), &id("a"), StopRequest::default())
-            .await;
+        let err = f.stop("a").await;
         assert!(
             matches!(err, Err(AgentError::DockerUnavailable(_))),
             "{err:?}"
         );
-        assert_eq!(f.agent.store().get(&id("a")).await.expect("get"), before);
+        assert_eq!(f.stored("a").await, before);
     }
 
     #[tokio::test]
     async fn a_container_vanishing_before_the_stop_call_ends_stopped() {
         let f = fixture(true, &[("a", json!({"containerId": "ca"}))]).await;
         f.fake.vanish_after("stats", "ca");
-        let r = f
-            .agent
-            .stop(&operator(), &id("a"), StopRequest::default())
-            .await
-            .expect("down");
+        let r = f.stop("a").await.expect("down");
         let m = r.metrics.expect("metrics");
         assert!(!m.online);
         assert_eq!(
@@ -578,10 +578,7 @@ mod tests {
     async fn a_container_vanishing_between_inspect_and_stats_is_already_stopped() {
         let f = fixture(true, &[("a", json!({"containerId": "ca"}))]).await;
         f.fake.vanish_after("inspect", "ca");
-        let err = f
-            .agent
-            .stop(&operator(), &id("a"), StopRequest::default())
-            .await;
+        let err = f.stop("a").await;
         match err {
             Err(AgentError::AlreadyStopped { record, .. }) => assert!(!record.online()),
             other => panic!("{other:?}"),
@@ -597,7 +594,7 @@ mod tests {
             signal: Some(Signal::Usr1),
             timeout: Some(1),
         };
-        let err = f.agent.stop(&operator(), &id("a"), req).await;
+        let err = f.stop_as(&operator(), "a", req).await;
         assert!(
             matches!(err, Err(AgentError::AlreadyStopped { .. })),
             "{err:?}"
@@ -622,10 +619,7 @@ mod tests {
                 .await
         });
         f.fake.entered().await;
-        let second = f
-            .agent
-            .stop(&operator(), &id("a"), StopRequest::default())
-            .await;
+        let second = f.stop("a").await;
         assert!(
             matches!(second, Err(AgentError::StopInProgress(_))),
             "{second:?}"
@@ -675,13 +669,11 @@ mod tests {
             access: Access::User { user_id: u.into() },
         };
         let err = f
-            .agent
-            .stop(&user("stranger"), &id("a"), StopRequest::default())
+            .stop_as(&user("stranger"), "a", StopRequest::default())
             .await;
         assert!(matches!(err, Err(AgentError::NotFound(_))), "{err:?}");
         let err = f
-            .agent
-            .stop(&user("viewer"), &id("a"), StopRequest::default())
+            .stop_as(&user("viewer"), "a", StopRequest::default())
             .await;
         assert!(matches!(err, Err(AgentError::Forbidden(_))), "{err:?}");
         let err = f
@@ -691,8 +683,7 @@ mod tests {
         assert!(matches!(err, Err(AgentError::Forbidden(_))), "{err:?}");
         assert!(f.fake.calls().is_empty(), "{:?}", f.fake.calls());
         assert!(
-            f.agent
-                .stop(&user("owner"), &id("a"), StopRequest::default())
+            f.stop_as(&user("owner"), "a", StopRequest::default())
                 .await
                 .is_ok()
         );

@@ -99,9 +99,7 @@ async fn records_are_registered_read_listed_and_forgotten() {
 async fn every_error_row_of_the_contract() {
     let agent = AgentProcess::start();
     let client = agent.client();
-    let w = Workload::start("exit").await;
-    let id = app_id();
-    client.register(&id, &w.name).await;
+    let (w, id) = client.running_app("exit").await;
 
     // 400: malformed ids, timeouts, signals and bodies.
     let long = "x".repeat(129);
@@ -231,9 +229,7 @@ async fn every_error_row_of_the_contract() {
 async fn the_sdk_request_and_both_token_schemes_work() {
     let agent = AgentProcess::start();
     let client = agent.client();
-    let w = Workload::start("exit").await;
-    let id = app_id();
-    client.register(&id, &w.name).await;
+    let (_w, id) = client.running_app("exit").await;
     // Exactly what @camposcloud/sdk sends: Bearer, JSON content type, no body at all.
     let resp = client
         .http
@@ -307,9 +303,7 @@ async fn an_unreachable_engine_is_503_and_records_stay_untouched() {
 async fn records_survive_restarts_and_kill_9() {
     let mut agent = AgentProcess::start();
     let client = agent.client();
-    let w = Workload::start("exit").await;
-    let stopped = app_id();
-    client.register(&stopped, &w.name).await;
+    let (_w, stopped) = client.running_app("exit").await;
     let answer = client.stop(&stopped).await;
     assert_eq!(answer.status, 200);
     let kept = app_id();
@@ -385,9 +379,7 @@ async fn users_may_not_register_or_delete_and_never_touch_what_they_cannot_see()
         ..Default::default()
     });
     let client = agent.client();
-    let w = Workload::start("exit").await;
-    let id = app_id();
-    client.register(&id, &w.name).await;
+    let (w, id) = client.running_app("exit").await;
     let mut user = client.clone();
     user.token = "user-token-keven".into();
 

@@ -55,9 +55,7 @@ fn assert_stopped_record(record: &Value, id: &str, container: &str) {
 async fn a_container_that_exits_on_sigterm_is_stopped_with_final_metrics() {
     let agent = AgentProcess::start();
     let client = agent.client();
-    let w = Workload::start("exit").await;
-    let id = app_id();
-    client.register(&id, &w.name).await;
+    let (w, id) = client.running_app("exit").await;
 
     let before = client.get(&format!("/v1/apps/{id}")).await;
     assert_eq!(before.status, 200);
@@ -94,9 +92,7 @@ async fn a_container_that_exits_on_sigterm_is_stopped_with_final_metrics() {
 async fn a_container_that_ignores_sigterm_is_killed_after_the_grace_period() {
     let agent = AgentProcess::start();
     let client = agent.client();
-    let w = Workload::start("ignore").await;
-    let id = app_id();
-    client.register(&id, &w.name).await;
+    let (w, id) = client.running_app("ignore").await;
 
     let started = Instant::now();
     let a = client.stop_query(&id, "?timeout=2").await;
@@ -122,9 +118,7 @@ async fn a_custom_signal_reaches_the_workload() {
     let agent = AgentProcess::start();
     let client = agent.client();
     // From the query, with the SIG prefix.
-    let w = Workload::start("ignore").await;
-    let id = app_id();
-    client.register(&id, &w.name).await;
+    let (w, id) = client.running_app("ignore").await;
     let a = client.stop_query(&id, "?signal=SIGUSR1&timeout=5").await;
     assert_eq!(a.status, 200, "{a:?}");
     assert_eq!(
@@ -136,9 +130,7 @@ async fn a_custom_signal_reaches_the_workload() {
     assert!(!w.running().await);
 
     // From a JSON body, without the prefix.
-    let w2 = Workload::start("ignore").await;
-    let id2 = app_id();
-    client.register(&id2, &w2.name).await;
+    let (w2, id2) = client.running_app("ignore").await;
     let a = client
         .stop_body(&id2, json!({"signal": "HUP", "timeout": 5}))
         .await;
@@ -156,9 +148,7 @@ async fn sigkill_and_zero_timeout_kill_at_once() {
     let agent = AgentProcess::start();
     let client = agent.client();
     for query in ["?signal=KILL", "?timeout=0"] {
-        let w = Workload::start("ignore").await;
-        let id = app_id();
-        client.register(&id, &w.name).await;
+        let (w, id) = client.running_app("ignore").await;
         let started = Instant::now();
         let a = client.stop_query(&id, query).await;
         assert_eq!(a.status, 200, "{query}: {a:?}");
@@ -175,9 +165,7 @@ async fn sigkill_and_zero_timeout_kill_at_once() {
 async fn a_slow_graceful_exit_is_waited_for() {
     let agent = AgentProcess::start();
     let client = agent.client();
-    let w = Workload::start("slow=1500").await;
-    let id = app_id();
-    client.register(&id, &w.name).await;
+    let (_w, id) = client.running_app("slow=1500").await;
     let started = Instant::now();
     let a = client.stop_query(&id, "?timeout=20").await;
     assert_eq!(a.status, 200, "{a:?}");
@@ -199,9 +187,7 @@ async fn the_configured_default_timeout_applies() {
         ..Default::default()
     });
     let client = agent.client();
-    let w = Workload::start("ignore").await;
-    let id = app_id();
-    client.register(&id, &w.name).await;
+    let (_w, id) = client.running_app("ignore").await;
     let started = Instant::now();
     let a = client.stop(&id).await;
     assert_eq!(a.status, 200, "{a:?}");
@@ -217,9 +203,7 @@ async fn the_configured_default_timeout_applies() {
 async fn concurrent_stops_of_one_app_exactly_one_succeeds() {
     let agent = AgentProcess::start();
     let client = agent.client();
-    let w = Workload::start("slow=1000").await;
-    let id = app_id();
-    client.register(&id, &w.name).await;
+    let (_w, id) = client.running_app("slow=1000").await;
     let answers = futures_util::future::join_all((0..6).map(|_| client.stop(&id))).await;
     let ok = answers.iter().filter(|a| a.status == 200).count();
     assert_eq!(ok, 1, "{answers:#?}");
@@ -266,9 +250,7 @@ async fn already_stopped_answers_409_with_the_current_record() {
     let client = agent.client();
 
     // Stopped by the agent: a second stop is 409.
-    let w = Workload::start("exit").await;
-    let id = app_id();
-    client.register(&id, &w.name).await;
+    let (_w, id) = client.running_app("exit").await;
     assert_eq!(client.stop(&id).await.status, 200);
     let again = client.stop(&id).await;
     assert_eq!(again.status, 409, "{again:?}");
@@ -278,9 +260,7 @@ async fn already_stopped_answers_409_with_the_current_record() {
     assert_eq!(again.body["app"]["currentResourceMetrics"]["online"], false);
 
     // Stopped behind the agent's back: 409, and the record now says so, with the exit.
-    let w = Workload::start("exit").await;
-    let id = app_id();
-    client.register(&id, &w.name).await;
+    let (w, id) = client.running_app("exit").await;
     assert_eq!(
         metrics(&client.get(&format!("/v1/apps/{id}")).await.body)["online"],
         true
@@ -301,9 +281,7 @@ async fn already_stopped_answers_409_with_the_current_record() {
     assert!(a.body["message"].as_str().unwrap().contains("not running"));
 
     // Gone altogether: 409 as well.
-    let w = Workload::start("exit").await;
-    let id = app_id();
-    client.register(&id, &w.name).await;
+    let (w, id) = client.running_app("exit").await;
     w.remove().await;
     let a = client.stop(&id).await;
     assert_eq!(a.status, 409, "{a:?}");
@@ -321,9 +299,7 @@ async fn already_stopped_answers_409_with_the_current_record() {
 async fn the_stop_is_not_cancelled_when_the_client_hangs_up() {
     let agent = AgentProcess::start();
     let client = agent.client();
-    let w = Workload::start("slow=1500").await;
-    let id = app_id();
-    client.register(&id, &w.name).await;
+    let (w, id) = client.running_app("slow=1500").await;
     // A client that gives up after 300 ms, well before the workload finishes its clean-up.
     let impatient = reqwest::Client::builder()
         .timeout(Duration::from_millis(300))

@@ -496,6 +496,14 @@ impl Client {
         self.register_body(id, app_body(id, container)).await
     }
 
+    /// A running workload container (`workload MODE`) registered as a fresh app.
+    pub async fn running_app(&self, mode: &str) -> (Workload, String) {
+        let w = Workload::start(mode).await;
+        let id = app_id();
+        self.register(&id, &w.name).await;
+        (w, id)
+    }
+
     pub async fn register_body(&self, id: &str, body: Value) -> Answer {
         let a = self
             .send(
