@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
 
 use crate::auth::Principal;
 use crate::metrics::{RawStats, final_metrics, last_exit, running_metrics};
@@ -16,7 +18,7 @@ use crate::policy::{Action, Denial, authorize, may_manage_records};
 use crate::record::{AppId, AppRecord, RecordError, Registration, WorkerNode};
 use crate::runtime::{ContainerRuntime, ContainerState, RuntimeError};
 use crate::stop::{StopRequest, effective_grace, halt};
-use crate::store::{Registered, Store, StoreError};
+use crate::store::{Observation, Registered, Store, StoreError};
 
 /// Why the core refused or failed a call.
 #[derive(Debug, thiserror::Error)]
@@ -27,10 +29,10 @@ pub enum AgentError {
     NotFound(AppId),
     #[error("{0}")]
     Forbidden(String),
-    #[error("app {id:?} is already stopped: {reason}")]
+    #[error("app {id:?} is already stopped: {how}")]
     AlreadyStopped {
         id: AppId,
-        reason: String,
+        how: AlreadyStopped,
         record: Box<AppRecord>,
     },
     #[error("a stop of app {0:?} is already under way")]
@@ -54,6 +56,20 @@ impl AgentError {
     }
 }
 
+/// How a container that a stop found not running came to be so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AlreadyStopped {
+    /// The container no longer exists on this node.
+    #[error("its container no longer exists")]
+    Gone,
+    /// The record already said the app is offline: the agent stopped it, or saw it stop.
+    #[error("its container is not running, as its record says")]
+    AsRecorded,
+    /// The record said online, but the container had exited (on its own, or stopped by hand).
+    #[error("its container is not running: it exited without the agent")]
+    Unnoticed,
+}
+
 /// The agent's shared state: a cheap-clone handle.
 #[derive(Debug, Clone)]
 pub struct Agent {
@@ -67,6 +83,8 @@ struct Inner {
     node: WorkerNode,
     default_timeout: Option<u32>,
     stopping: Mutex<HashSet<AppId>>,
+    /// Every stop task, so that shutdown can let them finish.
+    stops: TaskTracker,
 }
 
 /// Marks a stop of one app as under way; dropping it ends the mark.
@@ -84,6 +102,14 @@ impl Drop for StopGuard {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&self.id);
     }
+}
+
+/// How much earlier than the stop call an exit may be stamped and still count as caused by it: the
+/// engine's times are truncated to milliseconds.
+const EXIT_CLOCK_SLACK: chrono::Duration = chrono::Duration::milliseconds(5);
+
+fn log_refusal(principal: &Principal, id: &AppId, err: &AgentError) {
+    tracing::info!(app = %id, token = %principal.name, outcome = %err, "stop refused");
 }
 
 /// Who settles a record: a read, or the stop that holds the app's guard.
@@ -114,6 +140,7 @@ impl Agent {
                 node,
                 default_timeout,
                 stopping: Mutex::new(HashSet::new()),
+                stops: TaskTracker::new(),
             }),
         }
     }
@@ -128,6 +155,12 @@ impl Agent {
 
     pub fn runtime(&self) -> &dyn ContainerRuntime {
         self.inner.runtime.as_ref()
+    }
+
+    /// Waits until every stop under way, in the foreground or the background, has finished.
+    pub async fn drain_stops(&self) {
+        self.inner.stops.close();
+        self.inner.stops.wait().await;
     }
 
     /// The record of `id` if `principal` may do `action` on it.
@@ -185,6 +218,7 @@ impl Agent {
             .store
             .register(id, registration, Utc::now())
             .await?;
+        let record = self.observe_registered(record).await?;
         Ok(RegisterOutcome {
             record,
             created: how == Registered::Created,
@@ -247,29 +281,74 @@ impl Agent {
     }
 
     /// Makes the record of a container that is not running (`None`: gone) say so, keeping its last
-    /// sample. Writes only when the record said otherwise; a read never writes while a stop of the app
-    /// is under way, since the stop writes the final word.
+    /// sample. Writes only when the stored record says otherwise; a read never writes while a stop of
+    /// the app is under way, since the stop writes the final word.
     async fn settle_exited(
         &self,
         record: AppRecord,
         state: Option<&ContainerState>,
         settler: Settler,
     ) -> Result<AppRecord, AgentError> {
-        let exit = state.and_then(last_exit);
-        let already_true = record.metrics.as_ref().is_some_and(|m| !m.online)
-            && (exit.is_none() || exit == record.last_exit);
-        if already_true || (settler == Settler::Read && self.stop_under_way(&record.id)) {
+        if settler == Settler::Read && self.stop_under_way(&record.id) {
             return Ok(record);
         }
         let now = Utc::now();
-        let gone = ContainerState::default();
-        let metrics = final_metrics(state.unwrap_or(&gone), None, record.metrics.as_ref(), now);
-        let updated = self
+        let state = state.cloned();
+        let settled = self
             .inner
             .store
-            .observe(&record.id, record.container_id(), metrics, exit, now)
+            .observe(&record.id, record.container_id(), now, move |stored| {
+                let exit = state.as_ref().and_then(last_exit);
+                let already_true = stored.metrics.as_ref().is_some_and(|m| !m.online)
+                    && (exit.is_none() || exit == stored.last_exit);
+                if already_true {
+                    return None;
+                }
+                let gone = ContainerState::default();
+                let metrics = final_metrics(
+                    state.as_ref().unwrap_or(&gone),
+                    None,
+                    stored.metrics.as_ref(),
+                    now,
+                );
+                Some(Observation {
+                    metrics,
+                    last_exit: exit,
+                })
+            })
             .await?;
-        Ok(updated.unwrap_or(record))
+        Ok(settled.unwrap_or(record))
+    }
+
+    /// Looks at the container of a just-registered record, so that the record says at once whether
+    /// it runs. An unreachable engine leaves the record as registered.
+    async fn observe_registered(&self, record: AppRecord) -> Result<AppRecord, AgentError> {
+        match self.runtime().inspect(record.container_id()).await {
+            Ok(state) if state.running => {
+                let now = Utc::now();
+                let metrics = running_metrics(&state, &RawStats::default(), now);
+                let observed = self
+                    .inner
+                    .store
+                    .observe(&record.id, record.container_id(), now, move |_| {
+                        Some(Observation {
+                            metrics,
+                            last_exit: None,
+                        })
+                    })
+                    .await?;
+                Ok(observed.unwrap_or(record))
+            }
+            Ok(state) => {
+                self.settle_exited(record, Some(&state), Settler::Read)
+                    .await
+            }
+            Err(RuntimeError::NotFound(_)) => self.settle_exited(record, None, Settler::Read).await,
+            Err(e) => {
+                tracing::warn!(app = %record.id, error = %e, "registered without looking at the container");
+                Ok(record)
+            }
+        }
     }
 
     fn begin_stop(&self, id: &AppId) -> Result<StopGuard, AgentError> {
@@ -287,28 +366,45 @@ impl Agent {
         })
     }
 
-    /// Stops the app's container and answers with the updated record. The work runs in a task of its
-    /// own: dropping this future (a client that hangs up) does not cancel the stop.
-    pub async fn stop(
+    /// Admits a stop of `id` by `principal`: the caller may stop it, and no other stop of it is under
+    /// way. The returned guard marks the stop as under way until dropped.
+    async fn admit(
         &self,
         principal: &Principal,
         id: &AppId,
+    ) -> Result<(AppRecord, StopGuard), AgentError> {
+        self.authorized(principal, id, Action::Stop).await?;
+        let guard = self.begin_stop(id)?;
+        // Read again under the guard: a stop that ended meanwhile may have rewritten the record.
+        let record = self.current(id).await?;
+        Ok((record, guard))
+    }
+
+    async fn current(&self, id: &AppId) -> Result<AppRecord, AgentError> {
+        self.inner
+            .store
+            .get(id)
+            .await?
+            .ok_or_else(|| AgentError::NotFound(id.clone()))
+    }
+
+    /// Runs a stop in a task of its own, tracked for shutdown. `known` is the container's state if
+    /// the caller just inspected it.
+    fn launch(
+        &self,
+        caller: &Principal,
+        record: AppRecord,
+        guard: StopGuard,
         req: StopRequest,
-    ) -> Result<AppRecord, AgentError> {
-        let admitted = match self.authorized(principal, id, Action::Stop).await {
-            Ok(record) => self.begin_stop(id).map(|guard| (record, guard)),
-            Err(e) => Err(e),
-        };
-        let (record, guard) = admitted.inspect_err(|e| {
-            tracing::info!(app = %id, token = %principal.name, outcome = %e, "stop refused");
-        })?;
+        known: Option<ContainerState>,
+    ) -> JoinHandle<Result<AppRecord, AgentError>> {
         let agent = self.clone();
-        let caller = principal.name.clone();
-        let task = tokio::spawn(async move {
+        let caller = caller.name.clone();
+        self.inner.stops.spawn(async move {
             let _guard = guard;
             let app = record.id.clone();
             let started = std::time::Instant::now();
-            let outcome = agent.run_stop(record, req).await;
+            let outcome = agent.run_stop(record, req, known).await;
             let elapsed_ms = started.elapsed().as_millis();
             match &outcome {
                 Ok(_) => tracing::info!(%app, token = %caller, elapsed_ms, "stopped"),
@@ -317,52 +413,103 @@ impl Agent {
                 }
             }
             outcome
-        });
-        task.await
+        })
+    }
+
+    /// Stops the app's container and answers with the updated record. The work runs in a task of its
+    /// own: dropping this future (a client that hangs up) does not cancel the stop.
+    pub async fn stop(
+        &self,
+        principal: &Principal,
+        id: &AppId,
+        req: StopRequest,
+    ) -> Result<AppRecord, AgentError> {
+        let (record, guard) = self
+            .admit(principal, id)
+            .await
+            .inspect_err(|e| log_refusal(principal, id, e))?;
+        self.launch(principal, record, guard, req, None)
+            .await
             .map_err(|e| AgentError::Internal(format!("the stop task failed: {e}")))?
     }
 
+    /// Checks that the app's container exists and runs, then stops it in the background and returns
+    /// at once; the outcome lands in the record. The checks and their order are the ~okeanos route's.
+    pub async fn stop_in_background(
+        &self,
+        principal: &Principal,
+        id: &AppId,
+        req: StopRequest,
+    ) -> Result<(), AgentError> {
+        let admitted = async {
+            let record = self.authorized(principal, id, Action::Stop).await?;
+            let state = self.running_state(record).await?;
+            let guard = self.begin_stop(id)?;
+            Ok::<_, AgentError>((state, guard))
+        };
+        let ((record, state), guard) = admitted
+            .await
+            .inspect_err(|e| log_refusal(principal, id, e))?;
+        tracing::info!(app = %id, token = %principal.name, "stop accepted");
+        drop(self.launch(principal, record, guard, req, Some(state)));
+        Ok(())
+    }
+
+    /// The container's state if it runs; otherwise the record is settled and the answer says how the
+    /// container came to be stopped.
+    async fn running_state(
+        &self,
+        record: AppRecord,
+    ) -> Result<(AppRecord, ContainerState), AgentError> {
+        match self.runtime().inspect(record.container_id()).await {
+            Ok(state) if state.running => Ok((record, state)),
+            Ok(state) => Err(self.already_stopped(record, Some(&state)).await),
+            Err(RuntimeError::NotFound(_)) => Err(self.already_stopped(record, None).await),
+            Err(e) => Err(AgentError::from_runtime(e)),
+        }
+    }
+
+    /// Settles the record of a container found not running (`None`: gone), and says so.
     async fn already_stopped(
         &self,
         record: AppRecord,
         state: Option<&ContainerState>,
-        reason: &str,
-    ) -> Result<AppRecord, AgentError> {
+    ) -> AgentError {
         let id = record.id.clone();
-        let record = self.settle_exited(record, state, Settler::Stop).await?;
-        Err(AgentError::AlreadyStopped {
-            id,
-            reason: reason.to_owned(),
-            record: Box::new(record),
-        })
+        let how = match state {
+            None => AlreadyStopped::Gone,
+            Some(_) if record.metrics.as_ref().is_some_and(|m| !m.online) => {
+                AlreadyStopped::AsRecorded
+            }
+            Some(_) => AlreadyStopped::Unnoticed,
+        };
+        match self.settle_exited(record, state, Settler::Stop).await {
+            Ok(record) => AgentError::AlreadyStopped {
+                id,
+                how,
+                record: Box::new(record),
+            },
+            Err(e) => e,
+        }
     }
 
-    async fn run_stop(&self, record: AppRecord, req: StopRequest) -> Result<AppRecord, AgentError> {
+    async fn run_stop(
+        &self,
+        record: AppRecord,
+        req: StopRequest,
+        known: Option<ContainerState>,
+    ) -> Result<AppRecord, AgentError> {
         let runtime = self.runtime();
         let container = record.container_id().to_owned();
-        let state = match runtime.inspect(&container).await {
-            Ok(s) => s,
-            Err(RuntimeError::NotFound(_)) => {
-                return self
-                    .already_stopped(record, None, "its container no longer exists")
-                    .await;
-            }
-            Err(e) => return Err(AgentError::from_runtime(e)),
+        let (record, state) = match known {
+            Some(state) => (record, state),
+            None => self.running_state(record).await?,
         };
-        if !state.running {
-            return self
-                .already_stopped(record, Some(&state), "its container is not running")
-                .await;
-        }
         // The final sample must be taken before the stop: a stopped container has no stats.
         let reading = match runtime.stats(&container).await {
             Ok(s) if !s.is_empty() => Some(s),
             Ok(_) => None,
-            Err(RuntimeError::NotFound(_)) => {
-                return self
-                    .already_stopped(record, None, "its container was removed")
-                    .await;
-            }
+            Err(RuntimeError::NotFound(_)) => return Err(self.already_stopped(record, None).await),
             Err(RuntimeError::Unavailable(m)) => return Err(AgentError::DockerUnavailable(m)),
             Err(e) => {
                 tracing::warn!(app = %record.id, error = %e, "final sample failed; stopping without one");
@@ -371,18 +518,13 @@ impl Agent {
         };
         let grace = effective_grace(&req, self.inner.default_timeout, &state);
         let mut gone_midway = false;
+        let halt_started = Utc::now();
         match halt(runtime, &container, &req, grace).await {
             Ok(path) => tracing::debug!(app = %record.id, ?path, grace, "container halted"),
             // It exited between the inspect and the signal: on its own, not by this stop.
             Err(RuntimeError::NotRunning(_)) => {
                 let state = runtime.inspect(&container).await.ok();
-                return self
-                    .already_stopped(
-                        record,
-                        state.as_ref(),
-                        "its container exited before the signal",
-                    )
-                    .await;
+                return Err(self.already_stopped(record, state.as_ref()).await);
             }
             // Removed while stopping (an auto-removing container, or `docker rm -f`): it is down.
             Err(RuntimeError::NotFound(_)) => gone_midway = true,
@@ -408,34 +550,54 @@ impl Agent {
                 "container {container} was running again right after the stop (its restart policy may have restarted it)"
             )));
         }
-        Ok(self
-            .record_final(record, &final_state, reading.as_ref(), now)
-            .await?)
+        let exited_before = final_state
+            .finished_at
+            .is_some_and(|f| f < halt_started - EXIT_CLOCK_SLACK);
+        let record = self.record_final(record, final_state, reading, now).await?;
+        if exited_before {
+            // The engine answers a stop of an exited container as a success: it exited on its own
+            // while the final sample was taken, and this stop did nothing.
+            return Err(AgentError::AlreadyStopped {
+                id: record.id.clone(),
+                how: AlreadyStopped::Unnoticed,
+                record: Box::new(record),
+            });
+        }
+        Ok(record)
     }
 
     async fn record_final(
         &self,
         mut record: AppRecord,
-        state: &ContainerState,
-        reading: Option<&RawStats>,
+        state: ContainerState,
+        reading: Option<RawStats>,
         now: DateTime<Utc>,
     ) -> Result<AppRecord, StoreError> {
-        let metrics = final_metrics(state, reading, record.metrics.as_ref(), now);
-        let exit = last_exit(state);
+        let exit = last_exit(&state);
+        let observed = {
+            let exit = exit.clone();
+            let state = state.clone();
+            let reading = reading.clone();
+            move |stored: &AppRecord| {
+                Some(Observation {
+                    metrics: final_metrics(&state, reading.as_ref(), stored.metrics.as_ref(), now),
+                    last_exit: exit,
+                })
+            }
+        };
         let stored = self
             .inner
             .store
-            .observe(
-                &record.id,
-                record.container_id(),
-                metrics.clone(),
-                exit.clone(),
-                now,
-            )
+            .observe(&record.id, record.container_id(), now, observed)
             .await?;
         // The record was deleted or re-registered during the stop: answer with what was observed.
         Ok(stored.unwrap_or_else(|| {
-            record.metrics = Some(metrics);
+            record.metrics = Some(final_metrics(
+                &state,
+                reading.as_ref(),
+                record.metrics.as_ref(),
+                now,
+            ));
             record.last_exit = exit.or(record.last_exit.take());
             record.updated_at = now;
             record
@@ -475,15 +637,16 @@ mod tests {
         let agent = Agent::new(Arc::new(fake.clone()), store, node, None);
         for (id, body) in apps {
             let id = AppId::parse(id).expect("id");
-            agent
-                .register(&operator(), &id, body.clone())
-                .await
-                .expect("register");
             fake.add_running(
                 body["containerId"].as_str().expect("container"),
                 &["SIGTERM"],
             );
+            agent
+                .register(&operator(), &id, body.clone())
+                .await
+                .expect("register");
         }
+        fake.clear_calls();
         Fixture {
             agent,
             fake,
@@ -583,6 +746,69 @@ mod tests {
             Err(AgentError::AlreadyStopped { record, .. }) => assert!(!record.online()),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn exiting_on_its_own_while_sampled_is_already_stopped_not_stopped() {
+        let f = fixture(true, &[("a", json!({"containerId": "ca"}))]).await;
+        f.fake.exit_after("stats", "ca");
+        match f.stop("a").await {
+            Err(AgentError::AlreadyStopped { how, record, .. }) => {
+                assert_eq!(how, AlreadyStopped::Unnoticed);
+                assert_eq!(record.last_exit.expect("exit").exit_code, 1);
+                let m = record.metrics.expect("metrics");
+                assert!(!m.online);
+                assert_eq!(m.memory_usage_bytes, Some(4096), "the sample is kept");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            f.stored("a")
+                .await
+                .expect("record")
+                .last_exit
+                .expect("exit")
+                .exit_code,
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stale_copy_never_overwrites_the_final_record() {
+        let f = fixture(true, &[("a", json!({"containerId": "ca"}))]).await;
+        let stale = f.stored("a").await.expect("record");
+        let stopped = f.stop("a").await.expect("stopped");
+        // A read that looked before the stop settles afterwards: the stored final word stands.
+        let state = f.fake.state("ca");
+        let settled = f
+            .agent
+            .settle_exited(stale, Some(&state), Settler::Read)
+            .await
+            .expect("settled");
+        assert_eq!(settled, stopped);
+        assert_eq!(f.stored("a").await, Some(stopped));
+    }
+
+    #[tokio::test]
+    async fn registration_looks_at_the_container() {
+        let f = fixture(true, &[("a", json!({"containerId": "ca"}))]).await;
+        assert!(
+            f.stored("a").await.expect("record").online(),
+            "seen running"
+        );
+        let out = f
+            .agent
+            .register(&operator(), &id("b"), json!({"containerId": "nowhere"}))
+            .await
+            .expect("registered");
+        assert!(!out.record.online(), "gone: offline");
+        f.fake.set_engine_down(true);
+        let out = f
+            .agent
+            .register(&operator(), &id("c"), json!({"containerId": "cc"}))
+            .await
+            .expect("registered without the engine");
+        assert!(out.record.metrics.is_none(), "not seen");
     }
 
     #[tokio::test]

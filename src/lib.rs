@@ -23,8 +23,10 @@ pub mod signals;
 pub mod stop;
 pub mod store;
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
 
 use crate::agent::Agent;
 use crate::auth::{TokenBook, Tokens, TokensError};
@@ -33,6 +35,10 @@ use crate::record::WorkerNode;
 use crate::runtime::ContainerRuntime;
 use crate::runtime::docker::DockerRuntime;
 use crate::store::{Store, StoreError};
+
+/// How long shutdown waits for stops under way (background ones included), below systemd's
+/// `TimeoutStopSec=90`.
+const STOP_DRAIN: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Why the agent could not start or serve.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +57,8 @@ pub enum RunError {
     },
     #[error("the HTTP server failed")]
     Serve(#[source] std::io::Error),
+    #[error("cannot listen for SIGTERM and SIGINT")]
+    Signals(#[source] std::io::Error),
 }
 
 impl RunError {
@@ -142,11 +150,42 @@ pub async fn run(
         tokens: services.tokens.clone(),
     };
     tracing::info!(addr = %bound, node = %config.node.id, "listening");
-    axum::serve(listener, http::router(ctx))
-        .with_graceful_shutdown(shutdown)
+    let stopping = CancellationToken::new();
+    let mut serving = tokio::spawn(
+        axum::serve(listener, http::router(ctx))
+            .with_graceful_shutdown(stopping.clone().cancelled_owned())
+            .into_future(),
+    );
+    tokio::select! {
+        ended = &mut serving => {
+            // The server never ends by itself but on an error.
+            ended.map_err(|e| RunError::Serve(std::io::Error::other(e)))?.map_err(RunError::Serve)?;
+        }
+        () = shutdown => stopping.cancel(),
+    }
+    // From here, requests in flight and stops under way (background ones included) get one
+    // bounded drain between them.
+    let deadline = tokio::time::Instant::now() + STOP_DRAIN;
+    tracing::info!(
+        limit_secs = STOP_DRAIN.as_secs(),
+        "no new connections; finishing requests and stops under way"
+    );
+    match tokio::time::timeout_at(deadline, &mut serving).await {
+        Ok(ended) => ended
+            .map_err(|e| RunError::Serve(std::io::Error::other(e)))?
+            .map_err(RunError::Serve)?,
+        Err(_) => {
+            tracing::warn!("requests still open at the drain limit; closing them");
+            serving.abort();
+        }
+    }
+    if tokio::time::timeout_at(deadline, services.agent.drain_stops())
         .await
-        .map_err(RunError::Serve)?;
-    tracing::info!("no more requests; flushing the store");
+        .is_err()
+    {
+        tracing::warn!("stops still under way at the drain limit; exiting");
+    }
+    tracing::info!("flushing the store");
     services.agent.store().checkpoint().await?;
     tracing::info!("stopped");
     Ok(())

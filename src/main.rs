@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use node_agent::auth::{Role, entry_toml, new_token};
+use node_agent::auth::{Role, TokenBook, entry_toml, new_token};
 use node_agent::config::Config;
 
 /// Exit code for a configuration that cannot be used (sysexits' EX_CONFIG).
@@ -71,17 +71,31 @@ fn main() -> ExitCode {
                     user_id,
                 },
         }) => token_new(&name, role, user_id),
-        Some(Command::CheckConfig) => match Config::load(&cli.config) {
-            Ok(_) => {
-                println!("{}: valid", cli.config.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(EXIT_CONFIG)
-            }
-        },
+        Some(Command::CheckConfig) => check_config(&cli.config),
         None => serve(&cli.config),
+    }
+}
+
+/// Validates the configuration and, when it exists, the tokens file it names.
+fn check_config(path: &std::path::Path) -> ExitCode {
+    let checked = Config::load(path)
+        .map_err(|e| e.to_string())
+        .and_then(|config| {
+            let tokens = &config.auth.tokens_file;
+            if tokens.exists() {
+                TokenBook::load(tokens).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        });
+    match checked {
+        Ok(()) => {
+            println!("{}: valid", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
     }
 }
 
@@ -128,10 +142,12 @@ fn serve(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(node_agent::run(
-        config,
-        node_agent::signals::shutdown_requested(),
-    )) {
+    let served = runtime.block_on(async {
+        let shutdown =
+            node_agent::signals::shutdown_requested().map_err(node_agent::RunError::Signals)?;
+        node_agent::run(config, shutdown).await
+    });
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %format_chain(&e), "node-agent stopped");

@@ -18,7 +18,7 @@ pub struct RawStats {
     /// CPUs the container may use (`online_cpus`, else the per-CPU list's length).
     pub online_cpus: u32,
     pub memory_usage: u64,
-    /// `inactive_file` (cgroup v2), else `total_inactive_file` or `cache` (cgroup v1).
+    /// `total_inactive_file` (cgroup v1), else `inactive_file` (cgroup v2).
     pub memory_reclaimable: Option<u64>,
     pub memory_limit: u64,
     pub network_rx: u64,

@@ -337,9 +337,15 @@ impl AppRecord {
             out.insert(k.clone(), v.clone());
         }
         out.insert("workerNodeId".into(), json_of(node));
-        if let Some(m) = &self.metrics {
-            out.insert("currentResourceMetrics".into(), json_of(m));
-        }
+        // Until the agent has seen the container, the record says only that it is not known to run.
+        let unseen = ResourceMetrics {
+            timestamp: self.updated_at,
+            ..ResourceMetrics::default()
+        };
+        out.insert(
+            "currentResourceMetrics".into(),
+            json_of(self.metrics.as_ref().unwrap_or(&unseen)),
+        );
         if let Some(e) = &self.last_exit {
             out.insert("lastExit".into(), json_of(e));
         }

@@ -1,5 +1,6 @@
 //! Unix signals: SIGTERM and SIGINT end the agent gracefully; SIGHUP reloads the tokens file.
 
+use std::future::Future;
 use std::path::PathBuf;
 
 use futures_util::StreamExt;
@@ -8,19 +9,15 @@ use signal_hook_tokio::Signals;
 
 use crate::auth::{TokenBook, Tokens};
 
-/// Resolves at the first SIGTERM or SIGINT.
-pub async fn shutdown_requested() {
-    match Signals::new([SIGTERM, SIGINT]) {
-        Ok(mut signals) => {
-            if let Some(signal) = signals.next().await {
-                tracing::info!(signal, "shutdown requested");
-            }
+/// Listens for SIGTERM and SIGINT from now on; the future resolves at the first of them. Called
+/// before the agent starts serving, so that no signal is missed in between.
+pub fn shutdown_requested() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
+    let mut signals = Signals::new([SIGTERM, SIGINT])?;
+    Ok(async move {
+        if let Some(signal) = signals.next().await {
+            tracing::info!(signal, "shutdown requested");
         }
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM/SIGINT; only a kill will stop the agent");
-            std::future::pending::<()>().await;
-        }
-    }
+    })
 }
 
 /// Reloads the tokens file on every SIGHUP. A file that does not parse leaves the tokens in force.

@@ -42,6 +42,14 @@ pub struct Store {
     conn: Arc<Mutex<Connection>>,
 }
 
+/// What the agent saw of an app's container, to be written to its record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    pub metrics: ResourceMetrics,
+    /// How its last run ended; `None` keeps the recorded one.
+    pub last_exit: Option<LastExit>,
+}
+
 /// What a registration did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Registered {
@@ -172,6 +180,7 @@ impl Store {
                     format_time(now),
                 ],
             )?;
+            let record = select_one(&tx, &id)?.unwrap_or(record);
             tx.commit()?;
             let how = if existing.is_some() {
                 Registered::Replaced
@@ -191,15 +200,16 @@ impl Store {
     }
 
     /// Records what the agent observed of `id`'s container, provided the record still names
-    /// `container_id` (a registration may have replaced it meanwhile). Returns the updated record, or
-    /// `None` when the record is gone or names another container.
+    /// `container_id` (a registration may have replaced it meanwhile). `observe` computes the
+    /// observation from the record as stored, inside the transaction, or returns `None` to leave it
+    /// as it is; so a decision never rests on a copy another writer has since replaced. Returns the
+    /// record as stored afterwards, or `None` when it is gone or names another container.
     pub async fn observe(
         &self,
         id: &AppId,
         container_id: &str,
-        metrics: ResourceMetrics,
-        last_exit: Option<LastExit>,
         now: DateTime<Utc>,
+        observe: impl FnOnce(&AppRecord) -> Option<Observation> + Send + 'static,
     ) -> Result<Option<AppRecord>, StoreError> {
         let id = id.clone();
         let container_id = container_id.to_owned();
@@ -211,9 +221,12 @@ impl Store {
             if record.container_id() != container_id {
                 return Ok(None);
             }
-            record.metrics = Some(metrics);
-            if last_exit.is_some() {
-                record.last_exit = last_exit;
+            let Some(observation) = observe(&record) else {
+                return Ok(Some(record));
+            };
+            record.metrics = Some(observation.metrics);
+            if observation.last_exit.is_some() {
+                record.last_exit = observation.last_exit;
             }
             record.updated_at = now;
             tx.execute(
@@ -225,8 +238,10 @@ impl Store {
                     format_time(now),
                 ],
             )?;
+            // Answer with the row as stored (times at stored precision), as a later read would.
+            let stored = select_one(&tx, &id)?;
             tx.commit()?;
-            Ok(Some(record))
+            Ok(stored)
         })
         .await
     }
@@ -329,11 +344,14 @@ mod tests {
             .expect("valid")
     }
 
-    fn metrics(online: bool) -> ResourceMetrics {
-        ResourceMetrics {
-            timestamp: Utc::now(),
-            online,
-            ..Default::default()
+    fn seen(online: bool) -> Observation {
+        Observation {
+            metrics: ResourceMetrics {
+                timestamp: Utc::now(),
+                online,
+                ..Default::default()
+            },
+            last_exit: None,
         }
     }
 
@@ -350,7 +368,7 @@ mod tests {
                 .expect("put");
             assert_eq!(how, Registered::Created);
             store
-                .observe(&id, "c1", metrics(false), None, Utc::now())
+                .observe(&id, "c1", Utc::now(), |_| Some(seen(false)))
                 .await
                 .expect("observe")
                 .expect("updated");
@@ -372,7 +390,7 @@ mod tests {
             .await
             .expect("put");
         store
-            .observe(&id, "c1", metrics(true), None, Utc::now())
+            .observe(&id, "c1", Utc::now(), |_| Some(seen(true)))
             .await
             .expect("obs");
         let (r, how) = store
@@ -386,9 +404,17 @@ mod tests {
             .await
             .expect("put");
         assert!(r.metrics.is_none());
+        // An observer that finds nothing to change writes nothing.
+        let before = store.get(&id).await.expect("get");
+        let kept = store
+            .observe(&id, "c2", Utc::now(), |_| None)
+            .await
+            .expect("obs");
+        assert_eq!(kept, before);
+        assert_eq!(store.get(&id).await.expect("get"), before);
         // An observation of the old container no longer lands.
         let stale = store
-            .observe(&id, "c1", metrics(false), None, Utc::now())
+            .observe(&id, "c1", Utc::now(), |_| Some(seen(false)))
             .await
             .expect("obs");
         assert!(stale.is_none());
@@ -419,7 +445,7 @@ mod tests {
         assert!(store.get(&b).await.expect("get").is_none());
         assert!(
             store
-                .observe(&b, "b", metrics(false), None, Utc::now())
+                .observe(&b, "b", Utc::now(), |_| Some(seen(false)))
                 .await
                 .expect("obs")
                 .is_none()

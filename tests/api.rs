@@ -40,11 +40,13 @@ async fn records_are_registered_read_listed_and_forgotten() {
     assert_eq!(replaced.status, 200);
     assert_eq!(replaced.body["name"], "renamed");
     assert_eq!(replaced.body["customKey"], json!({"kept": [1, 2]}));
-    assert!(
-        replaced
-            .body
-            .get("currentResourceMetrics")
-            .is_none_or(|m| m["online"].is_boolean())
+    assert_eq!(
+        replaced.body["currentResourceMetrics"]["online"], true,
+        "{replaced:?}"
+    );
+    assert_eq!(
+        created.body["currentResourceMetrics"]["online"], true,
+        "seen at registration"
     );
 
     // A running app reads with fresh metrics.
@@ -274,6 +276,10 @@ async fn an_unreachable_engine_is_503_and_records_stay_untouched() {
     // Registration needs no engine.
     let reg = client.register(&id, "some-container").await;
     assert_eq!(reg.status, 201);
+    assert_eq!(
+        reg.body["currentResourceMetrics"]["online"], false,
+        "not known to run"
+    );
     let started = std::time::Instant::now();
     let a = client.stop(&id).await;
     assert_error(&a, 503, "docker_unavailable");

@@ -68,6 +68,21 @@ fn check_config_exits_78_naming_the_bad_key_or_value() {
 }
 
 #[test]
+fn check_config_also_checks_the_tokens_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.toml");
+    std::fs::write(
+        &tokens,
+        "[[token]]\nname = \"x\"\nsha256 = \"not-a-hash\"\nrole = \"operator\"\n",
+    )
+    .unwrap();
+    let config = format!("{MINIMAL}[auth]\ntokens_file = \"{}\"\n", tokens.display());
+    let (code, text) = check(&config, &[]);
+    assert_eq!(code, 78, "{text}");
+    assert!(text.contains("sha256"), "{text}");
+}
+
+#[test]
 fn environment_variables_override_the_file() {
     let (code, text) = check(MINIMAL, &[("NODE_AGENT__HTTP__LISTEN", "not-an-address")]);
     assert_eq!(code, 78, "{text}");

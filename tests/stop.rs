@@ -227,14 +227,22 @@ async fn concurrent_stops_of_one_app_exactly_one_succeeds() {
 async fn twenty_apps_stopped_at_once() {
     let agent = AgentProcess::start();
     let client = agent.client();
-    let workloads = futures_util::future::join_all((0..20).map(|_| Workload::start("exit"))).await;
+    // Each takes 2 s to shut down: twenty stops one after another would take 40 s or more.
+    let workloads =
+        futures_util::future::join_all((0..20).map(|_| Workload::start("slow=2000"))).await;
     let mut ids = Vec::new();
     for w in &workloads {
         let id = app_id();
         client.register(&id, &w.name).await;
         ids.push(id);
     }
+    let started = Instant::now();
     let answers = futures_util::future::join_all(ids.iter().map(|id| client.stop(id))).await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(20),
+        "the stops ran side by side, not one after another ({took:?} for 20 × 2 s)"
+    );
     for (a, (id, w)) in answers.iter().zip(ids.iter().zip(&workloads)) {
         assert_eq!(a.status, 200, "{id}: {a:?}");
         assert_stopped_record(&a.body, id, &w.name);
@@ -317,6 +325,10 @@ async fn the_stop_is_not_cancelled_when_the_client_hangs_up() {
         let a = client.get(&format!("/v1/apps/{id}")).await;
         if metrics(&a.body)["online"] == false && a.body["lastExit"].is_object() {
             assert_eq!(a.body["lastExit"]["exitCode"], 0, "{a:?}");
+            assert!(
+                metrics(&a.body)["memoryUsageBytes"].as_u64().unwrap() > 0,
+                "the final sample survives reads made during the stop: {a:?}"
+            );
             break;
         }
         assert!(Instant::now() < deadline, "the stop never completed: {a:?}");

@@ -36,15 +36,8 @@ impl ApiError {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
     }
 
-    pub fn payload_too_large() -> ApiError {
-        Self::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!(
-                "the request body is over the limit of {} bytes",
-                super::MAX_BODY_BYTES
-            ),
-        )
+    pub fn payload_too_large(message: impl Into<String>) -> ApiError {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
     }
 
     pub fn no_route(message: impl Into<String>) -> ApiError {

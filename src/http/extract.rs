@@ -73,21 +73,38 @@ impl<S: Send + Sync> FromRequestParts<S> for AppIdPath {
 /// writing it receives the answer instead of a reset connection. Larger bodies are cut off at once.
 const DRAIN_LIMIT: u64 = 16 * MAX_BODY_BYTES as u64;
 
+/// Why a request body was not read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("the request body is over the limit of {MAX_BODY_BYTES} bytes")]
+    TooLarge,
+    #[error("could not read the request body: {0}")]
+    Unreadable(String),
+}
+
+impl From<BodyError> for ApiError {
+    fn from(e: BodyError) -> ApiError {
+        match e {
+            BodyError::TooLarge => ApiError::payload_too_large(e.to_string()),
+            BodyError::Unreadable(_) => ApiError::bad_request(e.to_string()),
+        }
+    }
+}
+
 /// Reads a request body of at most [`MAX_BODY_BYTES`].
-pub async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+pub async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, BodyError> {
     let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > DRAIN_LIMIT) {
-        return Err(ApiError::payload_too_large());
+        return Err(BodyError::TooLarge);
     }
     let mut body = body;
     let mut kept = Vec::new();
     let mut total: u64 = 0;
     while let Some(frame) = body.frame().await {
-        let frame = frame
-            .map_err(|e| ApiError::bad_request(format!("could not read the request body: {e}")))?;
+        let frame = frame.map_err(|e| BodyError::Unreadable(e.to_string()))?;
         let Ok(data) = frame.into_data() else {
             continue;
         };
@@ -100,7 +117,7 @@ pub async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiErro
         }
     }
     if total > MAX_BODY_BYTES as u64 {
-        return Err(ApiError::payload_too_large());
+        return Err(BodyError::TooLarge);
     }
     Ok(Bytes::from(kept))
 }

@@ -3,6 +3,7 @@
 
 mod error;
 mod extract;
+mod okeanos;
 mod ops;
 mod v1;
 
@@ -33,6 +34,8 @@ pub fn router(ctx: ApiContext) -> Router {
             get(v1::get_app).put(v1::put_app).delete(v1::delete_app),
         )
         .route("/v1/apps/{app_id}/stop", post(v1::stop_app))
+        .route("/api/apps/{app_id}/stop/", post(okeanos::stop_app))
+        .route("/api/apps/{app_id}/stop", post(okeanos::stop_app))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .fallback(ops::no_route)

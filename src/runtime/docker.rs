@@ -161,8 +161,10 @@ fn to_raw_stats(s: bollard::models::ContainerStatsResponse) -> RawStats {
             .map_or(1, |p| u32::try_from(p.len()).unwrap_or(1))
     });
     let memory = s.memory_stats.unwrap_or_default();
+    // As the docker CLI: cgroup v1 reports `total_inactive_file` (and a non-hierarchical
+    // `inactive_file`), cgroup v2 only `inactive_file`.
     let reclaimable = memory.stats.as_ref().and_then(|st| {
-        ["inactive_file", "total_inactive_file", "cache"]
+        ["total_inactive_file", "inactive_file"]
             .iter()
             .find_map(|k| st.get(*k).copied())
     });

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::Utc;
+use chrono::{DateTime, SubsecRound, Utc};
 use tokio::sync::Notify;
 
 use super::{ContainerRuntime, ContainerState, EngineInfo, RawStats, RuntimeError};
@@ -30,6 +30,13 @@ struct Script {
     gated: HashSet<&'static str>,
     /// Containers removed right after the next call of an operation.
     vanish_after: HashMap<&'static str, String>,
+    /// Containers whose workload exits on its own right after the next call of an operation.
+    exit_after: HashMap<&'static str, String>,
+}
+
+/// Now, at the millisecond precision the real runtime gives engine times.
+fn engine_now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(3)
 }
 
 /// The fake engine.
@@ -65,7 +72,7 @@ impl FakeRuntime {
                     state: ContainerState {
                         id: format!("{name}-id"),
                         running: true,
-                        started_at: Some(Utc::now() - chrono::Duration::seconds(42)),
+                        started_at: Some(engine_now() - chrono::Duration::seconds(42)),
                         ..Default::default()
                     },
                     exits_on: exits_on.iter().map(|s| (*s).to_owned()).collect(),
@@ -98,6 +105,10 @@ impl FakeRuntime {
 
     pub fn calls(&self) -> Vec<String> {
         self.with(|s| s.calls.clone())
+    }
+
+    pub fn clear_calls(&self) {
+        self.with(|s| s.calls.clear());
     }
 
     pub fn set_engine_down(&self, down: bool) {
@@ -151,10 +162,24 @@ impl FakeRuntime {
         })
     }
 
+    /// The container's workload exits by itself (code 1) right after the next call of `op`.
+    pub fn exit_after(&self, op: &'static str, name: &str) {
+        self.with(|s| s.exit_after.insert(op, name.to_owned()));
+    }
+
     fn leave(&self, op: &'static str) {
         self.with(|s| {
             if let Some(name) = s.vanish_after.remove(op) {
                 s.containers.remove(&name);
+            }
+            if let Some(c) = s
+                .exit_after
+                .remove(op)
+                .and_then(|n| s.containers.get_mut(&n))
+            {
+                Self::exit(c, 1);
+                // Stamped a little in the past, as the engine would have seen it.
+                c.state.finished_at = Some(engine_now() - chrono::Duration::milliseconds(100));
             }
         });
     }
@@ -162,7 +187,7 @@ impl FakeRuntime {
     fn exit(c: &mut FakeContainer, code: i64) {
         c.state.running = false;
         c.state.exit_code = Some(code);
-        c.state.finished_at = Some(Utc::now());
+        c.state.finished_at = Some(engine_now());
     }
 
     fn with_container<T>(

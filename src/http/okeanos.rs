@@ -1,0 +1,310 @@
+//! The ~okeanos Lambda on Demand route: `POST /api/apps/{application-id}/stop/`, which checks in the
+//! LoD server's order, answers 202 at once and stops in the background. Errors are
+//! `{"errors": [{"status", "detail"}]}` with the LoD texts.
+
+use std::convert::Infallible;
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::ApiContext;
+use super::extract::{BodyError, bearer_token, read_body};
+use crate::agent::{AgentError, AlreadyStopped};
+use crate::record::AppId;
+use crate::stop::StopRequest;
+
+const ACCEPTED: &str = "Your request to stop the specified application has been accepted";
+const UNAUTHORIZED: &str = "Unauthorized. Request failed because user provided an invalid token.";
+const NO_INSTANCE_ID: &str = "No lambda instance id provided.";
+const NO_INSTANCE: &str = "The specified lambda instance doesn't exist.";
+const NO_APPLICATION: &str = "The specified application doesn't exist.";
+const NOT_DEPLOYED: &str =
+    "The specified application is not deployed on the specified lambda instance.";
+const ALREADY_STOPPED: &str =
+    "The specified application on the specified lambda instance has already been stopped.";
+const SLOT_FREE: &str = "The job slot of the specified application on the specified lambda instance is free: the application is not running.";
+const IN_PROGRESS: &str =
+    "A stop of the specified application on the specified lambda instance is already in progress.";
+const FORBIDDEN: &str = "You do not have permission to perform this action.";
+
+/// The form field, JSON key or query parameter naming the lambda instance.
+const INSTANCE_FIELD: &str = "lambda_instance_id";
+
+/// An error answer of the ~okeanos route.
+#[derive(Debug)]
+pub struct LodError {
+    status: StatusCode,
+    detail: String,
+}
+
+impl LodError {
+    fn new(status: StatusCode, detail: impl Into<String>) -> LodError {
+        LodError {
+            status,
+            detail: detail.into(),
+        }
+    }
+
+    /// Maps a core error: the one place where this route turns one into a status and a LoD text.
+    fn from_agent(err: AgentError) -> LodError {
+        match err {
+            AgentError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, NO_APPLICATION),
+            AgentError::Forbidden(_) => Self::new(StatusCode::FORBIDDEN, FORBIDDEN),
+            AgentError::AlreadyStopped { how, .. } => match how {
+                AlreadyStopped::Gone => Self::new(StatusCode::NOT_FOUND, NOT_DEPLOYED),
+                AlreadyStopped::AsRecorded => Self::new(StatusCode::CONFLICT, ALREADY_STOPPED),
+                AlreadyStopped::Unnoticed => Self::new(StatusCode::CONFLICT, SLOT_FREE),
+            },
+            AgentError::StopInProgress(_) => Self::new(StatusCode::CONFLICT, IN_PROGRESS),
+            AgentError::BadRequest(e) => Self::new(StatusCode::BAD_REQUEST, e.to_string()),
+            AgentError::DockerUnavailable(cause) => {
+                tracing::warn!(%cause, "Docker engine unavailable");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("The Docker engine of the lambda instance is unreachable: {cause}"),
+                )
+            }
+            AgentError::Engine(cause) => {
+                tracing::error!(%cause, "Docker engine error");
+                Self::new(
+                    StatusCode::BAD_GATEWAY,
+                    format!("The Docker engine refused the stop: {cause}"),
+                )
+            }
+            AgentError::Store(err) => {
+                tracing::error!(error = ?err, "store failure");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "The lambda instance's record store failed; its log has the cause.",
+                )
+            }
+            AgentError::Internal(cause) => {
+                tracing::error!(%cause, "internal error");
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, cause)
+            }
+        }
+    }
+}
+
+impl From<BodyError> for LodError {
+    fn from(e: BodyError) -> LodError {
+        match e {
+            BodyError::TooLarge => Self::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
+            BodyError::Unreadable(_) => Self::new(StatusCode::BAD_REQUEST, e.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for LodError {
+    fn into_response(self) -> Response {
+        let body = json!({"errors": [{"status": self.status.as_u16(), "detail": self.detail}]});
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Token"));
+        }
+        response
+    }
+}
+
+/// `lambda_instance_id` from the body, by its content type: a multipart form (`curl -F`), a
+/// url-encoded form, or JSON. `None` when the body does not carry it.
+async fn instance_from_body(headers: &HeaderMap, body: Bytes) -> Result<Option<String>, LodError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let content_type = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let malformed = |what: &str, e: &dyn std::fmt::Display| {
+        LodError::new(
+            StatusCode::BAD_REQUEST,
+            format!("Malformed {what} body: {e}"),
+        )
+    };
+    match essence.as_str() {
+        "multipart/form-data" => {
+            let boundary =
+                multer::parse_boundary(content_type).map_err(|e| malformed("multipart", &e))?;
+            let stream = futures_util::stream::once(async move { Ok::<_, Infallible>(body) });
+            let mut form = multer::Multipart::new(stream, boundary);
+            while let Some(field) = form
+                .next_field()
+                .await
+                .map_err(|e| malformed("multipart", &e))?
+            {
+                if field.name() == Some(INSTANCE_FIELD) {
+                    let text = field.text().await.map_err(|e| malformed("multipart", &e))?;
+                    return Ok(Some(text));
+                }
+            }
+            Ok(None)
+        }
+        "application/x-www-form-urlencoded" => {
+            let pairs: Vec<(String, String)> =
+                serde_urlencoded::from_bytes(&body).map_err(|e| malformed("form", &e))?;
+            Ok(pairs
+                .into_iter()
+                .find(|(k, _)| k == INSTANCE_FIELD)
+                .map(|(_, v)| v))
+        }
+        "application/json" => {
+            let value: Value = serde_json::from_slice(&body).map_err(|e| malformed("JSON", &e))?;
+            match value.get(INSTANCE_FIELD) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                Some(_) => Err(LodError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("`{INSTANCE_FIELD}` must be a string."),
+                )),
+            }
+        }
+        _ => Err(LodError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Unsupported media type \"{content_type}\" in request."),
+        )),
+    }
+}
+
+/// `lambda_instance_id` from the query string.
+fn instance_from_query(query: Option<&str>) -> Result<Option<String>, LodError> {
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(query.unwrap_or("")).map_err(|e| {
+            LodError::new(
+                StatusCode::BAD_REQUEST,
+                format!("Malformed query string: {e}"),
+            )
+        })?;
+    Ok(pairs
+        .into_iter()
+        .find(|(k, _)| k == INSTANCE_FIELD)
+        .map(|(_, v)| v))
+}
+
+/// `POST /api/apps/{application-id}/stop/`.
+pub async fn stop_app(
+    State(ctx): State<ApiContext>,
+    app: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, LodError> {
+    // 1. The token.
+    let principal = bearer_token(&headers)
+        .ok()
+        .and_then(|t| ctx.tokens.authenticate(t))
+        .ok_or_else(|| LodError::new(StatusCode::UNAUTHORIZED, UNAUTHORIZED))?;
+    // 2. The lambda instance id, from the body or the query (both must agree).
+    let bytes = read_body(&headers, body).await?;
+    let from_body = instance_from_body(&headers, bytes).await?;
+    let from_query = instance_from_query(query.as_deref())?;
+    let instance = match (from_body, from_query) {
+        (Some(b), Some(q)) if b != q => {
+            return Err(LodError::new(
+                StatusCode::BAD_REQUEST,
+                format!("`{INSTANCE_FIELD}` is given twice, with different values."),
+            ));
+        }
+        (Some(v), _) | (None, Some(v)) if !v.trim().is_empty() => v,
+        _ => return Err(LodError::new(StatusCode::BAD_REQUEST, NO_INSTANCE_ID)),
+    };
+    // 3. This node is the instance.
+    if instance.trim() != ctx.agent.node().id {
+        return Err(LodError::new(StatusCode::NOT_FOUND, NO_INSTANCE));
+    }
+    // 4. to 7. The application, the caller's right to stop it, its container, and its state.
+    let id = app
+        .ok()
+        .and_then(|Path(raw)| AppId::parse(&raw).ok())
+        .ok_or_else(|| LodError::new(StatusCode::NOT_FOUND, NO_APPLICATION))?;
+    ctx.agent
+        .stop_in_background(&principal, &id, StopRequest::default())
+        .await
+        .map_err(LodError::from_agent)?;
+    let body = json!({"status": {"short-description": ACCEPTED, "code": 202}});
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(content_type: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_str(content_type).expect("header"),
+        );
+        h
+    }
+
+    #[tokio::test]
+    async fn instance_id_in_every_encoding() {
+        let multipart = "--XyZ\r\nContent-Disposition: form-data; name=\"lambda_instance_id\"\r\n\r\nn1\r\n--XyZ--\r\n";
+        let cases = [
+            ("multipart/form-data; boundary=XyZ", multipart),
+            (
+                "application/x-www-form-urlencoded",
+                "other=1&lambda_instance_id=n1",
+            ),
+            ("application/json", r#"{"lambda_instance_id": "n1"}"#),
+            (
+                "application/json; charset=utf-8",
+                r#"{"lambda_instance_id": "n1", "x": 2}"#,
+            ),
+        ];
+        for (ct, body) in cases {
+            let got = instance_from_body(&headers(ct), Bytes::from(body))
+                .await
+                .expect(ct);
+            assert_eq!(got.as_deref(), Some("n1"), "{ct}");
+        }
+        assert_eq!(
+            instance_from_query(Some("lambda_instance_id=n1"))
+                .expect("q")
+                .as_deref(),
+            Some("n1")
+        );
+        assert_eq!(
+            instance_from_body(&headers("application/json"), Bytes::new())
+                .await
+                .expect("empty"),
+            None
+        );
+        assert_eq!(
+            instance_from_body(&headers("application/json"), Bytes::from("{}"))
+                .await
+                .expect("{}"),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn malformed_bodies_are_4xx() {
+        for (ct, body, status) in [
+            ("application/json", "{", 400),
+            ("application/json", r#"{"lambda_instance_id": 5}"#, 400),
+            ("multipart/form-data", "x", 400),
+            ("text/plain", "lambda_instance_id=n1", 415),
+        ] {
+            let err = instance_from_body(&headers(ct), Bytes::from(body))
+                .await
+                .expect_err(ct);
+            assert_eq!(err.status.as_u16(), status, "{ct} {body}");
+        }
+    }
+}
