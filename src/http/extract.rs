@@ -44,11 +44,18 @@ impl FromRequestParts<ApiContext> for Caller {
         parts: &mut Parts,
         ctx: &ApiContext,
     ) -> Result<Self, Self::Rejection> {
-        let token = bearer_token(&parts.headers).map_err(ApiError::unauthorized)?;
-        ctx.tokens
-            .authenticate(token)
-            .map(Caller)
-            .ok_or_else(|| ApiError::unauthorized("the token is not known to this node"))
+        let caller = match bearer_token(&parts.headers) {
+            Ok(token) => ctx
+                .tokens
+                .authenticate(token)
+                .ok_or("the token is not known to this node"),
+            Err(why) => Err(why),
+        };
+        caller.map(Caller).map_err(|why| {
+            // The token itself is never logged.
+            tracing::info!(method = %parts.method, path = %parts.uri.path(), outcome = why, "request refused: unauthorized");
+            ApiError::unauthorized(why)
+        })
     }
 }
 

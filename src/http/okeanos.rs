@@ -9,7 +9,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::header::CONTENT_TYPE;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
@@ -199,6 +199,7 @@ fn instance_from_query(query: Option<&str>) -> Result<Option<String>, LodError> 
 pub async fn stop_app(
     State(ctx): State<ApiContext>,
     app: Result<Path<String>, PathRejection>,
+    uri: Uri,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
@@ -207,30 +208,42 @@ pub async fn stop_app(
     let principal = bearer_token(&headers)
         .ok()
         .and_then(|t| ctx.tokens.authenticate(t))
-        .ok_or_else(|| LodError::new(StatusCode::UNAUTHORIZED, UNAUTHORIZED))?;
-    // 2. The lambda instance id, from the body or the query (both must agree).
-    let bytes = read_body(&headers, body).await?;
-    let from_body = instance_from_body(&headers, bytes).await?;
-    let from_query = instance_from_query(query.as_deref())?;
-    let instance = match (from_body, from_query) {
-        (Some(b), Some(q)) if b != q => {
-            return Err(LodError::new(
-                StatusCode::BAD_REQUEST,
-                format!("`{INSTANCE_FIELD}` is given twice, with different values."),
-            ));
+        .ok_or_else(|| {
+            tracing::info!(path = %uri.path(), "stop refused: unauthorized");
+            LodError::new(StatusCode::UNAUTHORIZED, UNAUTHORIZED)
+        })?;
+    let path = uri.path();
+    // Refusals the core does not see are logged here; the core logs its own.
+    let checked = async {
+        // 2. The lambda instance id, from the body or the query (both must agree).
+        let bytes = read_body(&headers, body).await?;
+        let from_body = instance_from_body(&headers, bytes).await?;
+        let from_query = instance_from_query(query.as_deref())?;
+        let instance = match (from_body, from_query) {
+            (Some(b), Some(q)) if b != q => {
+                return Err(LodError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("`{INSTANCE_FIELD}` is given twice, with different values."),
+                ));
+            }
+            (Some(v), _) | (None, Some(v)) if !v.trim().is_empty() => v,
+            _ => return Err(LodError::new(StatusCode::BAD_REQUEST, NO_INSTANCE_ID)),
+        };
+        // 3. This node is the instance.
+        if instance.trim() != ctx.agent.node().id {
+            return Err(LodError::new(StatusCode::NOT_FOUND, NO_INSTANCE));
         }
-        (Some(v), _) | (None, Some(v)) if !v.trim().is_empty() => v,
-        _ => return Err(LodError::new(StatusCode::BAD_REQUEST, NO_INSTANCE_ID)),
+        // 4. A malformed application id names no application.
+        let id = app
+            .ok()
+            .and_then(|Path(raw)| AppId::parse(&raw).ok())
+            .ok_or_else(|| LodError::new(StatusCode::NOT_FOUND, NO_APPLICATION))?;
+        Ok::<_, LodError>(id)
     };
-    // 3. This node is the instance.
-    if instance.trim() != ctx.agent.node().id {
-        return Err(LodError::new(StatusCode::NOT_FOUND, NO_INSTANCE));
-    }
+    let id = checked.await.inspect_err(|e| {
+        tracing::info!(path, token = %principal.name, outcome = %e.detail, "stop refused");
+    })?;
     // 4. to 7. The application, the caller's right to stop it, its container, and its state.
-    let id = app
-        .ok()
-        .and_then(|Path(raw)| AppId::parse(&raw).ok())
-        .ok_or_else(|| LodError::new(StatusCode::NOT_FOUND, NO_APPLICATION))?;
     ctx.agent
         .stop_in_background(&principal, &id, StopRequest::default())
         .await

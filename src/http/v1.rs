@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
@@ -213,13 +213,21 @@ fn stop_request(query: Option<&str>, body: &[u8]) -> Result<StopRequest, ApiErro
 pub async fn stop_app(
     State(ctx): State<ApiContext>,
     Caller(caller): Caller,
-    AppIdPath(id): AppIdPath,
+    app: Result<AppIdPath, ApiError>,
     RawQuery(query): RawQuery,
+    uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    let bytes = read_body(&headers, body).await?;
-    let req = stop_request(query.as_deref(), &bytes)?;
+    // Refusals the core does not see are logged here; the core logs its own.
+    let parsed = async {
+        let AppIdPath(id) = app?;
+        let bytes = read_body(&headers, body).await?;
+        Ok::<_, ApiError>((id, stop_request(query.as_deref(), &bytes)?))
+    };
+    let (id, req) = parsed.await.inspect_err(|e| {
+        tracing::info!(path = %uri.path(), token = %caller.name, outcome = ?e, "stop refused");
+    })?;
     let record = ctx
         .agent
         .stop(&caller, &id, req)

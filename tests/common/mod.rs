@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use bollard::Docker;
@@ -263,6 +263,8 @@ pub struct AgentProcess {
     pub base: String,
     pub token: String,
     pub stdout: String,
+    /// Every line the agent has logged so far.
+    log: Arc<Mutex<Vec<String>>>,
     child: Option<Child>,
 }
 
@@ -312,6 +314,7 @@ impl AgentProcess {
             base: String::new(),
             token,
             stdout: String::new(),
+            log: Arc::default(),
             child: None,
         };
         agent.spawn();
@@ -331,9 +334,11 @@ impl AgentProcess {
         let stderr = child.stderr.take().unwrap();
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel::<String>();
+        let log = self.log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("[agent] {line}");
+                log.lock().unwrap().push(line.clone());
                 if line.contains("listening")
                     && let Some(addr) = line.split("addr=").nth(1)
                 {
@@ -358,6 +363,22 @@ impl AgentProcess {
             self.stdout.push_str(&line);
             self.stdout.push('\n');
         }
+    }
+
+    /// The lines logged so far that contain every one of `needles`.
+    pub fn logged(&self, needles: &[&str]) -> Vec<String> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .cloned()
+            .collect()
+    }
+
+    /// Everything logged so far, as one text.
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
     }
 
     pub fn pid(&self) -> u32 {

@@ -1,0 +1,229 @@
+//! Who may stop and read what, on both stop routes, against the real agent and engine: owners, team
+//! owners, members with and without the permission, and strangers. Every refusal leaves the container
+//! running.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{AgentOptions, AgentProcess, Client, NODE_ID, Workload, app_body, app_id};
+use serde_json::{Value, json};
+
+const OWNER: &str = "user-owner";
+const LEAD: &str = "user-lead";
+const CAN: &str = "user-can";
+const CANNOT: &str = "user-cannot";
+const STRANGER: &str = "user-stranger";
+const USERS: [&str; 5] = [OWNER, LEAD, CAN, CANNOT, STRANGER];
+
+fn token_of(user: &str) -> String {
+    format!("token-of-{user}")
+}
+
+fn agent() -> AgentProcess {
+    AgentProcess::start_with(AgentOptions {
+        user_tokens: USERS
+            .iter()
+            .map(|u| (format!("name-{u}"), token_of(u), u.to_string()))
+            .collect(),
+        ..Default::default()
+    })
+}
+
+fn as_user(client: &Client, user: &str) -> Client {
+    let mut c = client.clone();
+    c.token = token_of(user);
+    c
+}
+
+/// The team object as the CamposCloud document populates it.
+fn team() -> Value {
+    let member = |user: &str, may: bool| json!({"user": user, "permissions": {"canChangeStatusApplication": may, "canCreateApplication": true}, "_id": format!("m-{user}")});
+    json!({
+        "_id": "team-1", "name": "My Team", "owner": LEAD,
+        "members": [member(CAN, true), member(CANNOT, false)],
+        "invites": [], "createdAt": "2025-07-18T23:49:19.701Z", "updatedAt": "2025-07-19T17:57:05.069Z",
+    })
+}
+
+/// A running container registered as an app of `OWNER` with the given `teamId`.
+async fn team_app(client: &Client, team_id: Value) -> (Workload, String) {
+    let w = Workload::start("exit").await;
+    let id = app_id();
+    let mut body = app_body(&id, &w.name);
+    body["userId"] = json!(OWNER);
+    body["teamId"] = team_id;
+    client.register_body(&id, body).await;
+    (w, id)
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Route {
+    V1,
+    Okeanos,
+}
+
+/// Stops `id` as `user` through `route`; returns the status and the body.
+async fn stop_as(client: &Client, route: Route, user: &str, id: &str) -> (u16, Value) {
+    let c = as_user(client, user);
+    let a = match route {
+        Route::V1 => c.stop(id).await,
+        Route::Okeanos => {
+            c.send(
+                c.http
+                    .post(c.url(&format!("/api/apps/{id}/stop/")))
+                    .header("Authorization", format!("Token {}", c.token))
+                    .form(&[("lambda_instance_id", NODE_ID)]),
+            )
+            .await
+        }
+    };
+    (a.status, a.body)
+}
+
+async fn wait_offline(client: &Client, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.get(&format!("/v1/apps/{id}")).await.body["currentResourceMetrics"]["online"]
+        != false
+    {
+        assert!(Instant::now() < deadline, "{id} never went offline");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn owners_team_owners_and_permitted_members_may_stop_on_both_routes() {
+    let agent = agent();
+    let client = agent.client();
+    for route in [Route::V1, Route::Okeanos] {
+        for user in [OWNER, LEAD, CAN] {
+            let (w, id) = team_app(&client, team()).await;
+            let (status, body) = stop_as(&client, route, user, &id).await;
+            match route {
+                Route::V1 => {
+                    assert_eq!(status, 200, "{route:?} {user}: {body}");
+                    assert_eq!(body["currentResourceMetrics"]["online"], false);
+                }
+                Route::Okeanos => {
+                    assert_eq!(status, 202, "{route:?} {user}: {body}");
+                    wait_offline(&client, &id).await;
+                }
+            }
+            assert!(!w.running().await, "{route:?} {user}");
+            assert!(
+                !agent
+                    .logged(&["stopped", &id, &format!("name-{user}")])
+                    .is_empty(),
+                "the accepted stop is logged with the token's name"
+            );
+        }
+    }
+    assert!(
+        !agent.log_text().contains("token-of-"),
+        "no token is ever logged"
+    );
+}
+
+#[tokio::test]
+async fn refused_callers_leave_the_container_untouched() {
+    let agent = agent();
+    let client = agent.client();
+    let (w, id) = team_app(&client, team()).await;
+    for route in [Route::V1, Route::Okeanos] {
+        // A member without the permission sees the app but may not stop it.
+        let (status, body) = stop_as(&client, route, CANNOT, &id).await;
+        assert_eq!(status, 403, "{route:?}: {body}");
+        match route {
+            Route::V1 => assert_eq!(body["error"], "forbidden"),
+            Route::Okeanos => assert_eq!(body["errors"][0]["status"], 403),
+        }
+        // A user with no relation to the app is told it does not exist.
+        let (status, body) = stop_as(&client, route, STRANGER, &id).await;
+        assert_eq!(status, 404, "{route:?}: {body}");
+        match route {
+            Route::V1 => assert_eq!(body["error"], "app_not_found"),
+            Route::Okeanos => assert_eq!(
+                body["errors"][0]["detail"],
+                "The specified application doesn't exist."
+            ),
+        }
+    }
+    assert!(w.running().await, "no refused caller touched the container");
+    let lines = agent.logged(&["stop refused", &id, "name-user-cannot"]);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(
+        agent
+            .logged(&["stop refused", &id, "name-user-stranger"])
+            .len(),
+        2
+    );
+    assert!(
+        !agent.log_text().contains("token-of-"),
+        "no token is ever logged"
+    );
+    // The operator still can.
+    assert_eq!(client.stop(&id).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_team_given_as_an_id_or_null_leaves_only_the_owner() {
+    let agent = agent();
+    let client = agent.client();
+    for team_id in [json!("team-1"), Value::Null] {
+        let (w, id) = team_app(&client, team_id.clone()).await;
+        for user in [LEAD, CAN] {
+            for route in [Route::V1, Route::Okeanos] {
+                let (status, body) = stop_as(&client, route, user, &id).await;
+                assert_eq!(status, 404, "teamId {team_id} {user} {route:?}: {body}");
+            }
+        }
+        assert!(w.running().await);
+        let (status, body) = stop_as(&client, Route::V1, OWNER, &id).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(!w.running().await);
+    }
+}
+
+#[tokio::test]
+async fn reading_needs_only_membership_and_lists_show_only_what_may_be_read() {
+    let agent = agent();
+    let client = agent.client();
+    let (_w1, team_id) = team_app(&client, team()).await;
+    let (_w2, solo_id) = team_app(&client, Value::Null).await;
+    let visible = |user: &'static str| {
+        let c = as_user(&client, user);
+        async move {
+            let list = c.get("/v1/apps").await;
+            assert_eq!(list.status, 200, "{list:?}");
+            let mut ids: Vec<String> = list.body["applications"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a["_id"].as_str().unwrap().to_owned())
+                .collect();
+            ids.sort();
+            (ids, list.body["pagination"]["totalItems"].as_u64().unwrap())
+        }
+    };
+    let mut both = vec![team_id.clone(), solo_id.clone()];
+    both.sort();
+    assert_eq!(visible(OWNER).await, (both, 2));
+    for member in [LEAD, CAN, CANNOT] {
+        assert_eq!(
+            visible(member).await,
+            (vec![team_id.clone()], 1),
+            "{member}"
+        );
+        let got = as_user(&client, member)
+            .get(&format!("/v1/apps/{team_id}"))
+            .await;
+        assert_eq!(got.status, 200, "{member} reads the team's app");
+        let hidden = as_user(&client, member)
+            .get(&format!("/v1/apps/{solo_id}"))
+            .await;
+        assert_eq!(hidden.status, 404, "{member}");
+    }
+    assert_eq!(visible(STRANGER).await, (vec![], 0));
+}
