@@ -133,16 +133,9 @@ pub async fn run(
         .local_addr()
         .map_err(|err| RunError::Listen { addr, err })?;
 
-    // Say early whether the engine answers; the agent serves either way.
-    let runtime_agent = services.agent.clone();
-    tokio::spawn(async move {
-        match runtime_agent.runtime().engine().await {
-            Ok(info) => {
-                tracing::info!(engine = %info.version, api = %info.api_version, "Docker engine reachable")
-            }
-            Err(e) => tracing::warn!(error = %e, "Docker engine not reachable yet; serving anyway"),
-        }
-    });
+    // Records are reconciled with the engine, and followed through its events, in the background:
+    // the agent serves at once, with or without the engine.
+    let watcher = services.agent.spawn_watcher();
     signals::spawn_reload(config.auth.tokens_file.clone(), services.tokens.clone());
 
     let ctx = http::ApiContext {
@@ -185,6 +178,7 @@ pub async fn run(
     {
         tracing::warn!("stops still under way at the drain limit; exiting");
     }
+    watcher.abort();
     tracing::info!("flushing the store");
     services.agent.store().checkpoint().await?;
     tracing::info!("stopped");

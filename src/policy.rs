@@ -99,6 +99,7 @@ mod tests {
             registered: registered.as_object().cloned().expect("object"),
             metrics: None,
             last_exit: None,
+            last_stop: None,
             updated_at: Utc::now(),
         }
     }

@@ -118,6 +118,41 @@ pub struct LastExit {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
+/// Where the agent's last stop of the app stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopOutcome {
+    /// Accepted and under way: the intent, written before the engine is touched.
+    Stopping,
+    /// The agent stopped the container.
+    Stopped,
+    /// The container was not running when the stop came to it.
+    AlreadyStopped,
+    /// The stop failed; `error` says why, and the container's state is in the metrics.
+    Failed,
+    /// The agent itself died during the stop; at its next start the record was made true again.
+    Interrupted,
+}
+
+/// `lastStop`: the agent's last stop of this app and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LastStop {
+    pub outcome: StopOutcome,
+    /// The token name that asked for it.
+    pub by: String,
+    #[serde(with = "rfc3339_millis")]
+    pub requested_at: DateTime<Utc>,
+    #[serde(
+        with = "rfc3339_millis::option",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub finished_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// An application record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AppRecord {
@@ -126,14 +161,16 @@ pub struct AppRecord {
     pub registered: Map<String, Value>,
     pub metrics: Option<ResourceMetrics>,
     pub last_exit: Option<LastExit>,
+    pub last_stop: Option<LastStop>,
     pub updated_at: DateTime<Utc>,
 }
 
 /// Keys whose values the agent owns; a registration may carry them but they are replaced.
-const AGENT_OWNED: [&str; 4] = [
+const AGENT_OWNED: [&str; 5] = [
     "workerNodeId",
     "currentResourceMetrics",
     "lastExit",
+    "lastStop",
     "updatedAt",
 ];
 
@@ -318,6 +355,30 @@ impl AppRecord {
         container_id_of(&self.registered)
     }
 
+    /// Whether a stop by the agent is recorded as under way: the intent of a stop that has not ended.
+    pub fn stop_pending(&self) -> bool {
+        self.last_stop
+            .as_ref()
+            .is_some_and(|s| s.outcome == StopOutcome::Stopping)
+    }
+
+    /// Whether the agent's own stop ended the container's current exit: the record says offline, the
+    /// agent's last stop succeeded, and the container has not been started since.
+    pub fn stopped_by_agent(&self) -> bool {
+        let Some(stop) = self
+            .last_stop
+            .as_ref()
+            .filter(|s| s.outcome == StopOutcome::Stopped)
+        else {
+            return false;
+        };
+        let started_since = match (&self.metrics, stop.finished_at) {
+            (Some(m), Some(done)) => m.started_at.is_some_and(|s| s > done),
+            _ => false,
+        };
+        !self.online() && !started_since
+    }
+
     /// Whether the record's last observation says the container runs.
     pub fn online(&self) -> bool {
         self.metrics.as_ref().is_some_and(|m| m.online)
@@ -348,6 +409,9 @@ impl AppRecord {
         );
         if let Some(e) = &self.last_exit {
             out.insert("lastExit".into(), json_of(e));
+        }
+        if let Some(s) = &self.last_stop {
+            out.insert("lastStop".into(), json_of(s));
         }
         out.insert(
             "updatedAt".into(),
@@ -517,6 +581,7 @@ mod tests {
         let record = AppRecord {
             id,
             registered: reg.registered,
+            last_stop: None,
             metrics: Some(ResourceMetrics {
                 timestamp: t,
                 online: false,

@@ -10,10 +10,12 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Map, Value};
 
-use crate::record::{AppId, AppRecord, LastExit, Registration, ResourceMetrics, format_time};
+use crate::record::{
+    AppId, AppRecord, LastExit, LastStop, Registration, ResourceMetrics, format_time,
+};
 
 /// Schema version written to `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +50,19 @@ pub struct Observation {
     pub metrics: ResourceMetrics,
     /// How its last run ended; `None` keeps the recorded one.
     pub last_exit: Option<LastExit>,
+    /// Where the agent's stop of it stands; `None` keeps the recorded one.
+    pub last_stop: Option<LastStop>,
+}
+
+impl Observation {
+    /// New metrics, keeping the recorded exit and stop.
+    pub fn metrics(metrics: ResourceMetrics) -> Observation {
+        Observation {
+            metrics,
+            last_exit: None,
+            last_stop: None,
+        }
+    }
 }
 
 /// What a registration did.
@@ -100,6 +115,15 @@ impl Store {
                  COMMIT;",
             )?;
         }
+        if version < 2 {
+            // The agent's last stop of each app: its intent while under way, then its outcome.
+            conn.execute_batch(
+                "BEGIN;
+                 ALTER TABLE apps ADD COLUMN last_stop TEXT;
+                 PRAGMA user_version = 2;
+                 COMMIT;",
+            )?;
+        }
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -130,7 +154,7 @@ impl Store {
     pub async fn list(&self) -> Result<Vec<AppRecord>, StoreError> {
         self.with_conn(|c| {
             let mut stmt = c.prepare_cached(
-                "SELECT id, registered, metrics, last_exit, updated_at FROM apps ORDER BY id",
+                "SELECT id, registered, metrics, last_exit, last_stop, updated_at FROM apps ORDER BY id",
             )?;
             let rows = stmt.query_map([], raw_row)?;
             let mut out = Vec::new();
@@ -154,35 +178,39 @@ impl Store {
         self.with_conn(move |c| {
             let tx = c.transaction()?;
             let existing = select_one(&tx, &id)?;
+            let created_before = existing.is_some();
             let same_container = existing
                 .as_ref()
                 .is_some_and(|r| r.container_id() == registration.container_id());
-            let (metrics, last_exit) = match existing.as_ref() {
-                Some(r) if same_container => (r.metrics.clone(), r.last_exit.clone()),
-                _ => (None, None),
+            let (metrics, last_exit, last_stop) = match existing {
+                Some(r) if same_container => (r.metrics, r.last_exit, r.last_stop),
+                _ => (None, None, None),
             };
             let record = AppRecord {
                 id: id.clone(),
                 registered: registration.registered,
                 metrics,
                 last_exit,
+                last_stop,
                 updated_at: now,
             };
             tx.execute(
-                "INSERT INTO apps (id, registered, metrics, last_exit, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT(id) DO UPDATE SET registered = ?2, metrics = ?3, last_exit = ?4, updated_at = ?5",
+                "INSERT INTO apps (id, registered, metrics, last_exit, last_stop, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT(id) DO UPDATE SET
+                     registered = ?2, metrics = ?3, last_exit = ?4, last_stop = ?5, updated_at = ?6",
                 params![
                     id.as_str(),
                     Value::Object(record.registered.clone()).to_string(),
                     to_json_text(&record.metrics),
                     to_json_text(&record.last_exit),
+                    to_json_text(&record.last_stop),
                     format_time(now),
                 ],
             )?;
             let record = select_one(&tx, &id)?.unwrap_or(record);
             tx.commit()?;
-            let how = if existing.is_some() {
+            let how = if created_before {
                 Registered::Replaced
             } else {
                 Registered::Created
@@ -228,13 +256,18 @@ impl Store {
             if observation.last_exit.is_some() {
                 record.last_exit = observation.last_exit;
             }
+            if observation.last_stop.is_some() {
+                record.last_stop = observation.last_stop;
+            }
             record.updated_at = now;
             tx.execute(
-                "UPDATE apps SET metrics = ?2, last_exit = ?3, updated_at = ?4 WHERE id = ?1",
+                "UPDATE apps SET metrics = ?2, last_exit = ?3, last_stop = ?4, updated_at = ?5
+                 WHERE id = ?1",
                 params![
                     id.as_str(),
                     to_json_text(&record.metrics),
                     to_json_text(&record.last_exit),
+                    to_json_text(&record.last_stop),
                     format_time(now),
                 ],
             )?;
@@ -274,6 +307,7 @@ struct RawRow {
     registered: String,
     metrics: Option<String>,
     last_exit: Option<String>,
+    last_stop: Option<String>,
     updated_at: String,
 }
 
@@ -283,7 +317,8 @@ fn raw_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
         registered: r.get(1)?,
         metrics: r.get(2)?,
         last_exit: r.get(3)?,
-        updated_at: r.get(4)?,
+        last_stop: r.get(4)?,
+        updated_at: r.get(5)?,
     })
 }
 
@@ -308,6 +343,12 @@ impl RawRow {
             .map(serde_json::from_str)
             .transpose()
             .map_err(|e| corrupt(format!("last_exit: {e}")))?;
+        let last_stop = self
+            .last_stop
+            .as_deref()
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(|e| corrupt(format!("last_stop: {e}")))?;
         let updated_at = DateTime::parse_from_rfc3339(&self.updated_at)
             .map_err(|e| corrupt(format!("updated_at: {e}")))?
             .with_timezone(&Utc);
@@ -316,6 +357,7 @@ impl RawRow {
             registered,
             metrics,
             last_exit,
+            last_stop,
             updated_at,
         })
     }
@@ -323,7 +365,7 @@ impl RawRow {
 
 fn select_one(c: &Connection, id: &AppId) -> Result<Option<AppRecord>, StoreError> {
     let mut stmt = c.prepare_cached(
-        "SELECT id, registered, metrics, last_exit, updated_at FROM apps WHERE id = ?1",
+        "SELECT id, registered, metrics, last_exit, last_stop, updated_at FROM apps WHERE id = ?1",
     )?;
     let raw = stmt.query_row([id.as_str()], raw_row).optional()?;
     raw.map(RawRow::decode).transpose()
@@ -345,14 +387,11 @@ mod tests {
     }
 
     fn seen(online: bool) -> Observation {
-        Observation {
-            metrics: ResourceMetrics {
-                timestamp: Utc::now(),
-                online,
-                ..Default::default()
-            },
-            last_exit: None,
-        }
+        Observation::metrics(ResourceMetrics {
+            timestamp: Utc::now(),
+            online,
+            ..Default::default()
+        })
     }
 
     #[tokio::test]

@@ -58,7 +58,7 @@ impl LodError {
             AgentError::Forbidden(_) => Self::new(StatusCode::FORBIDDEN, FORBIDDEN),
             AgentError::AlreadyStopped { how, .. } => match how {
                 AlreadyStopped::Gone => Self::new(StatusCode::NOT_FOUND, NOT_DEPLOYED),
-                AlreadyStopped::AsRecorded => Self::new(StatusCode::CONFLICT, ALREADY_STOPPED),
+                AlreadyStopped::ByTheAgent => Self::new(StatusCode::CONFLICT, ALREADY_STOPPED),
                 AlreadyStopped::Unnoticed => Self::new(StatusCode::CONFLICT, SLOT_FREE),
             },
             AgentError::StopInProgress(_) => Self::new(StatusCode::CONFLICT, IN_PROGRESS),

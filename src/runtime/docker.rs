@@ -6,15 +6,19 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::errors::Error as BollardError;
+use bollard::models::{ContainerUpdateBody, RestartPolicy, RestartPolicyNameEnum};
 use bollard::query_parameters::{
-    InspectContainerOptions, KillContainerOptions, StatsOptions, StopContainerOptions,
-    WaitContainerOptions,
+    EventsOptions, InspectContainerOptions, KillContainerOptions, StatsOptions,
+    StopContainerOptions, WaitContainerOptions,
 };
 use bollard::{API_DEFAULT_VERSION, ClientVersion, Docker};
 use chrono::{DateTime, SubsecRound, Utc};
 use futures_util::StreamExt;
 
-use super::{ContainerRuntime, ContainerState, EngineInfo, RawStats, RuntimeError};
+use super::{
+    ContainerEvent, ContainerRuntime, ContainerState, EngineInfo, EventKind, EventStream, RawStats,
+    RuntimeError,
+};
 use crate::config::DockerEndpoint;
 
 /// Budget of every call but stop and wait: an engine slower than this counts as unavailable.
@@ -223,6 +227,11 @@ impl ContainerRuntime for DockerRuntime {
                 .config
                 .and_then(|cfg| cfg.stop_timeout)
                 .and_then(|t| u32::try_from(t).ok()),
+            restart_policy: c
+                .host_config
+                .and_then(|h| h.restart_policy)
+                .and_then(|p| p.name)
+                .map(|n| n.to_string()),
         })
     }
 
@@ -274,6 +283,43 @@ impl ContainerRuntime for DockerRuntime {
             .map_err(|e| self.fail(container, e))
     }
 
+    async fn disable_restart(&self, container: &str) -> Result<(), RuntimeError> {
+        let docker = self.client().await?;
+        let update = ContainerUpdateBody {
+            restart_policy: Some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::NO),
+                maximum_retry_count: None,
+            }),
+            ..Default::default()
+        };
+        docker
+            .update_container(container, update)
+            .await
+            .map_err(|e| self.fail(container, e))
+    }
+
+    async fn events(&self) -> Result<EventStream, RuntimeError> {
+        let docker = self.client().await?;
+        let filters = [
+            ("type".to_owned(), vec!["container".to_owned()]),
+            (
+                "event".to_owned(),
+                vec!["start".to_owned(), "die".to_owned()],
+            ),
+        ];
+        let options = EventsOptions {
+            filters: Some(filters.into_iter().collect()),
+            ..Default::default()
+        };
+        let stream = docker.events(Some(options)).filter_map(|item| async move {
+            match item {
+                Ok(e) => to_event(e).map(Ok),
+                Err(e) => Some(Err(RuntimeError::Unavailable(format!("event stream: {e}")))),
+            }
+        });
+        Ok(Box::pin(stream))
+    }
+
     async fn wait_exit(&self, container: &str, limit: Duration) -> Result<bool, RuntimeError> {
         let docker = self.client().await?.with_timeout(limit + CALL_TIMEOUT);
         let options = WaitContainerOptions {
@@ -289,6 +335,20 @@ impl ContainerRuntime for DockerRuntime {
             Ok(Some(Err(e))) => Err(self.fail(container, e)),
         }
     }
+}
+
+fn to_event(e: bollard::models::EventMessage) -> Option<ContainerEvent> {
+    let kind = match e.action.as_deref()? {
+        "start" => EventKind::Started,
+        "die" => EventKind::Died,
+        _ => return None,
+    };
+    let actor = e.actor?;
+    Some(ContainerEvent {
+        id: actor.id?,
+        name: actor.attributes.and_then(|mut a| a.remove("name")),
+        kind,
+    })
 }
 
 #[cfg(test)]

@@ -9,7 +9,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
 use tokio::sync::Notify;
 
-use super::{ContainerRuntime, ContainerState, EngineInfo, RawStats, RuntimeError};
+use super::{
+    ContainerEvent, ContainerRuntime, ContainerState, EngineInfo, EventKind, EventStream, RawStats,
+    RuntimeError,
+};
 
 #[derive(Debug, Default)]
 struct FakeContainer {
@@ -43,6 +46,7 @@ fn engine_now() -> DateTime<Utc> {
 #[derive(Debug, Clone)]
 pub struct FakeRuntime {
     script: Arc<Mutex<Script>>,
+    events: tokio::sync::broadcast::Sender<ContainerEvent>,
     stop_takes_signal: bool,
     gate: Arc<Notify>,
     entered: Arc<Notify>,
@@ -53,6 +57,7 @@ impl FakeRuntime {
     pub fn new(stop_takes_signal: bool) -> FakeRuntime {
         FakeRuntime {
             script: Arc::default(),
+            events: tokio::sync::broadcast::channel(64).0,
             stop_takes_signal,
             gate: Arc::new(Notify::new()),
             entered: Arc::new(Notify::new()),
@@ -91,6 +96,46 @@ impl FakeRuntime {
                     },
                 },
             );
+        });
+    }
+
+    /// Sets a container's restart policy.
+    pub fn set_restart_policy(&self, name: &str, policy: &str) {
+        self.with(|s| {
+            if let Some(c) = s.containers.get_mut(name) {
+                c.state.restart_policy = Some(policy.to_owned());
+            }
+        });
+    }
+
+    /// Its workload exits by itself with `code`, as a crash or an OOM kill would, and the engine
+    /// says so on its event stream.
+    pub fn crash(&self, name: &str, code: i64, oom: bool) {
+        self.with(|s| {
+            if let Some(c) = s.containers.get_mut(name) {
+                Self::exit(c, code);
+                c.state.oom_killed = oom;
+            }
+        });
+        self.emit(name, EventKind::Died);
+    }
+
+    /// Someone starts the container by hand.
+    pub fn start_by_hand(&self, name: &str) {
+        self.with(|s| {
+            if let Some(c) = s.containers.get_mut(name) {
+                c.state.running = true;
+                c.state.started_at = Some(engine_now());
+            }
+        });
+        self.emit(name, EventKind::Started);
+    }
+
+    fn emit(&self, name: &str, kind: EventKind) {
+        let _ = self.events.send(ContainerEvent {
+            id: format!("{name}-id"),
+            name: Some(name.to_owned()),
+            kind,
         });
     }
 
@@ -292,6 +337,34 @@ impl ContainerRuntime for FakeRuntime {
         });
         self.leave("kill");
         r
+    }
+
+    async fn disable_restart(&self, container: &str) -> Result<(), RuntimeError> {
+        self.enter("update", format!("update {container} restart=no"))
+            .await?;
+        let r = self.with_container(container, |c| {
+            c.state.restart_policy = Some("no".to_owned());
+            Ok(())
+        });
+        self.leave("update");
+        r
+    }
+
+    async fn events(&self) -> Result<EventStream, RuntimeError> {
+        self.engine().await?;
+        let rx = self.events.subscribe();
+        Ok(Box::pin(futures_util::stream::unfold(
+            rx,
+            |mut rx| async move {
+                loop {
+                    match rx.recv().await {
+                        Ok(e) => return Some((Ok(e), rx)),
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                    }
+                }
+            },
+        )))
     }
 
     async fn wait_exit(&self, container: &str, limit: Duration) -> Result<bool, RuntimeError> {

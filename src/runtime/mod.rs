@@ -24,7 +24,49 @@ pub struct ContainerState {
     pub oom_killed: bool,
     /// The container's own stop timeout (`Config.StopTimeout`), if set.
     pub stop_timeout: Option<u32>,
+    /// Its restart policy's name (`no`, `always`, `unless-stopped`, `on-failure`), if any.
+    pub restart_policy: Option<String>,
 }
+
+impl ContainerState {
+    /// Whether the engine may start the container again by itself.
+    pub fn may_restart_itself(&self) -> bool {
+        self.restart_policy
+            .as_deref()
+            .is_some_and(|p| !p.is_empty() && p != "no")
+    }
+}
+
+/// A change in a container's life that the engine reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerEvent {
+    /// The container's full id.
+    pub id: String,
+    /// Its name, without the leading `/`.
+    pub name: Option<String>,
+    pub kind: EventKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// It started (or was restarted).
+    Started,
+    /// Its main process ended, whatever the cause.
+    Died,
+}
+
+impl ContainerEvent {
+    /// Whether a record's `containerId` (a name, a full id or an id prefix) names this container.
+    pub fn concerns(&self, container_ref: &str) -> bool {
+        !container_ref.is_empty()
+            && (self.name.as_deref() == Some(container_ref)
+                || (container_ref.len() >= 12 && self.id.starts_with(container_ref)))
+    }
+}
+
+/// The engine's event stream; it ends or fails when the engine goes away.
+pub type EventStream =
+    futures_util::stream::BoxStream<'static, Result<ContainerEvent, RuntimeError>>;
 
 /// The engine's identity and what its API can do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,4 +117,9 @@ pub trait ContainerRuntime: Send + Sync + std::fmt::Debug {
     async fn kill(&self, container: &str, signal: &str) -> Result<(), RuntimeError>;
     /// Waits until the container is not running, at most `limit`; true when it exited.
     async fn wait_exit(&self, container: &str, limit: Duration) -> Result<bool, RuntimeError>;
+    /// Sets the container's restart policy to `no`, so that the engine never starts it again by
+    /// itself (not even when the engine restarts).
+    async fn disable_restart(&self, container: &str) -> Result<(), RuntimeError>;
+    /// Container start and die events, from now on.
+    async fn events(&self) -> Result<EventStream, RuntimeError>;
 }

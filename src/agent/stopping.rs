@@ -1,0 +1,414 @@
+//! The stop of an app, shared by both routes: admission (authorization, then the app's guard), the
+//! intent written before the engine is touched, the engine calls, and the final record.
+//!
+//! A stop runs in a task of its own, tracked for shutdown, so a client that disconnects does not
+//! cancel it half-way. Every path out of a stop whose intent was written records how it ended.
+
+use chrono::{DateTime, SubsecRound, Utc};
+use tokio::task::JoinHandle;
+
+use super::{Agent, AgentError, AlreadyStopped, Inner, Settler};
+use crate::auth::Principal;
+use crate::metrics::{RawStats, final_metrics, last_exit, running_metrics};
+use crate::policy::Action;
+use crate::record::{AppId, AppRecord, LastStop, StopOutcome};
+use crate::runtime::{ContainerState, RuntimeError};
+use crate::stop::{StopRequest, effective_grace, halt};
+use crate::store::{Observation, StoreError};
+
+/// How much earlier than the stop call an exit may be stamped and still count as caused by it: the
+/// engine's times are truncated to milliseconds.
+const EXIT_CLOCK_SLACK: chrono::Duration = chrono::Duration::milliseconds(5);
+
+/// Marks a stop of one app as under way; dropping it ends the mark.
+#[derive(Debug)]
+pub(super) struct StopGuard {
+    agent: std::sync::Arc<Inner>,
+    id: AppId,
+}
+
+impl Drop for StopGuard {
+    fn drop(&mut self) {
+        self.agent
+            .stopping
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
+}
+
+fn log_refusal(principal: &Principal, id: &AppId, err: &AgentError) {
+    tracing::info!(app = %id, token = %principal.name, outcome = %err, "stop refused");
+}
+
+impl Agent {
+    pub(super) fn stop_under_way(&self, id: &AppId) -> bool {
+        self.inner
+            .stopping
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id)
+    }
+
+    fn begin_stop(&self, id: &AppId) -> Result<StopGuard, AgentError> {
+        let mut stopping = self
+            .inner
+            .stopping
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if !stopping.insert(id.clone()) {
+            return Err(AgentError::StopInProgress(id.clone()));
+        }
+        Ok(StopGuard {
+            agent: self.inner.clone(),
+            id: id.clone(),
+        })
+    }
+
+    /// Admits a stop of `id` by `principal`: the caller may stop it, and no other stop of it is under
+    /// way. The record is read again under the guard, since a stop that just ended may have
+    /// rewritten it.
+    async fn admit(
+        &self,
+        principal: &Principal,
+        id: &AppId,
+    ) -> Result<(AppRecord, StopGuard), AgentError> {
+        self.authorized(principal, id, Action::Stop).await?;
+        let guard = self.begin_stop(id)?;
+        let record = self
+            .inner
+            .store
+            .get(id)
+            .await?
+            .ok_or_else(|| AgentError::NotFound(id.clone()))?;
+        Ok((record, guard))
+    }
+
+    /// Stops the app's container and answers with the updated record. The work runs in a task of its
+    /// own: dropping this future (a client that hangs up) does not cancel the stop.
+    pub async fn stop(
+        &self,
+        principal: &Principal,
+        id: &AppId,
+        req: StopRequest,
+    ) -> Result<AppRecord, AgentError> {
+        let (record, guard) = self
+            .admit(principal, id)
+            .await
+            .inspect_err(|e| log_refusal(principal, id, e))?;
+        self.launch(principal, record, guard, req, None)
+            .await
+            .map_err(|e| AgentError::Internal(format!("the stop task failed: {e}")))?
+    }
+
+    /// Checks that the app's container exists and runs, then stops it in the background and returns
+    /// at once; the outcome lands in the record (`lastStop`, the metrics and the exit).
+    pub async fn stop_in_background(
+        &self,
+        principal: &Principal,
+        id: &AppId,
+        req: StopRequest,
+    ) -> Result<(), AgentError> {
+        let admitted = async {
+            let (record, guard) = self.admit(principal, id).await?;
+            let (record, state) = self.running_state(record).await?;
+            Ok::<_, AgentError>((record, state, guard))
+        };
+        let (record, state, guard) = admitted
+            .await
+            .inspect_err(|e| log_refusal(principal, id, e))?;
+        tracing::info!(app = %id, token = %principal.name, "stop accepted");
+        drop(self.launch(principal, record, guard, req, Some(state)));
+        Ok(())
+    }
+
+    /// Runs a stop in a task of the agent's tracker. `known` is the container's state if the caller
+    /// just inspected it.
+    fn launch(
+        &self,
+        caller: &Principal,
+        record: AppRecord,
+        guard: StopGuard,
+        req: StopRequest,
+        known: Option<ContainerState>,
+    ) -> JoinHandle<Result<AppRecord, AgentError>> {
+        let agent = self.clone();
+        let caller = caller.name.clone();
+        self.inner.stops.spawn(async move {
+            let _guard = guard;
+            let app = record.id.clone();
+            let container = record.container_id().to_owned();
+            // At the store's precision, so that the intent can be recognised when read back.
+            let requested_at = Utc::now().trunc_subsecs(3);
+            let outcome = agent
+                .run_stop(&caller, requested_at, record, req, known)
+                .await;
+            let elapsed_ms = (Utc::now() - requested_at).num_milliseconds();
+            match &outcome {
+                Ok(_) => tracing::info!(%app, token = %caller, elapsed_ms, "stopped"),
+                Err(e) => {
+                    tracing::info!(%app, token = %caller, elapsed_ms, outcome = %e, "stop not done");
+                    agent
+                        .close_intent(&app, &container, requested_at, e)
+                        .await;
+                }
+            }
+            outcome
+        })
+    }
+
+    /// The container's state if it runs; otherwise the record is settled and the answer says how the
+    /// container came to be stopped. Called with the app's guard held.
+    async fn running_state(
+        &self,
+        record: AppRecord,
+    ) -> Result<(AppRecord, ContainerState), AgentError> {
+        match self.runtime().inspect(record.container_id()).await {
+            Ok(state) if state.running => Ok((record, state)),
+            Ok(state) => Err(self.already_stopped(record, Some(&state)).await),
+            Err(RuntimeError::NotFound(_)) => Err(self.already_stopped(record, None).await),
+            Err(e) => Err(AgentError::from_runtime(e)),
+        }
+    }
+
+    /// Settles the record of a container found not running (`None`: gone), and says so.
+    async fn already_stopped(
+        &self,
+        record: AppRecord,
+        state: Option<&ContainerState>,
+    ) -> AgentError {
+        let id = record.id.clone();
+        let how = match state {
+            None => AlreadyStopped::Gone,
+            Some(_) if record.stopped_by_agent() => AlreadyStopped::ByTheAgent,
+            Some(_) => AlreadyStopped::Unnoticed,
+        };
+        match self.settle_exited(record, state, Settler::Stop).await {
+            Ok(record) => AgentError::AlreadyStopped {
+                id,
+                how,
+                record: Box::new(record),
+            },
+            Err(e) => e,
+        }
+    }
+
+    /// A stop that ended in `err` after writing its intent records how it ended, so that the record
+    /// never says a stop is under way when none is.
+    async fn close_intent(
+        &self,
+        id: &AppId,
+        container: &str,
+        requested_at: DateTime<Utc>,
+        err: &AgentError,
+    ) {
+        let (outcome, error) = match err {
+            AgentError::AlreadyStopped { .. } => (StopOutcome::AlreadyStopped, None),
+            other => (StopOutcome::Failed, Some(other.to_string())),
+        };
+        let now = Utc::now();
+        let closed = self
+            .inner
+            .store
+            .observe(id, container, now, move |stored| {
+                let stop = stored.last_stop.as_ref()?;
+                if stop.outcome != StopOutcome::Stopping || stop.requested_at != requested_at {
+                    return None;
+                }
+                Some(Observation {
+                    metrics: stored.metrics.clone().unwrap_or_default(),
+                    last_exit: None,
+                    last_stop: Some(LastStop {
+                        outcome,
+                        finished_at: Some(now),
+                        error,
+                        ..stop.clone()
+                    }),
+                })
+            })
+            .await;
+        if let Err(e) = closed {
+            tracing::error!(app = %id, error = %e, "could not record how the stop ended");
+        }
+    }
+
+    async fn run_stop(
+        &self,
+        caller: &str,
+        requested_at: DateTime<Utc>,
+        record: AppRecord,
+        req: StopRequest,
+        known: Option<ContainerState>,
+    ) -> Result<AppRecord, AgentError> {
+        let runtime = self.runtime();
+        let container = record.container_id().to_owned();
+        let (record, state) = match known {
+            Some(state) => (record, state),
+            None => self.running_state(record).await?,
+        };
+        // The final sample must be taken before the stop: a stopped container has no stats.
+        let reading = match runtime.stats(&container).await {
+            Ok(s) if !s.is_empty() => Some(s),
+            Ok(_) => None,
+            Err(RuntimeError::NotFound(_)) => return Err(self.already_stopped(record, None).await),
+            Err(RuntimeError::Unavailable(m)) => return Err(AgentError::DockerUnavailable(m)),
+            Err(e) => {
+                tracing::warn!(app = %record.id, error = %e, "final sample failed; stopping without one");
+                None
+            }
+        };
+        let record = self
+            .write_intent(record, &state, reading.as_ref(), caller, requested_at)
+            .await?;
+        if state.may_restart_itself() {
+            // A stopped app must stay stopped: no restart policy may bring it back, not even when
+            // the engine itself restarts. A person may still start it by hand.
+            match runtime.disable_restart(&container).await {
+                Ok(()) => tracing::info!(
+                    app = %record.id,
+                    previous = state.restart_policy.as_deref().unwrap_or_default(),
+                    "restart policy set to no"
+                ),
+                Err(RuntimeError::Unavailable(m)) => return Err(AgentError::DockerUnavailable(m)),
+                Err(RuntimeError::NotFound(_)) => {
+                    return Err(self.already_stopped(record, None).await);
+                }
+                Err(e) => {
+                    tracing::warn!(app = %record.id, error = %e, "could not disable the restart policy")
+                }
+            }
+        }
+        let grace = effective_grace(&req, self.inner.default_timeout, &state);
+        let mut gone_midway = false;
+        let halt_started = Utc::now();
+        match halt(runtime, &container, &req, grace).await {
+            Ok(path) => tracing::debug!(app = %record.id, ?path, grace, "container halted"),
+            // It exited between the inspect and the signal: on its own, not by this stop.
+            Err(RuntimeError::NotRunning(_)) => {
+                let state = runtime.inspect(&container).await.ok();
+                return Err(self.already_stopped(record, state.as_ref()).await);
+            }
+            // Removed while stopping (an auto-removing container, or `docker rm -f`): it is down.
+            Err(RuntimeError::NotFound(_)) => gone_midway = true,
+            Err(e) => return Err(AgentError::from_runtime(e)),
+        }
+        let final_state = if gone_midway {
+            None
+        } else {
+            match runtime.inspect(&container).await {
+                Ok(s) => Some(s),
+                Err(RuntimeError::NotFound(_)) => None,
+                Err(e) => return Err(AgentError::from_runtime(e)),
+            }
+        };
+        let now = Utc::now();
+        let final_state = final_state.unwrap_or_else(|| ContainerState {
+            started_at: state.started_at,
+            finished_at: Some(now),
+            ..ContainerState::default()
+        });
+        if final_state.running {
+            return Err(AgentError::Engine(format!(
+                "container {container} was running again right after the stop"
+            )));
+        }
+        // The engine answers a stop of an exited container as a success: if it exited before the
+        // stop call, it did so on its own while the final sample was taken, and this stop did nothing.
+        let exited_before = final_state
+            .finished_at
+            .is_some_and(|f| f < halt_started - EXIT_CLOCK_SLACK);
+        let outcome = if exited_before {
+            StopOutcome::AlreadyStopped
+        } else {
+            StopOutcome::Stopped
+        };
+        let record = self
+            .record_final(record, final_state, reading, outcome, now)
+            .await?;
+        if exited_before {
+            return Err(AgentError::AlreadyStopped {
+                id: record.id.clone(),
+                how: AlreadyStopped::Unnoticed,
+                record: Box::new(record),
+            });
+        }
+        Ok(record)
+    }
+
+    /// Writes the stop's intent, with the final sample, before the engine is touched: should the
+    /// agent die during the stop, its next start finds the intent and makes the record true.
+    async fn write_intent(
+        &self,
+        record: AppRecord,
+        state: &ContainerState,
+        reading: Option<&RawStats>,
+        caller: &str,
+        requested_at: DateTime<Utc>,
+    ) -> Result<AppRecord, AgentError> {
+        let now = Utc::now();
+        let observation = Observation {
+            metrics: running_metrics(state, reading.unwrap_or(&RawStats::default()), now),
+            last_exit: None,
+            last_stop: Some(LastStop {
+                outcome: StopOutcome::Stopping,
+                by: caller.to_owned(),
+                requested_at,
+                finished_at: None,
+                error: None,
+            }),
+        };
+        let written = self
+            .inner
+            .store
+            .observe(&record.id, record.container_id(), now, move |_| {
+                Some(observation)
+            })
+            .await?;
+        Ok(written.unwrap_or(record))
+    }
+
+    async fn record_final(
+        &self,
+        mut record: AppRecord,
+        state: ContainerState,
+        reading: Option<RawStats>,
+        outcome: StopOutcome,
+        now: DateTime<Utc>,
+    ) -> Result<AppRecord, StoreError> {
+        let exit = last_exit(&state);
+        let stop = record.last_stop.clone().map(|s| LastStop {
+            outcome,
+            finished_at: Some(now),
+            ..s
+        });
+        let observed = {
+            let (exit, stop, state, reading) =
+                (exit.clone(), stop.clone(), state.clone(), reading.clone());
+            move |stored: &AppRecord| {
+                Some(Observation {
+                    metrics: final_metrics(&state, reading.as_ref(), stored.metrics.as_ref(), now),
+                    last_exit: exit,
+                    last_stop: stop,
+                })
+            }
+        };
+        let stored = self
+            .inner
+            .store
+            .observe(&record.id, record.container_id(), now, observed)
+            .await?;
+        // The record was deleted or re-registered during the stop: answer with what was observed.
+        Ok(stored.unwrap_or_else(|| {
+            record.metrics = Some(final_metrics(
+                &state,
+                reading.as_ref(),
+                record.metrics.as_ref(),
+                now,
+            ));
+            record.last_exit = exit.or(record.last_exit.take());
+            record.last_stop = stop;
+            record.updated_at = now;
+            record
+        }))
+    }
+}

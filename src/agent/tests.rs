@@ -1,0 +1,428 @@
+//! Unit tests of the core against the scripted engine: faults the real engine cannot show on demand.
+
+use super::*;
+use crate::auth::Access;
+use crate::record::StopOutcome;
+use crate::runtime::fake::FakeRuntime;
+use crate::stop::{Signal, StopRequest};
+use serde_json::json;
+
+struct Fixture {
+    agent: Agent,
+    fake: FakeRuntime,
+    _dir: tempfile::TempDir,
+}
+
+fn operator() -> Principal {
+    Principal {
+        name: "op".into(),
+        access: Access::Operator,
+    }
+}
+
+async fn fixture(stop_takes_signal: bool, apps: &[(&str, Value)]) -> Fixture {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = Store::open(&dir.path().join("a.db")).expect("store");
+    let fake = FakeRuntime::new(stop_takes_signal);
+    let node = WorkerNode {
+        id: "n".into(),
+        node_name: "N".into(),
+    };
+    let agent = Agent::new(Arc::new(fake.clone()), store, node, None);
+    for (id, body) in apps {
+        let id = AppId::parse(id).expect("id");
+        fake.add_running(
+            body["containerId"].as_str().expect("container"),
+            &["SIGTERM"],
+        );
+        agent
+            .register(&operator(), &id, body.clone())
+            .await
+            .expect("register");
+    }
+    fake.clear_calls();
+    Fixture {
+        agent,
+        fake,
+        _dir: dir,
+    }
+}
+
+fn id(s: &str) -> AppId {
+    AppId::parse(s).expect("id")
+}
+
+impl Fixture {
+    async fn stop_as(
+        &self,
+        who: &Principal,
+        app: &str,
+        req: StopRequest,
+    ) -> Result<AppRecord, AgentError> {
+        self.agent.stop(who, &id(app), req).await
+    }
+
+    /// A default stop of `app` by an operator.
+    async fn stop(&self, app: &str) -> Result<AppRecord, AgentError> {
+        self.stop_as(&operator(), app, StopRequest::default()).await
+    }
+
+    async fn stored(&self, app: &str) -> Option<AppRecord> {
+        self.agent.store().get(&id(app)).await.expect("get")
+    }
+}
+
+#[tokio::test]
+async fn a_stop_records_final_metrics_and_exit() {
+    let f = fixture(true, &[("a", json!({"containerId": "ca"}))]).await;
+    let r = f.stop("a").await.expect("stopped");
+    let m = r.metrics.expect("metrics");
+    assert!(!m.online);
+    assert_eq!(m.uptime, Some(42));
+    assert_eq!(m.cpu_usage_percent, Some(20.0));
+    assert_eq!(m.network_tx_bytes, Some(22));
+    assert_eq!(r.last_exit.expect("exit").exit_code, 0);
+    assert_eq!(
+        f.fake.calls(),
+        ["inspect ca", "stats ca", "stop ca - t=10", "inspect ca"]
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_engine_leaves_the_record_untouched() {
+    let f = fixture(true, &[("a", json!({"containerId": "ca"}))]).await;
+    let before = f.stored("a").await;
+    f.fake.set_engine_down(true);
+    let err = f.stop("a").await;
+    assert!(
+        matches!(err, Err(AgentError::DockerUnavailable(_))),
+        "{err:?}"
+    );
+    assert_eq!(f.stored("a").await, before);
+    f.fake.set_engine_down(false);
+    assert!(f.stop("a").await.is_ok(), "works again");
+}
+
+#[tokio::test]
+async fn the_engine_dying_mid_stop_is_503_and_the_record_says_the_stop_failed() {
+    let f = fixture(true, &[("a", json!({"containerId": "ca"}))]).await;
+    let before = f.stored("a").await.expect("record");
+    f.fake
+        .fail_next("stop", RuntimeError::Unavailable("connection reset".into()));
+    let err = f.stop("a").await;
+    assert!(
+        matches!(err, Err(AgentError::DockerUnavailable(_))),
+        "{err:?}"
+    );
+    let after = f.stored("a").await.expect("record");
+    assert!(
+        after.online(),
+        "the container still runs, and the record says so"
+    );
+    assert_eq!(after.last_exit, before.last_exit);
+    assert!(!after.stop_pending(), "no intent is left open");
+    let stop = after.last_stop.expect("lastStop");
+    assert_eq!(stop.outcome, StopOutcome::Failed);
+    assert!(stop.error.expect("why").contains("connection reset"));
+}
+
+#[tokio::test]
+async fn an_interrupted_stop_is_made_true_at_the_next_start() {
+    let f = fixture(
+        true,
+        &[
+            ("a", json!({"containerId": "ca"})),
+            ("b", json!({"containerId": "cb"})),
+        ],
+    )
+    .await;
+    // The agent dies during both stops: the intent is written, the engine acts (or not), and the
+    // final record never is. Simulated by a stop that hangs, then a fresh agent over the same store.
+    f.fake.gate("stop");
+    for app in ["a", "b"] {
+        let agent = f.agent.clone();
+        tokio::spawn(async move {
+            agent
+                .stop(&operator(), &id(app), StopRequest::default())
+                .await
+        });
+        f.fake.entered().await;
+        assert!(
+            f.stored(app).await.expect("record").stop_pending(),
+            "intent first"
+        );
+    }
+    // "a" did stop before the crash, "b" did not.
+    f.fake.crash("ca", 143, false);
+    let restarted = Agent::new(
+        Arc::new(f.fake.clone()),
+        f.agent.store().clone(),
+        f.agent.node().clone(),
+        None,
+    );
+    let changed = restarted.reconcile_all().await.expect("reconciled");
+    assert_eq!(changed, 2);
+    let a = f.stored("a").await.expect("a");
+    assert!(!a.online());
+    assert_eq!(a.last_exit.as_ref().expect("exit").exit_code, 143);
+    assert_eq!(
+        a.metrics.as_ref().expect("m").memory_usage_bytes,
+        Some(4096),
+        "the sample taken before the stop"
+    );
+    assert_eq!(
+        a.last_stop.as_ref().expect("stop").outcome,
+        StopOutcome::Interrupted
+    );
+    let b = f.stored("b").await.expect("b");
+    assert!(b.online());
+    assert_eq!(
+        b.last_stop.as_ref().expect("stop").outcome,
+        StopOutcome::Interrupted
+    );
+    f.fake.release();
+}
+
+#[tokio::test]
+async fn containers_changing_behind_the_agents_back_update_their_records() {
+    let f = fixture(true, &[("a", json!({"containerId": "ca"}))]).await;
+    let watcher = f.agent.spawn_watcher();
+    let wait_for = |want_online: bool| {
+        let f = &f;
+        async move {
+            for _ in 0..200 {
+                let r = f.stored("a").await.expect("record");
+                if r.online() == want_online {
+                    return r;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            panic!("the record never said online = {want_online}");
+        }
+    };
+    // Let the watcher connect before the world changes.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    f.fake.crash("ca", 137, true);
+    let r = wait_for(false).await;
+    let exit = r.last_exit.expect("exit");
+    assert!(exit.oom_killed);
+    assert_eq!(exit.exit_code, 137);
+    f.fake.start_by_hand("ca");
+    let r = wait_for(true).await;
+    assert!(r.metrics.expect("m").started_at.is_some());
+    watcher.abort();
+}
+
+#[tokio::test]
+async fn a_stop_disables_the_restart_policy_first() {
+    let f = fixture(false, &[("a", json!({"containerId": "ca"}))]).await;
+    f.fake.set_restart_policy("ca", "always");
+    let req = StopRequest {
+        signal: Some(Signal::Usr1),
+        timeout: Some(1),
+    };
+    f.stop_as(&operator(), "a", req).await.ok();
+    let calls = f.fake.calls();
+    let update = calls
+        .iter()
+        .position(|c| c.starts_with("update"))
+        .expect("updated");
+    let kill = calls
+        .iter()
+        .position(|c| c.starts_with("kill"))
+        .expect("killed");
+    assert!(update < kill, "{calls:?}");
+    assert_eq!(f.fake.state("ca").restart_policy.as_deref(), Some("no"));
+}
+
+#[tokio::test]
+async fn a_container_vanishing_before_the_stop_call_ends_stopped() {
+    let f = fixture(true, &[("a", json!({"containerId": "ca"}))]).await;
+    f.fake.vanish_after("stats", "ca");
+    let r = f.stop("a").await.expect("down");
+    let m = r.metrics.expect("metrics");
+    assert!(!m.online);
+    assert_eq!(
+        m.memory_usage_bytes,
+        Some(4096),
+        "the sample taken before it vanished is kept"
+    );
+}
+
+#[tokio::test]
+async fn a_container_vanishing_between_inspect_and_stats_is_already_stopped() {
+    let f = fixture(true, &[("a", json!({"containerId": "ca"}))]).await;
+    f.fake.vanish_after("inspect", "ca");
+    let err = f.stop("a").await;
+    match err {
+        Err(AgentError::AlreadyStopped { record, .. }) => assert!(!record.online()),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn exiting_on_its_own_while_sampled_is_already_stopped_not_stopped() {
+    let f = fixture(true, &[("a", json!({"containerId": "ca"}))]).await;
+    f.fake.exit_after("stats", "ca");
+    match f.stop("a").await {
+        Err(AgentError::AlreadyStopped { how, record, .. }) => {
+            assert_eq!(how, AlreadyStopped::Unnoticed);
+            assert_eq!(record.last_exit.expect("exit").exit_code, 1);
+            let m = record.metrics.expect("metrics");
+            assert!(!m.online);
+            assert_eq!(m.memory_usage_bytes, Some(4096), "the sample is kept");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        f.stored("a")
+            .await
+            .expect("record")
+            .last_exit
+            .expect("exit")
+            .exit_code,
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_stale_copy_never_overwrites_the_final_record() {
+    let f = fixture(true, &[("a", json!({"containerId": "ca"}))]).await;
+    let stale = f.stored("a").await.expect("record");
+    let stopped = f.stop("a").await.expect("stopped");
+    // A read that looked before the stop settles afterwards: the stored final word stands.
+    let state = f.fake.state("ca");
+    let settled = f
+        .agent
+        .settle_exited(stale, Some(&state), Settler::Read)
+        .await
+        .expect("settled");
+    assert_eq!(settled, stopped);
+    assert_eq!(f.stored("a").await, Some(stopped));
+}
+
+#[tokio::test]
+async fn registration_looks_at_the_container() {
+    let f = fixture(true, &[("a", json!({"containerId": "ca"}))]).await;
+    assert!(
+        f.stored("a").await.expect("record").online(),
+        "seen running"
+    );
+    let out = f
+        .agent
+        .register(&operator(), &id("b"), json!({"containerId": "nowhere"}))
+        .await
+        .expect("registered");
+    assert!(!out.record.online(), "gone: offline");
+    f.fake.set_engine_down(true);
+    let out = f
+        .agent
+        .register(&operator(), &id("c"), json!({"containerId": "cc"}))
+        .await
+        .expect("registered without the engine");
+    assert!(out.record.metrics.is_none(), "not seen");
+}
+
+#[tokio::test]
+async fn exiting_before_the_signal_is_already_stopped() {
+    let f = fixture(false, &[("a", json!({"containerId": "ca"}))]).await;
+    f.fake
+        .fail_next("kill", RuntimeError::NotRunning("ca".into()));
+    let req = StopRequest {
+        signal: Some(Signal::Usr1),
+        timeout: Some(1),
+    };
+    let err = f.stop_as(&operator(), "a", req).await;
+    assert!(
+        matches!(err, Err(AgentError::AlreadyStopped { .. })),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_hanging_stop_excludes_only_its_own_app_and_survives_its_caller() {
+    let f = fixture(
+        true,
+        &[
+            ("a", json!({"containerId": "ca"})),
+            ("b", json!({"containerId": "cb"})),
+        ],
+    )
+    .await;
+    f.fake.gate("stop");
+    let agent = f.agent.clone();
+    let first = tokio::spawn(async move {
+        agent
+            .stop(&operator(), &id("a"), StopRequest::default())
+            .await
+    });
+    f.fake.entered().await;
+    let second = f.stop("a").await;
+    assert!(
+        matches!(second, Err(AgentError::StopInProgress(_))),
+        "{second:?}"
+    );
+    // The caller of the first stop goes away; the stop itself goes on.
+    first.abort();
+    // Another app is not held up by the hanging stop.
+    let agent = f.agent.clone();
+    let other = tokio::spawn(async move {
+        agent
+            .stop(&operator(), &id("b"), StopRequest::default())
+            .await
+    });
+    f.fake.entered().await;
+    f.fake.release();
+    assert!(other.await.expect("join").is_ok());
+    for _ in 0..100 {
+        let r = f
+            .agent
+            .store()
+            .get(&id("a"))
+            .await
+            .expect("get")
+            .expect("record");
+        if r.metrics.as_ref().is_some_and(|m| !m.online) {
+            assert!(!f.fake.state("ca").running);
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("the abandoned stop never completed");
+}
+
+#[tokio::test]
+async fn refused_callers_never_reach_the_engine() {
+    let team = json!({"owner": "lead", "members": [{"user": "viewer", "permissions": {"canChangeStatusApplication": false}}]});
+    let f = fixture(
+        true,
+        &[(
+            "a",
+            json!({"containerId": "ca", "userId": "owner", "teamId": team}),
+        )],
+    )
+    .await;
+    let user = |u: &str| Principal {
+        name: u.into(),
+        access: Access::User { user_id: u.into() },
+    };
+    let err = f
+        .stop_as(&user("stranger"), "a", StopRequest::default())
+        .await;
+    assert!(matches!(err, Err(AgentError::NotFound(_))), "{err:?}");
+    let err = f
+        .stop_as(&user("viewer"), "a", StopRequest::default())
+        .await;
+    assert!(matches!(err, Err(AgentError::Forbidden(_))), "{err:?}");
+    let err = f
+        .agent
+        .register(&user("owner"), &id("a"), json!({"containerId": "x"}))
+        .await;
+    assert!(matches!(err, Err(AgentError::Forbidden(_))), "{err:?}");
+    assert!(f.fake.calls().is_empty(), "{:?}", f.fake.calls());
+    assert!(
+        f.stop_as(&user("owner"), "a", StopRequest::default())
+            .await
+            .is_ok()
+    );
+}
