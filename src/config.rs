@@ -66,14 +66,30 @@ pub struct HttpConfig {
     /// Address and port to listen on; port 0 picks a free port (logged at start-up).
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// Connections served at once; further clients wait until one closes.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's headers before its connection is closed.
+    #[serde(default = "default_header_timeout_secs")]
+    pub header_timeout_secs: u64,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: default_listen(),
+            max_connections: default_max_connections(),
+            header_timeout_secs: default_header_timeout_secs(),
         }
     }
+}
+
+fn default_max_connections() -> usize {
+    512
+}
+
+fn default_header_timeout_secs() -> u64 {
+    10
 }
 
 fn default_listen() -> String {
@@ -110,11 +126,28 @@ fn default_store_path() -> PathBuf {
 }
 
 /// Stop defaults.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StopConfig {
     /// Grace period when a request gives none; unset means the container's own stop timeout.
     pub default_timeout_secs: Option<u32>,
+    /// At shutdown, how long requests and stops under way may take to finish; keep it below the
+    /// service manager's own stop timeout (systemd's `TimeoutStopSec`).
+    #[serde(default = "default_shutdown_drain_secs")]
+    pub shutdown_drain_secs: u64,
+}
+
+impl Default for StopConfig {
+    fn default() -> Self {
+        Self {
+            default_timeout_secs: None,
+            shutdown_drain_secs: default_shutdown_drain_secs(),
+        }
+    }
+}
+
+fn default_shutdown_drain_secs() -> u64 {
+    60
 }
 
 /// Authentication.
@@ -212,6 +245,24 @@ impl Config {
             return Err(bad(
                 "stop.default_timeout_secs",
                 format!("{t} is above the limit of {MAX_STOP_TIMEOUT_SECS} seconds"),
+            ));
+        }
+        if self.http.max_connections == 0 {
+            return Err(bad("http.max_connections", "must be at least 1".into()));
+        }
+        if !(1..=300).contains(&self.http.header_timeout_secs) {
+            return Err(bad(
+                "http.header_timeout_secs",
+                format!("{} is not from 1 to 300", self.http.header_timeout_secs),
+            ));
+        }
+        if self.stop.shutdown_drain_secs > u64::from(MAX_STOP_TIMEOUT_SECS) {
+            return Err(bad(
+                "stop.shutdown_drain_secs",
+                format!(
+                    "{} is above {MAX_STOP_TIMEOUT_SECS}",
+                    self.stop.shutdown_drain_secs
+                ),
             ));
         }
         if self.store.path.as_os_str().is_empty() {

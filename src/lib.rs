@@ -23,8 +23,9 @@ pub mod signals;
 pub mod stop;
 pub mod store;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -35,10 +36,6 @@ use crate::record::WorkerNode;
 use crate::runtime::ContainerRuntime;
 use crate::runtime::docker::DockerRuntime;
 use crate::store::{Store, StoreError};
-
-/// How long shutdown waits for stops under way (background ones included), below systemd's
-/// `TimeoutStopSec=90`.
-const STOP_DRAIN: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Why the agent could not start or serve.
 #[derive(Debug, thiserror::Error)]
@@ -144,33 +141,38 @@ pub async fn run(
     };
     tracing::info!(addr = %bound, node = %config.node.id, "listening");
     let stopping = CancellationToken::new();
-    let mut serving = tokio::spawn(
-        axum::serve(listener, http::router(ctx))
-            .with_graceful_shutdown(stopping.clone().cancelled_owned())
-            .into_future(),
-    );
+    let limits = http::server::ServerLimits {
+        max_connections: config.http.max_connections,
+        header_timeout: Duration::from_secs(config.http.header_timeout_secs),
+    };
+    let mut serving = tokio::spawn(http::server::serve(
+        listener,
+        http::router(ctx),
+        limits,
+        stopping.clone(),
+    ));
     tokio::select! {
         ended = &mut serving => {
-            // The server never ends by itself but on an error.
-            ended.map_err(|e| RunError::Serve(std::io::Error::other(e)))?.map_err(RunError::Serve)?;
+            // The server ends by itself only when it cannot go on.
+            ended.map_err(|e| RunError::Serve(std::io::Error::other(e)))?;
+            return Err(RunError::Serve(std::io::Error::other("the HTTP server stopped")));
         }
         () = shutdown => stopping.cancel(),
     }
-    // From here, requests in flight and stops under way (background ones included) get one
-    // bounded drain between them.
-    let deadline = tokio::time::Instant::now() + STOP_DRAIN;
+    // From here, requests in flight and stops under way (background ones included) share one
+    // bounded drain.
+    let drain = Duration::from_secs(config.stop.shutdown_drain_secs);
+    let deadline = tokio::time::Instant::now() + drain;
     tracing::info!(
-        limit_secs = STOP_DRAIN.as_secs(),
+        limit_secs = drain.as_secs(),
         "no new connections; finishing requests and stops under way"
     );
-    match tokio::time::timeout_at(deadline, &mut serving).await {
-        Ok(ended) => ended
-            .map_err(|e| RunError::Serve(std::io::Error::other(e)))?
-            .map_err(RunError::Serve)?,
-        Err(_) => {
-            tracing::warn!("requests still open at the drain limit; closing them");
-            serving.abort();
-        }
+    if tokio::time::timeout_at(deadline, &mut serving)
+        .await
+        .is_err()
+    {
+        tracing::warn!("requests still open at the drain limit; closing them");
+        serving.abort();
     }
     if tokio::time::timeout_at(deadline, services.agent.drain_stops())
         .await

@@ -3,12 +3,14 @@
 
 mod error;
 mod extract;
-mod okeanos;
+pub(crate) mod okeanos;
 mod ops;
+pub mod server;
 mod v1;
 
 use axum::Router;
 use axum::routing::{get, post};
+use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::agent::Agent;
 use crate::auth::Tokens;
@@ -41,4 +43,5 @@ pub fn router(ctx: ApiContext) -> Router {
         .fallback(ops::no_route)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .with_state(ctx)
+        .layer(CatchPanicLayer::custom(ops::panicked))
 }

@@ -44,7 +44,7 @@ pub struct LodError {
 }
 
 impl LodError {
-    fn new(status: StatusCode, detail: impl Into<String>) -> LodError {
+    pub fn new(status: StatusCode, detail: impl Into<String>) -> LodError {
         LodError {
             status,
             detail: detail.into(),

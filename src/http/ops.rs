@@ -2,9 +2,11 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{Method, Uri};
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use super::okeanos::LodError;
 use super::{ApiContext, ApiError};
 
 /// `GET /healthz`: 200 while the process serves.
@@ -34,10 +36,72 @@ pub async fn readyz(State(ctx): State<ApiContext>) -> Result<Json<Value>, ApiErr
     }
 }
 
-pub async fn no_route(method: Method, uri: Uri) -> ApiError {
-    ApiError::no_route(format!("no route {method} {}", uri.path()))
+/// Unknown routes answer in the shape of the API family their path belongs to.
+pub async fn no_route(method: Method, uri: Uri) -> Response {
+    let message = format!("no route {method} {}", uri.path());
+    if is_okeanos(&uri) {
+        LodError::new(StatusCode::NOT_FOUND, message).into_response()
+    } else {
+        ApiError::no_route(message).into_response()
+    }
 }
 
-pub async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
-    ApiError::method_not_allowed(format!("{method} is not allowed on {}", uri.path()))
+pub async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    let message = format!("{method} is not allowed on {}", uri.path());
+    if is_okeanos(&uri) {
+        LodError::new(StatusCode::METHOD_NOT_ALLOWED, message).into_response()
+    } else {
+        ApiError::method_not_allowed(message).into_response()
+    }
+}
+
+fn is_okeanos(uri: &Uri) -> bool {
+    uri.path().starts_with("/api/")
+}
+
+/// A handler that panicked answers 500 and the agent serves on; the panic is logged.
+pub fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned());
+    tracing::error!(panic = %what, "a request handler panicked; the agent serves on");
+    ApiError::internal("the agent hit an internal fault while answering; its log has the cause")
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::Router;
+    use axum::body::Body;
+    use axum::routing::get;
+    use tower::ServiceExt;
+    use tower_http::catch_panic::CatchPanicLayer;
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_and_the_router_serves_on() {
+        async fn boom() -> &'static str {
+            panic!("boom")
+        }
+        let app = Router::new()
+            .route("/boom", get(boom))
+            .route("/fine", get(|| async { "fine" }))
+            .layer(CatchPanicLayer::custom(panicked));
+        let get = |path: &str| {
+            axum::http::Request::get(path)
+                .body(Body::empty())
+                .expect("request")
+        };
+        let answer = app.clone().oneshot(get("/boom")).await.expect("answer");
+        assert_eq!(answer.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(answer.into_body(), 1 << 16)
+            .await
+            .expect("body");
+        let body: Value = serde_json::from_slice(&body).expect("JSON");
+        assert_eq!(body["error"], "internal_error");
+        let answer = app.oneshot(get("/fine")).await.expect("answer");
+        assert_eq!(answer.status(), StatusCode::OK);
+    }
 }
