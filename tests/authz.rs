@@ -137,7 +137,10 @@ async fn refused_callers_leave_the_container_untouched() {
         assert_eq!(status, 403, "{route:?}: {body}");
         match route {
             Route::V1 => assert_eq!(body["error"], "forbidden"),
-            Route::Okeanos => assert_eq!(body["errors"][0]["status"], 403),
+            Route::Okeanos => assert_eq!(
+                body,
+                json!({"errors": [{"status": 403, "detail": "You do not have permission to perform this action."}]})
+            ),
         }
         // A user with no relation to the app is told it does not exist.
         let (status, body) = stop_as(&client, route, STRANGER, &id).await;
@@ -182,6 +185,12 @@ async fn a_team_given_as_an_id_or_null_leaves_only_the_owner() {
         assert!(w.running().await);
         let (status, body) = stop_as(&client, Route::V1, OWNER, &id).await;
         assert_eq!(status, 200, "{body}");
+        assert!(!w.running().await);
+        // And the owner through the ~okeanos route.
+        let (w, id) = team_app(&client, team_id.clone()).await;
+        let (status, body) = stop_as(&client, Route::Okeanos, OWNER, &id).await;
+        assert_eq!(status, 202, "{body}");
+        wait_offline(&client, &id).await;
         assert!(!w.running().await);
     }
 }

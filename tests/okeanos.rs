@@ -223,6 +223,27 @@ async fn the_checks_run_in_the_lod_order() {
         "The specified application is not deployed on the specified lambda instance.",
     );
 
+    // 5. comes before 6.: stopped by the agent, then removed, it is not deployed any more.
+    w.remove().await;
+    let a = lod_stop(&client, &token, &id, Some(NODE_ID)).await;
+    assert_lod_error(
+        &a,
+        404,
+        "The specified application is not deployed on the specified lambda instance.",
+    );
+
+    // Unknown methods on the route answer in the same shape.
+    let a = client
+        .send(
+            client
+                .http
+                .get(client.url(&stop_path(&id2)))
+                .header("Authorization", format!("Token {token}")),
+        )
+        .await;
+    assert_eq!(a.status, 405, "{a:?}");
+    assert_eq!(a.body["errors"][0]["status"], 405, "{a:?}");
+
     // Bodies over 1 MiB and unknown media types are refused in the same shape.
     let a = client
         .send(
@@ -252,13 +273,13 @@ async fn the_checks_run_in_the_lod_order() {
 async fn the_202_comes_back_before_a_slow_container_finishes() {
     let agent = AgentProcess::start();
     let client = agent.client();
-    let (w, id) = client.running_app("slow=3000").await;
+    let (w, id) = client.running_app("slow=6000").await;
     let started = Instant::now();
     let a = lod_stop(&client, &client.token, &id, Some(NODE_ID)).await;
     let answered = started.elapsed();
     assert_accepted(&a);
     assert!(
-        answered < Duration::from_millis(2500),
+        answered < Duration::from_millis(1500),
         "answered after {answered:?}, not at once"
     );
     assert!(
@@ -266,9 +287,38 @@ async fn the_202_comes_back_before_a_slow_container_finishes() {
         "still cleaning up when the 202 came back"
     );
     let record = wait_offline(&client, &id).await;
-    assert!(started.elapsed() >= Duration::from_secs(3));
+    assert!(started.elapsed() >= Duration::from_secs(6));
+    assert_eq!(record["lastStop"]["outcome"], "stopped", "{record:#}");
     assert_eq!(record["lastExit"]["exitCode"], 0, "graceful, not killed");
     assert_eq!(record["lastExit"]["killed"], false);
     assert!(!w.running().await);
     assert!(w.logs().await.contains("signal 15"));
+}
+
+#[tokio::test]
+async fn both_routes_share_one_exclusion_per_app() {
+    let agent = AgentProcess::start();
+    let client = agent.client();
+    let (w, id) = client.running_app("slow=2000").await;
+    let v1 = {
+        let client = client.clone();
+        let id = id.clone();
+        tokio::spawn(async move { client.stop(&id).await })
+    };
+    // Wait until the /v1 stop has begun: the container received its SIGTERM.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !w.logs().await.contains("signal 15") {
+        assert!(Instant::now() < deadline, "the /v1 stop never began");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let a = lod_stop(&client, &client.token, &id, Some(NODE_ID)).await;
+    assert_lod_error(
+        &a,
+        409,
+        "A stop of the specified application on the specified lambda instance is already in progress.",
+    );
+    let done = v1.await.unwrap();
+    assert_eq!(done.status, 200, "{done:?}");
+    assert_eq!(done.body["lastStop"]["outcome"], "stopped");
+    assert_eq!(done.body["lastStop"]["by"], common::OPERATOR_TOKEN_NAME);
 }

@@ -7,6 +7,8 @@
  *   exit      exit at once with code 0
  *   ignore    ignore SIGTERM (the stop's kill must end it)
  *   slow=MS   finish "cleaning up" for MS milliseconds, then exit 0
+ *   grow=MS   exit at once on SIGTERM, and MS milliseconds after start allocate memory without
+ *             end, so that the kernel's OOM killer ends it under a memory limit
  * Every other handled signal (SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2) exits at once with code
  * 64 + the signal's number, so a test can tell which signal arrived. Each signal received is
  * written to standard output as "signal N". ALLOC_MB megabytes are allocated and touched at start
@@ -20,6 +22,7 @@
 #include <unistd.h>
 
 static int slow_ms = -1;
+static int grow_ms = -1;
 static int ignore_term = 0;
 
 static void say(int sig) {
@@ -50,6 +53,8 @@ int main(int argc, char **argv) {
         ignore_term = 1;
     } else if (strncmp(mode, "slow=", 5) == 0) {
         slow_ms = atoi(mode + 5);
+    } else if (strncmp(mode, "grow=", 5) == 0) {
+        grow_ms = atoi(mode + 5);
     } else if (strcmp(mode, "exit") != 0) {
         fprintf(stderr, "unknown mode %s\n", mode);
         return 2;
@@ -69,5 +74,13 @@ int main(int argc, char **argv) {
     }
     printf("ready\n");
     fflush(stdout);
+    if (grow_ms >= 0) {
+        struct timespec ts = {grow_ms / 1000, (long)(grow_ms % 1000) * 1000000L};
+        nanosleep(&ts, NULL);
+        for (;;) {
+            char *p = malloc(1 << 20);
+            if (p) memset(p, 1, 1 << 20);
+        }
+    }
     for (;;) pause();
 }
