@@ -337,3 +337,17 @@ async fn the_stop_is_not_cancelled_when_the_client_hangs_up() {
     assert!(!w.running().await);
     assert!(w.logs().await.contains("signal 15"));
 }
+
+#[tokio::test]
+async fn a_grace_period_longer_than_the_engine_call_timeout_is_waited_for() {
+    let agent = AgentProcess::start();
+    let client = agent.client();
+    let (w, id) = client.running_app("ignore").await;
+    // Engine calls time out after 10 s; a stop's own timeout covers its grace period.
+    let started = Instant::now();
+    let a = client.stop_query(&id, "?timeout=12").await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert!(started.elapsed() >= Duration::from_secs(12));
+    assert_eq!(a.body["lastExit"]["killed"], true);
+    assert!(!w.running().await);
+}

@@ -254,6 +254,11 @@ pub struct AgentOptions {
     pub no_tokens_file: bool,
     /// User tokens to add to the tokens file: (name, token, user_id).
     pub user_tokens: Vec<(String, String, String)>,
+    /// `[http] max_connections` and `[http] header_timeout_secs`.
+    pub max_connections: Option<usize>,
+    pub header_timeout_secs: Option<u64>,
+    /// `[stop] shutdown_drain_secs`.
+    pub shutdown_drain_secs: Option<u64>,
 }
 
 /// The real agent binary, serving on a free loopback port from a private directory.
@@ -286,16 +291,30 @@ impl AgentProcess {
 
     pub fn start_with(options: AgentOptions) -> AgentProcess {
         let dir = tempfile::tempdir().unwrap();
+        let mut http = String::new();
+        if let Some(n) = options.max_connections {
+            http.push_str(&format!("max_connections = {n}\n"));
+        }
+        if let Some(t) = options.header_timeout_secs {
+            http.push_str(&format!("header_timeout_secs = {t}\n"));
+        }
         let mut config = format!(
-            "[node]\nid = \"{NODE_ID}\"\nname = \"{NODE_NAME}\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n[store]\npath = \"{}\"\n\n[auth]\ntokens_file = \"{}\"\n",
+            "[node]\nid = \"{NODE_ID}\"\nname = \"{NODE_NAME}\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n{http}\n[store]\npath = \"{}\"\n\n[auth]\ntokens_file = \"{}\"\n",
             dir.path().join("state/node-agent.db").display(),
             dir.path().join("tokens.toml").display(),
         );
         if let Some(host) = &options.docker_host {
             config.push_str(&format!("\n[docker]\nhost = \"{host}\"\n"));
         }
+        let mut stop = String::new();
         if let Some(t) = options.default_timeout {
-            config.push_str(&format!("\n[stop]\ndefault_timeout_secs = {t}\n"));
+            stop.push_str(&format!("default_timeout_secs = {t}\n"));
+        }
+        if let Some(t) = options.shutdown_drain_secs {
+            stop.push_str(&format!("shutdown_drain_secs = {t}\n"));
+        }
+        if !stop.is_empty() {
+            config.push_str(&format!("\n[stop]\n{stop}"));
         }
         std::fs::write(dir.path().join("node-agent.toml"), config).unwrap();
         let token = if options.no_tokens_file {
@@ -385,7 +404,8 @@ impl AgentProcess {
         self.child.as_ref().expect("running").id()
     }
 
-    fn signal(&self, sig: &str) {
+    /// Sends a signal (`-HUP`, `-TERM`…) to the agent, by its pid.
+    pub fn signal(&self, sig: &str) {
         let status = Command::new("kill")
             .args([sig, &self.pid().to_string()])
             .status()
@@ -396,15 +416,20 @@ impl AgentProcess {
     /// SIGTERM, then waits for the exit; returns the exit code.
     pub fn terminate(&mut self) -> Option<i32> {
         self.signal("-TERM");
+        self.wait_exit()
+    }
+
+    /// Waits (up to 30 s) for the agent to exit after a signal; returns the exit code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
         let mut child = self.child.take().unwrap();
-        for _ in 0..300 {
+        for _ in 0..600 {
             if let Some(status) = child.try_wait().unwrap() {
                 return status.code();
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = child.kill();
-        panic!("node-agent did not exit within 15 s of SIGTERM");
+        panic!("node-agent did not exit within 30 s");
     }
 
     /// SIGKILL: the agent dies at once.
@@ -593,4 +618,106 @@ pub fn app_body(id: &str, container: &str) -> Value {
 /// A fresh app id.
 pub fn app_id() -> String {
     unique("app")
+}
+
+/// A Unix-socket stand-in for the engine's socket, which a test can close, reopen, or make hang,
+/// without touching the real daemon: it forwards to `/var/run/docker.sock`.
+#[derive(Debug)]
+pub struct EngineProxy {
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+    tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+/// What the proxy does with a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyMode {
+    /// Forward to the real engine.
+    Forward,
+    /// Accept, then never answer: an engine that hangs.
+    Hang,
+}
+
+impl EngineProxy {
+    /// A proxy that is not listening yet.
+    pub fn closed() -> EngineProxy {
+        let dir = tempfile::tempdir().unwrap();
+        EngineProxy {
+            path: dir.path().join("engine.sock"),
+            _dir: dir,
+            tasks: Arc::default(),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("unix://{}", self.path.display())
+    }
+
+    /// Starts listening.
+    pub fn open(&self, mode: ProxyMode) {
+        let _ = std::fs::remove_file(&self.path);
+        let listener = tokio::net::UnixListener::bind(&self.path).unwrap();
+        let tasks = self.tasks.clone();
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                let conn = tokio::spawn(async move {
+                    match mode {
+                        ProxyMode::Forward => {
+                            if let Ok(mut engine) =
+                                tokio::net::UnixStream::connect("/var/run/docker.sock").await
+                            {
+                                let _ =
+                                    tokio::io::copy_bidirectional(&mut client, &mut engine).await;
+                            }
+                        }
+                        ProxyMode::Hang => {
+                            tokio::time::sleep(Duration::from_secs(3600)).await;
+                            drop(client);
+                        }
+                    }
+                });
+                tasks.lock().unwrap().push(conn.abort_handle());
+            }
+        });
+        self.tasks.lock().unwrap().push(accept.abort_handle());
+    }
+
+    /// Stops listening and cuts every connection, as an engine that went away.
+    pub fn close(&self) {
+        for task in self.tasks.lock().unwrap().drain(..) {
+            task.abort();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Drop for EngineProxy {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Sends raw bytes to `base` (http://host:port) and reads the answer until the server closes;
+/// returns the status and the body.
+pub async fn raw_http(base: &str, request: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP answer: {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
 }

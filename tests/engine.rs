@@ -1,0 +1,130 @@
+//! An engine that is unreachable or slow: the agent starts and serves without it, fails fast with 503
+//! while it is gone, leaves records untouched, and works again by itself once it is back. The engine
+//! is reached through a Unix-socket proxy that the tests close and reopen; the real daemon is never
+//! touched.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{AgentOptions, AgentProcess, Client, EngineProxy, ProxyMode, Workload, app_id};
+use serde_json::Value;
+
+fn through(proxy: &EngineProxy) -> AgentProcess {
+    AgentProcess::start_with(AgentOptions {
+        docker_host: Some(proxy.url()),
+        ..Default::default()
+    })
+}
+
+async fn listed(client: &Client, id: &str) -> Value {
+    let list = client.get("/v1/apps").await;
+    assert_eq!(list.status, 200, "listing needs no engine: {list:?}");
+    list.body["applications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["_id"] == id)
+        .cloned()
+        .unwrap_or_else(|| panic!("{id} not listed"))
+}
+
+/// Polls `check` every 100 ms until it holds, at most `limit`.
+async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !check().await {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_serves_without_the_engine_and_recovers_by_itself() {
+    let proxy = EngineProxy::closed();
+    let agent = through(&proxy);
+    let client = agent.client();
+    let w = Workload::start("exit").await;
+    let id = app_id();
+
+    // Up and answering, though the engine is not there.
+    let health = client.send(client.http.get(client.url("/healthz"))).await;
+    assert_eq!(health.status, 200);
+    let ready = client.send(client.http.get(client.url("/readyz"))).await;
+    assert_eq!(ready.status, 503, "{ready:?}");
+    assert!(ready.body["message"].as_str().unwrap().contains("docker"));
+    let registered = client.register(&id, &w.name).await.body;
+
+    // Calls that need the engine fail fast, and leave the record as it was.
+    let started = Instant::now();
+    let a = client.stop(&id).await;
+    assert_eq!(a.status, 503, "{a:?}");
+    assert_eq!(a.body["error"], "docker_unavailable");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(client.get(&format!("/v1/apps/{id}")).await.status, 503);
+    assert_eq!(listed(&client, &id).await, registered);
+    assert!(w.running().await);
+
+    // The engine comes back: readiness, reconciliation and stops return by themselves.
+    proxy.open(ProxyMode::Forward);
+    eventually(Duration::from_secs(10), "readiness", || async {
+        client
+            .send(client.http.get(client.url("/readyz")))
+            .await
+            .status
+            == 200
+    })
+    .await;
+    eventually(Duration::from_secs(40), "reconciliation", || async {
+        listed(&client, &id).await["currentResourceMetrics"]["online"] == true
+    })
+    .await;
+    let a = client.stop(&id).await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert!(!w.running().await);
+
+    // It goes away again, mid-life: 503 again, and back again after.
+    let (w2, id2) = client.running_app("exit").await;
+    proxy.close();
+    let before = listed(&client, &id2).await;
+    let a = client.stop(&id2).await;
+    assert_eq!(a.status, 503, "{a:?}");
+    assert_eq!(listed(&client, &id2).await, before, "untouched");
+    assert!(w2.running().await);
+    proxy.open(ProxyMode::Forward);
+    eventually(
+        Duration::from_secs(10),
+        "the stop working again",
+        || async { client.stop(&id2).await.status == 200 },
+    )
+    .await;
+    assert!(!w2.running().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_that_hangs_fails_fast_not_after_two_minutes() {
+    let proxy = EngineProxy::closed();
+    proxy.open(ProxyMode::Hang);
+    let agent = through(&proxy);
+    let client = agent.client();
+    let id = app_id();
+    client.register(&id, "some-container").await;
+    let started = Instant::now();
+    let a = client.stop(&id).await;
+    let took = started.elapsed();
+    assert_eq!(a.status, 503, "{a:?}");
+    assert_eq!(a.body["error"], "docker_unavailable");
+    assert!(took < Duration::from_secs(15), "failed after {took:?}");
+}

@@ -1,0 +1,146 @@
+//! The world changing behind the agent's back: containers that die on their own or are stopped and
+//! started by a person, followed through the engine's events; and a stopped app that stays stopped
+//! whatever its restart policy.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bollard::models::{HostConfig, RestartPolicy, RestartPolicyNameEnum};
+use common::{AgentProcess, Client, Workload, app_body, app_id};
+use serde_json::Value;
+
+/// The record as listed: listing reads the store only, so what it shows was written by the agent
+/// on its own, not fetched for this request.
+async fn listed(client: &Client, id: &str) -> Value {
+    client.get("/v1/apps").await.body["applications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["_id"] == id)
+        .cloned()
+        .unwrap()
+}
+
+async fn wait_listed(
+    client: &Client,
+    id: &str,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let record = listed(client, id).await;
+        if check(&record) {
+            return record;
+        }
+        assert!(Instant::now() < deadline, "{what} never showed: {record:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_container_killed_by_the_oom_killer_updates_its_record() {
+    let agent = AgentProcess::start();
+    let client = agent.client();
+    // Allocates without end 1.5 s after start, under a 64 MiB limit.
+    let (_w, id) = client.running_app("grow=1500").await;
+    assert_eq!(
+        listed(&client, &id).await["currentResourceMetrics"]["online"],
+        true
+    );
+    let record = wait_listed(&client, &id, "the OOM kill", |r| r["lastExit"].is_object()).await;
+    assert_eq!(record["currentResourceMetrics"]["online"], false);
+    assert_eq!(record["lastExit"]["oomKilled"], true, "{record:#}");
+    assert_eq!(record["lastExit"]["exitCode"], 137);
+    assert!(record["currentResourceMetrics"]["uptime"].is_u64());
+}
+
+#[tokio::test]
+async fn a_persons_docker_stop_and_docker_start_are_followed() {
+    let agent = AgentProcess::start();
+    let client = agent.client();
+    let (w, id) = client.running_app("exit").await;
+    // Let a GET take a sample, so there are figures to keep.
+    assert_eq!(client.get(&format!("/v1/apps/{id}")).await.status, 200);
+    let docker = common::docker().await;
+    docker
+        .stop_container(
+            &w.name,
+            None::<bollard::query_parameters::StopContainerOptions>,
+        )
+        .await
+        .unwrap();
+    let record = wait_listed(&client, &id, "the stop", |r| {
+        r["currentResourceMetrics"]["online"] == false && r["lastExit"].is_object()
+    })
+    .await;
+    assert_eq!(record["lastExit"]["exitCode"], 0);
+    assert!(record.get("lastStop").is_none(), "not a stop by the agent");
+    docker
+        .start_container(
+            &w.name,
+            None::<bollard::query_parameters::StartContainerOptions>,
+        )
+        .await
+        .unwrap();
+    wait_listed(&client, &id, "the start", |r| {
+        r["currentResourceMetrics"]["online"] == true
+    })
+    .await;
+    assert!(w.running().await);
+}
+
+#[tokio::test]
+async fn a_stopped_app_stays_stopped_whatever_its_restart_policy() {
+    let agent = AgentProcess::start();
+    let client = agent.client();
+    let w = Workload::start_with("ignore", |body| {
+        let host = body.host_config.get_or_insert_with(HostConfig::default);
+        host.restart_policy = Some(RestartPolicy {
+            name: Some(RestartPolicyNameEnum::ALWAYS),
+            maximum_retry_count: None,
+        });
+    })
+    .await;
+    let id = app_id();
+    client.register_body(&id, app_body(&id, &w.name)).await;
+    // A custom signal: on this engine it is sent with a kill, which a restart policy would answer
+    // by starting the container again.
+    let a = client.stop_query(&id, "?signal=SIGUSR1&timeout=5").await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(a.body["lastExit"]["exitCode"], 64 + 10);
+    let policy = |c: bollard::models::ContainerInspectResponse| {
+        c.host_config
+            .and_then(|h| h.restart_policy)
+            .and_then(|p| p.name)
+    };
+    assert_eq!(
+        policy(w.inspect().await.unwrap()),
+        Some(RestartPolicyNameEnum::NO)
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!w.running().await, "the engine did not bring it back");
+    assert_eq!(
+        listed(&client, &id).await["currentResourceMetrics"]["online"],
+        false
+    );
+
+    // A person starting it by hand is respected: the record follows, and the agent leaves it be.
+    common::docker()
+        .await
+        .start_container(
+            &w.name,
+            None::<bollard::query_parameters::StartContainerOptions>,
+        )
+        .await
+        .unwrap();
+    wait_listed(&client, &id, "the start by hand", |r| {
+        r["currentResourceMetrics"]["online"] == true
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(w.running().await, "not fought");
+}
