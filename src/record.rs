@@ -16,9 +16,12 @@ pub const MAX_APP_ID_LEN: usize = 128;
 pub struct AppId(String);
 
 impl AppId {
-    /// Checks `raw` against the id grammar.
+    /// Checks `raw` against the id grammar. `.` and `..` are refused too: they are URL dot-segments,
+    /// which clients and proxies rewrite, so no request could name such an app reliably.
     pub fn parse(raw: &str) -> Result<AppId, RecordError> {
         let ok = !raw.is_empty()
+            && raw != "."
+            && raw != ".."
             && raw.len() <= MAX_APP_ID_LEN
             && raw
                 .bytes()
@@ -44,7 +47,7 @@ impl std::fmt::Display for AppId {
 /// Why a registration body or an id was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
-    #[error("an app id is 1 to {MAX_APP_ID_LEN} characters from [A-Za-z0-9._-]")]
+    #[error("an app id is 1 to {MAX_APP_ID_LEN} characters from [A-Za-z0-9._-], and not . or ..")]
     BadAppId,
     #[error("the body must be a JSON object")]
     NotAnObject,
@@ -496,7 +499,17 @@ mod tests {
         ] {
             assert!(AppId::parse(good).is_ok(), "{good}");
         }
-        for bad in ["", "a/b", "a b", "%2e", "é", "a\0", &"x".repeat(129)] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "a b",
+            "%2e",
+            "é",
+            "a\0",
+            &"x".repeat(129),
+        ] {
             assert_eq!(AppId::parse(bad), Err(RecordError::BadAppId), "{bad:?}");
         }
     }
