@@ -1,10 +1,13 @@
 //! The durable store of app records: SQLite (bundled) in WAL mode, one row per app.
 //!
 //! Every write is one transaction with `synchronous = FULL`, so an answered write survives `kill -9`
-//! and power loss. Calls run on tokio's blocking pool, never on the async workers.
+//! and power loss. Writes run on tokio's blocking pool, never on the async workers. Reads come from
+//! an in-memory copy of the table, updated after each commit under the same lock as the write, so
+//! that reading a record never waits for a write or touches the disk.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock};
 
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -42,6 +45,8 @@ pub enum StoreError {
 #[derive(Debug, Clone)]
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
+    /// Every committed record, by id.
+    records: Arc<RwLock<BTreeMap<AppId, AppRecord>>>,
 }
 
 /// What the agent saw of an app's container, to be written to its record.
@@ -124,8 +129,10 @@ impl Store {
                  COMMIT;",
             )?;
         }
+        let records = load_all(&conn)?;
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
+            records: Arc::new(RwLock::new(records)),
         })
     }
 
@@ -146,24 +153,35 @@ impl Store {
 
     /// The record of `id`, if registered.
     pub async fn get(&self, id: &AppId) -> Result<Option<AppRecord>, StoreError> {
-        let id = id.clone();
-        self.with_conn(move |c| select_one(c, &id)).await
+        Ok(self.read().get(id).cloned())
     }
 
     /// Every record, ordered by id.
     pub async fn list(&self) -> Result<Vec<AppRecord>, StoreError> {
-        self.with_conn(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT id, registered, metrics, last_exit, last_stop, updated_at FROM apps ORDER BY id",
-            )?;
-            let rows = stmt.query_map([], raw_row)?;
-            let mut out = Vec::new();
-            for row in rows {
-                out.push(row?.decode()?);
-            }
-            Ok(out)
-        })
-        .await
+        Ok(self.read().values().cloned().collect())
+    }
+
+    /// How many records there are.
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.read().is_empty()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<AppId, AppRecord>> {
+        self.records.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes the in-memory copy say what was just committed. Called with the connection lock held,
+    /// so copies are updated in commit order.
+    fn committed(records: &RwLock<BTreeMap<AppId, AppRecord>>, id: &AppId, now: Option<AppRecord>) {
+        let mut records = records.write().unwrap_or_else(|p| p.into_inner());
+        match now {
+            Some(r) => records.insert(id.clone(), r),
+            None => records.remove(id),
+        };
     }
 
     /// Registers or replaces `id`. The agent's own observations are kept when the container stays the
@@ -175,6 +193,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<(AppRecord, Registered), StoreError> {
         let id = id.clone();
+        let records = self.records.clone();
         self.with_conn(move |c| {
             let tx = c.transaction()?;
             let existing = select_one(&tx, &id)?;
@@ -210,6 +229,7 @@ impl Store {
             )?;
             let record = select_one(&tx, &id)?.unwrap_or(record);
             tx.commit()?;
+            Store::committed(&records, &id, Some(record.clone()));
             let how = if created_before {
                 Registered::Replaced
             } else {
@@ -223,8 +243,13 @@ impl Store {
     /// Forgets `id`; false when it was not registered.
     pub async fn delete(&self, id: &AppId) -> Result<bool, StoreError> {
         let id = id.clone();
-        self.with_conn(move |c| Ok(c.execute("DELETE FROM apps WHERE id = ?1", [id.as_str()])? > 0))
-            .await
+        let records = self.records.clone();
+        self.with_conn(move |c| {
+            let deleted = c.execute("DELETE FROM apps WHERE id = ?1", [id.as_str()])? > 0;
+            Store::committed(&records, &id, None);
+            Ok(deleted)
+        })
+        .await
     }
 
     /// Records what the agent observed of `id`'s container, provided the record still names
@@ -241,6 +266,7 @@ impl Store {
     ) -> Result<Option<AppRecord>, StoreError> {
         let id = id.clone();
         let container_id = container_id.to_owned();
+        let records = self.records.clone();
         self.with_conn(move |c| {
             let tx = c.transaction()?;
             let Some(mut record) = select_one(&tx, &id)? else {
@@ -274,6 +300,7 @@ impl Store {
             // Answer with the row as stored (times at stored precision), as a later read would.
             let stored = select_one(&tx, &id)?;
             tx.commit()?;
+            Store::committed(&records, &id, stored.clone());
             Ok(stored)
         })
         .await
@@ -361,6 +388,19 @@ impl RawRow {
             updated_at,
         })
     }
+}
+
+fn load_all(c: &Connection) -> Result<BTreeMap<AppId, AppRecord>, StoreError> {
+    let mut stmt = c.prepare(
+        "SELECT id, registered, metrics, last_exit, last_stop, updated_at FROM apps ORDER BY id",
+    )?;
+    let rows = stmt.query_map([], raw_row)?;
+    let mut out = BTreeMap::new();
+    for row in rows {
+        let record = row?.decode()?;
+        out.insert(record.id.clone(), record);
+    }
+    Ok(out)
 }
 
 fn select_one(c: &Connection, id: &AppId) -> Result<Option<AppRecord>, StoreError> {

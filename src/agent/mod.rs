@@ -83,6 +83,8 @@ struct Inner {
     stopping: Mutex<HashSet<AppId>>,
     /// Every stop task, so that shutdown can let them finish.
     stops: TaskTracker,
+    /// The latest stats reading of each running app.
+    readings: Mutex<sampling::Readings>,
 }
 
 /// Who settles a record: a read, or the stop that holds the app's guard.
@@ -114,6 +116,7 @@ impl Agent {
                 default_timeout,
                 stopping: Mutex::new(HashSet::new()),
                 stops: TaskTracker::new(),
+                readings: Mutex::default(),
             }),
         }
     }
@@ -223,7 +226,13 @@ impl Agent {
         let runtime = self.runtime();
         match runtime.inspect(record.container_id()).await {
             Ok(state) if state.running => {
-                let stats = match runtime.stats(record.container_id()).await {
+                self.follow_stats(record.container_id());
+                let fresh = self.fresh_reading(record.container_id());
+                let stats = match fresh {
+                    Some(s) => Ok(s),
+                    None => runtime.stats(record.container_id()).await,
+                };
+                let stats = match stats {
                     Ok(s) => s,
                     Err(RuntimeError::Unavailable(m)) => {
                         return Err(AgentError::DockerUnavailable(m));
@@ -259,6 +268,10 @@ impl Agent {
         }
         let now = Utc::now();
         let state = state.cloned();
+        // The stream's last reading of the run that just ended, if the agent followed it.
+        let reading = state
+            .as_ref()
+            .and_then(|st| self.take_last_reading(record.container_id(), st.started_at));
         let settled = self
             .inner
             .store
@@ -272,7 +285,7 @@ impl Agent {
                 let gone = ContainerState::default();
                 let metrics = final_metrics(
                     state.as_ref().unwrap_or(&gone),
-                    None,
+                    reading.as_ref(),
                     stored.metrics.as_ref(),
                     now,
                 );
@@ -291,6 +304,7 @@ impl Agent {
     async fn observe_registered(&self, record: AppRecord) -> Result<AppRecord, AgentError> {
         match self.runtime().inspect(record.container_id()).await {
             Ok(state) if state.running => {
+                self.follow_stats(record.container_id());
                 let now = Utc::now();
                 let metrics = running_metrics(&state, &RawStats::default(), now);
                 let observed = self
@@ -315,6 +329,7 @@ impl Agent {
     }
 }
 
+mod sampling;
 mod stopping;
 mod watch;
 

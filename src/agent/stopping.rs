@@ -246,8 +246,14 @@ impl Agent {
             Some(state) => (record, state),
             None => self.running_state(record).await?,
         };
-        // The final sample must be taken before the stop: a stopped container has no stats.
-        let reading = match runtime.stats(&container).await {
+        // The final sample must be taken before the stop: a stopped container has no stats. The
+        // stream's latest reading is at most about a second old; without one, the engine is asked,
+        // which waits for its collector.
+        let sampled = match self.fresh_reading(&container) {
+            Some(fresh) => Ok(fresh),
+            None => runtime.stats(&container).await,
+        };
+        let reading = match sampled {
             Ok(s) if !s.is_empty() => Some(s),
             Ok(_) => None,
             Err(RuntimeError::NotFound(_)) => return Err(self.already_stopped(record, None).await),

@@ -89,6 +89,7 @@ impl Agent {
         record: AppRecord,
         state: &ContainerState,
     ) -> Result<AppRecord, AgentError> {
+        self.follow_stats(record.container_id());
         let now = Utc::now();
         let state = state.clone();
         let observed = self

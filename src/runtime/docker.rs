@@ -17,7 +17,7 @@ use futures_util::StreamExt;
 
 use super::{
     ContainerEvent, ContainerRuntime, ContainerState, EngineInfo, EventKind, EventStream, RawStats,
-    RuntimeError,
+    RuntimeError, StatsStream,
 };
 use crate::config::DockerEndpoint;
 
@@ -249,6 +249,19 @@ impl ContainerRuntime for DockerRuntime {
                 "{container}: empty stats answer"
             ))),
         }
+    }
+
+    async fn stats_stream(&self, container: &str) -> Result<StatsStream, RuntimeError> {
+        let docker = self.client().await?;
+        let options = StatsOptions {
+            stream: true,
+            one_shot: false,
+        };
+        let name = container.to_owned();
+        let stream = docker
+            .stats(container, Some(options))
+            .map(move |item| item.map(to_raw_stats).map_err(|e| map_error(&name, e)));
+        Ok(Box::pin(stream))
     }
 
     async fn stop(

@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 
 use super::{
     ContainerEvent, ContainerRuntime, ContainerState, EngineInfo, EventKind, EventStream, RawStats,
-    RuntimeError,
+    RuntimeError, StatsStream,
 };
 
 #[derive(Debug, Default)]
@@ -292,6 +292,29 @@ impl ContainerRuntime for FakeRuntime {
         });
         self.leave("stats");
         r
+    }
+
+    async fn stats_stream(&self, container: &str) -> Result<StatsStream, RuntimeError> {
+        self.enter("stats_stream", format!("stats_stream {container}"))
+            .await?;
+        let (fake, name) = (self.clone(), container.to_owned());
+        // A reading every 20 ms while the container runs, with a real CPU interval.
+        Ok(Box::pin(futures_util::stream::unfold((), move |()| {
+            let (fake, name) = (fake.clone(), name.clone());
+            async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let reading = fake.with(|s| {
+                    s.containers
+                        .get(&name)
+                        .filter(|c| c.state.running)
+                        .map(|c| RawStats {
+                            read_at: Some(Utc::now()),
+                            ..c.stats.clone()
+                        })
+                })?;
+                Some((Ok(reading), ()))
+            }
+        })))
     }
 
     async fn stop(

@@ -64,6 +64,10 @@ impl ContainerEvent {
     }
 }
 
+/// A container's stats readings as the engine collects them, one a second; it ends when the
+/// container stops.
+pub type StatsStream = futures_util::stream::BoxStream<'static, Result<RawStats, RuntimeError>>;
+
 /// The engine's event stream; it ends or fails when the engine goes away.
 pub type EventStream =
     futures_util::stream::BoxStream<'static, Result<ContainerEvent, RuntimeError>>;
@@ -103,8 +107,11 @@ pub trait ContainerRuntime: Send + Sync + std::fmt::Debug {
     async fn ping(&self) -> Result<(), RuntimeError>;
     /// The container's state.
     async fn inspect(&self, container: &str) -> Result<ContainerState, RuntimeError>;
-    /// A stats reading with a real CPU interval.
+    /// A stats reading with a real CPU interval. Waits for the engine's collector: one to two
+    /// seconds.
     async fn stats(&self, container: &str) -> Result<RawStats, RuntimeError>;
+    /// The engine's own stream of readings of a running container.
+    async fn stats_stream(&self, container: &str) -> Result<StatsStream, RuntimeError>;
     /// The engine's own stop: `signal` (the container's stop signal when `None`; only on engines whose
     /// stop takes one), `grace` seconds, then SIGKILL. Returns once the container is not running.
     async fn stop(
