@@ -54,8 +54,6 @@ pub enum RunError {
     },
     #[error("the HTTP server failed")]
     Serve(#[source] std::io::Error),
-    #[error("cannot listen for SIGTERM and SIGINT")]
-    Signals(#[source] std::io::Error),
 }
 
 impl RunError {
@@ -113,10 +111,11 @@ impl Services {
     }
 }
 
-/// Runs the agent until `shutdown` resolves, then lets in-flight requests finish and flushes the store.
+/// Runs the agent until `shutdown` resolves (reloading tokens at each item of `reloads`), then lets in-flight requests finish and flushes the store.
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    reloads: impl futures_util::Stream<Item = ()> + Send + Unpin + 'static,
 ) -> Result<(), RunError> {
     let services = Services::open(&config)?;
     let addr = config.http.listen.clone();
@@ -133,7 +132,11 @@ pub async fn run(
     // Records are reconciled with the engine, and followed through its events, in the background:
     // the agent serves at once, with or without the engine.
     let watcher = services.agent.spawn_watcher();
-    signals::spawn_reload(config.auth.tokens_file.clone(), services.tokens.clone());
+    signals::spawn_reload(
+        config.auth.tokens_file.clone(),
+        services.tokens.clone(),
+        reloads,
+    );
 
     let ctx = http::ApiContext {
         agent: services.agent.clone(),

@@ -128,13 +128,6 @@ fn token_new(name: &str, role: Role, user_id: Option<String>) -> ExitCode {
 
 fn serve(path: &std::path::Path) -> ExitCode {
     init_logging();
-    let config = match Config::load(path) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!("{e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -142,12 +135,27 @@ fn serve(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let served = runtime.block_on(async {
-        let shutdown =
-            node_agent::signals::shutdown_requested().map_err(node_agent::RunError::Signals)?;
-        node_agent::run(config, shutdown).await
-    });
-    match served {
+    // Signals first: a SIGHUP or SIGTERM during start-up must not kill the process.
+    let signals = {
+        let _entered = runtime.enter();
+        node_agent::signals::install()
+    };
+    let signals = match signals {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for signals");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let (shutdown, reloads) = signals.split();
+    match runtime.block_on(node_agent::run(config, shutdown, reloads)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %format_chain(&e), "node-agent stopped");

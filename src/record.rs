@@ -154,6 +154,9 @@ pub struct LastStop {
     pub finished_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The restart policy the container had before the stop set it to `no`, if it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_restart_policy: Option<String>,
 }
 
 /// An application record.

@@ -119,21 +119,26 @@ pub async fn halt(
         Some(Signal::Kill) => {
             runtime.kill(container, Signal::Kill.name()).await?;
             // The kill is asynchronous in the engine; the stop must answer once the container is down.
-            runtime
-                .wait_exit(
-                    container,
-                    Duration::from_secs(u64::from(DOCKER_DEFAULT_GRACE_SECS)),
-                )
-                .await?;
-            Ok(StopPath::Kill)
+            let limit = Duration::from_secs(u64::from(DOCKER_DEFAULT_GRACE_SECS));
+            match runtime.wait_exit(container, limit).await {
+                Ok(_) | Err(RuntimeError::NotFound(_)) => Ok(StopPath::Kill),
+                Err(e) => Err(e),
+            }
         }
         Some(signal) if !engine.stop_takes_signal => {
             runtime.kill(container, signal.name()).await?;
-            let exited_in_grace = runtime
-                .wait_exit(container, Duration::from_secs(u64::from(grace)))
-                .await?;
+            // Once signalled, an auto-removing container may vanish as soon as it exits: that is
+            // this stop's doing, not a container gone before it.
+            let limit = Duration::from_secs(u64::from(grace));
+            let exited_in_grace = match runtime.wait_exit(container, limit).await {
+                Err(RuntimeError::NotFound(_)) => true,
+                other => other?,
+            };
             // `t=0` kills whatever is left, and marks the container as stopped by hand for the engine.
-            runtime.stop(container, None, 0).await?;
+            match runtime.stop(container, None, 0).await {
+                Err(RuntimeError::NotFound(_)) if exited_in_grace => {}
+                other => other?,
+            }
             Ok(StopPath::SignalThenStop { exited_in_grace })
         }
         signal => {

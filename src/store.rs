@@ -5,8 +5,8 @@
 //! an in-memory copy of the table, updated after each commit under the same lock as the write, so
 //! that reading a record never waits for a write or touches the disk.
 
-use std::path::{Path, PathBuf};
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use chrono::{DateTime, Utc};
@@ -397,8 +397,14 @@ fn load_all(c: &Connection) -> Result<BTreeMap<AppId, AppRecord>, StoreError> {
     let rows = stmt.query_map([], raw_row)?;
     let mut out = BTreeMap::new();
     for row in rows {
-        let record = row?.decode()?;
-        out.insert(record.id.clone(), record);
+        // A row this agent cannot read is left in the file, untouched, and not served: one bad row
+        // must not keep every other app from being served. Registering the app again replaces it.
+        match row?.decode() {
+            Ok(record) => {
+                out.insert(record.id.clone(), record);
+            }
+            Err(e) => tracing::error!(error = %e, "stored record skipped"),
+        }
     }
     Ok(out)
 }

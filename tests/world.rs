@@ -63,8 +63,8 @@ async fn a_persons_docker_stop_and_docker_start_are_followed() {
     let agent = AgentProcess::start();
     let client = agent.client();
     let (w, id) = client.running_app("exit").await;
-    // Let a GET take a sample, so there are figures to keep.
-    assert_eq!(client.get(&format!("/v1/apps/{id}")).await.status, 200);
+    // The agent follows the engine's one-a-second readings from registration on.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     let docker = common::docker().await;
     docker
         .stop_container(
@@ -79,6 +79,12 @@ async fn a_persons_docker_stop_and_docker_start_are_followed() {
     .await;
     assert_eq!(record["lastExit"]["exitCode"], 0);
     assert!(record.get("lastStop").is_none(), "not a stop by the agent");
+    let figures = &record["currentResourceMetrics"];
+    assert!(
+        figures["memoryUsageBytes"].as_u64().unwrap() > 0,
+        "its last sampled figures: {record:#}"
+    );
+    assert_eq!(figures["memoryLimitBytes"].as_u64(), Some(64 * 1024 * 1024));
     docker
         .start_container(
             &w.name,
@@ -86,11 +92,17 @@ async fn a_persons_docker_stop_and_docker_start_are_followed() {
         )
         .await
         .unwrap();
-    wait_listed(&client, &id, "the start", |r| {
+    let record = wait_listed(&client, &id, "the start", |r| {
         r["currentResourceMetrics"]["online"] == true
     })
     .await;
     assert!(w.running().await);
+    assert!(
+        record["currentResourceMetrics"]
+            .get("memoryUsageBytes")
+            .is_none(),
+        "a new run starts without the last run's figures: {record:#}"
+    );
 }
 
 #[tokio::test]

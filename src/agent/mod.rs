@@ -7,14 +7,14 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-use chrono::Utc;
+use chrono::{SubsecRound, Utc};
 use serde_json::Value;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Principal;
 use crate::metrics::{RawStats, final_metrics, last_exit, running_metrics};
 use crate::policy::{Action, Denial, authorize, may_manage_records};
-use crate::record::{AppId, AppRecord, RecordError, Registration, WorkerNode};
+use crate::record::{AppId, AppRecord, RecordError, Registration, ResourceMetrics, WorkerNode};
 use crate::runtime::{ContainerRuntime, ContainerState, RuntimeError};
 use crate::store::{Observation, Registered, Store, StoreError};
 
@@ -89,7 +89,7 @@ struct Inner {
 
 /// Who settles a record: a read, or the stop that holds the app's guard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Settler {
+pub(super) enum Settler {
     Read,
     Stop,
 }
@@ -222,111 +222,171 @@ impl Agent {
 
     /// The record of `id`, with metrics fresh from the engine while its container runs.
     pub async fn get(&self, principal: &Principal, id: &AppId) -> Result<AppRecord, AgentError> {
-        let mut record = self.authorized(principal, id, Action::Read).await?;
-        let runtime = self.runtime();
-        match runtime.inspect(record.container_id()).await {
-            Ok(state) if state.running => {
-                self.follow_stats(record.container_id());
-                let fresh = self.fresh_reading(record.container_id());
-                let stats = match fresh {
-                    Some(s) => Ok(s),
-                    None => runtime.stats(record.container_id()).await,
-                };
-                let stats = match stats {
-                    Ok(s) => s,
-                    Err(RuntimeError::Unavailable(m)) => {
-                        return Err(AgentError::DockerUnavailable(m));
-                    }
-                    Err(e) => {
-                        tracing::warn!(app = %id, error = %e, "stats failed; answering without a sample");
-                        RawStats::default()
-                    }
-                };
-                record.metrics = Some(running_metrics(&state, &stats, Utc::now()));
-                Ok(record)
-            }
-            Ok(state) => {
-                self.settle_exited(record, Some(&state), Settler::Read)
-                    .await
-            }
-            Err(RuntimeError::NotFound(_)) => self.settle_exited(record, None, Settler::Read).await,
-            Err(e) => Err(AgentError::from_runtime(e)),
+        let record = self.authorized(principal, id, Action::Read).await?;
+        let sighting = self
+            .sight(&record)
+            .await
+            .map_err(AgentError::from_runtime)?;
+        let state = sighting.state.clone();
+        let mut record = self
+            .record_sighting(record, sighting, Settler::Read)
+            .await?;
+        if let Some(state) = state.filter(|s| s.running) {
+            let container = record.container_id().to_owned();
+            let stats = match self.fresh_reading(&container) {
+                Some(fresh) => Ok(fresh),
+                None => self.runtime().stats(&container).await,
+            };
+            let stats = match stats {
+                Ok(s) => s,
+                Err(RuntimeError::Unavailable(m)) => return Err(AgentError::DockerUnavailable(m)),
+                Err(e) => {
+                    tracing::warn!(app = %id, error = %e, "stats failed; answering without a sample");
+                    RawStats::default()
+                }
+            };
+            record.metrics = Some(running_metrics(&state, &stats, Utc::now()));
+        }
+        Ok(record)
+    }
+
+    /// Inspects the container of `record`, noting when it looked.
+    pub(super) async fn sight(&self, record: &AppRecord) -> Result<Sighting, RuntimeError> {
+        let at = Utc::now().trunc_subsecs(3);
+        match self.runtime().inspect(record.container_id()).await {
+            Ok(state) => Ok(Sighting {
+                at,
+                state: Some(state),
+            }),
+            Err(RuntimeError::NotFound(_)) => Ok(Sighting { at, state: None }),
+            Err(e) => Err(e),
         }
     }
 
-    /// Makes the record of a container that is not running (`None`: gone) say so, keeping its last
-    /// sample. Writes only when the stored record says otherwise; a read never writes while a stop of
-    /// the app is under way, since the stop writes the final word.
-    async fn settle_exited(
+    /// Makes the stored record say what `sighting` saw: running, with the figures of this run kept;
+    /// or not running (`None`: gone), with its exit and its last sample. Writes only what changes.
+    /// For [`Settler::Read`] (reads, events, reconciliation, registration) the decision is taken in
+    /// the store transaction: it never writes over a stop under way, nor over anything written
+    /// after the sighting.
+    pub(super) async fn record_sighting(
         &self,
         record: AppRecord,
-        state: Option<&ContainerState>,
+        sighting: Sighting,
         settler: Settler,
     ) -> Result<AppRecord, AgentError> {
-        if settler == Settler::Read && self.stop_under_way(&record.id) {
-            return Ok(record);
+        let Sighting { at, state } = sighting;
+        let running = state.as_ref().is_some_and(|s| s.running);
+        if running {
+            self.follow_stats(record.container_id());
         }
-        let now = Utc::now();
-        let state = state.cloned();
         // The stream's last reading of the run that just ended, if the agent followed it.
-        let reading = state
-            .as_ref()
-            .and_then(|st| self.take_last_reading(record.container_id(), st.started_at));
-        let settled = self
+        let reading = match &state {
+            Some(s) if !s.running => self.take_last_reading(record.container_id(), s.started_at),
+            _ => None,
+        };
+        let inner = self.inner.clone();
+        let now = Utc::now();
+        let observed = self
             .inner
             .store
             .observe(&record.id, record.container_id(), now, move |stored| {
-                let exit = state.as_ref().and_then(last_exit);
-                let already_true = stored.metrics.as_ref().is_some_and(|m| !m.online)
-                    && (exit.is_none() || exit == stored.last_exit);
-                if already_true {
+                if settler == Settler::Read
+                    && (stored.updated_at > at
+                        || inner
+                            .stopping
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .contains(&stored.id))
+                {
                     return None;
                 }
-                let gone = ContainerState::default();
-                let metrics = final_metrics(
-                    state.as_ref().unwrap_or(&gone),
-                    reading.as_ref(),
-                    stored.metrics.as_ref(),
-                    now,
-                );
-                Some(Observation {
-                    metrics,
-                    last_exit: exit,
-                    last_stop: None,
-                })
+                match &state {
+                    Some(state) if state.running => running_observation(stored, state, now),
+                    _ => exited_observation(stored, state.as_ref(), reading.as_ref(), now),
+                }
             })
             .await?;
-        Ok(settled.unwrap_or(record))
+        Ok(observed.unwrap_or(record))
     }
 
     /// Looks at the container of a just-registered record, so that the record says at once whether
     /// it runs. An unreachable engine leaves the record as registered.
     async fn observe_registered(&self, record: AppRecord) -> Result<AppRecord, AgentError> {
-        match self.runtime().inspect(record.container_id()).await {
-            Ok(state) if state.running => {
-                self.follow_stats(record.container_id());
-                let now = Utc::now();
-                let metrics = running_metrics(&state, &RawStats::default(), now);
-                let observed = self
-                    .inner
-                    .store
-                    .observe(&record.id, record.container_id(), now, move |_| {
-                        Some(Observation::metrics(metrics))
-                    })
-                    .await?;
-                Ok(observed.unwrap_or(record))
-            }
-            Ok(state) => {
-                self.settle_exited(record, Some(&state), Settler::Read)
-                    .await
-            }
-            Err(RuntimeError::NotFound(_)) => self.settle_exited(record, None, Settler::Read).await,
+        match self.sight(&record).await {
+            Ok(sighting) => self.record_sighting(record, sighting, Settler::Read).await,
             Err(e) => {
                 tracing::warn!(app = %record.id, error = %e, "registered without looking at the container");
                 Ok(record)
             }
         }
     }
+}
+
+/// What the agent saw of a container, and when it looked.
+#[derive(Debug, Clone)]
+pub(super) struct Sighting {
+    /// Just before the inspect, at the store's precision.
+    pub at: chrono::DateTime<Utc>,
+    /// `None`: the container does not exist.
+    pub state: Option<ContainerState>,
+}
+
+/// A running container: online, uptime and start from its state, and the figures of this same run
+/// kept (a new run starts without figures). `None` when the record already says so.
+fn running_observation(
+    stored: &AppRecord,
+    state: &ContainerState,
+    now: chrono::DateTime<Utc>,
+) -> Option<Observation> {
+    let fresh = running_metrics(state, &RawStats::default(), now);
+    let kept = stored
+        .metrics
+        .as_ref()
+        .filter(|m| m.started_at == fresh.started_at);
+    if kept.is_some_and(|m| m.online) {
+        return None;
+    }
+    let metrics = match kept {
+        Some(m) => ResourceMetrics {
+            cpu_usage_percent: m.cpu_usage_percent,
+            memory_usage_bytes: m.memory_usage_bytes,
+            memory_limit_bytes: m.memory_limit_bytes,
+            network_rx_bytes: m.network_rx_bytes,
+            network_tx_bytes: m.network_tx_bytes,
+            ..fresh
+        },
+        None => fresh,
+    };
+    Some(Observation::metrics(metrics))
+}
+
+/// A container that is not running (`None`: gone): offline, with its exit, and its last sample (the
+/// stream's last reading of this run, else the stored figures). `None` when the record already says
+/// so.
+fn exited_observation(
+    stored: &AppRecord,
+    state: Option<&ContainerState>,
+    reading: Option<&RawStats>,
+    now: chrono::DateTime<Utc>,
+) -> Option<Observation> {
+    let exit = state.and_then(last_exit);
+    let already_true = stored.metrics.as_ref().is_some_and(|m| !m.online)
+        && (exit.is_none() || exit == stored.last_exit);
+    if already_true {
+        return None;
+    }
+    let gone = ContainerState::default();
+    let metrics = final_metrics(
+        state.unwrap_or(&gone),
+        reading,
+        stored.metrics.as_ref(),
+        now,
+    );
+    Some(Observation {
+        metrics,
+        last_exit: exit,
+        last_stop: None,
+    })
 }
 
 mod sampling;

@@ -40,11 +40,14 @@ impl Agent {
     pub(super) fn follow_stats(&self, container: &str) {
         {
             let mut readings = self.readings();
-            let entry = readings.latest.entry(container.to_owned()).or_insert(Latest {
-                stats: RawStats::default(),
-                at: Instant::now(),
-                streaming: false,
-            });
+            let entry = readings
+                .latest
+                .entry(container.to_owned())
+                .or_insert(Latest {
+                    stats: RawStats::default(),
+                    at: Instant::now(),
+                    streaming: false,
+                });
             if entry.streaming {
                 return;
             }
@@ -82,7 +85,8 @@ impl Agent {
     }
 
     /// The last reading of a container that has stopped, taken at or after `since` (its last
-    /// start), and forgets it: a reading is someone's final sample only once.
+    /// start), and forgets it: a reading is someone's final sample only once. Its stream may not
+    /// have noticed the end yet; no later reading of that run can come.
     pub(super) fn take_last_reading(
         &self,
         container: &str,
@@ -90,7 +94,7 @@ impl Agent {
     ) -> Option<RawStats> {
         let mut readings = self.readings();
         let l = readings.latest.get(container)?;
-        if l.streaming || l.stats.is_empty() {
+        if l.stats.is_empty() {
             return None;
         }
         let of_this_run = match (l.stats.read_at, since) {
@@ -103,6 +107,10 @@ impl Agent {
 
     /// How many containers are followed now.
     pub fn followed(&self) -> usize {
-        self.readings().latest.values().filter(|l| l.streaming).count()
+        self.readings()
+            .latest
+            .values()
+            .filter(|l| l.streaming)
+            .count()
     }
 }

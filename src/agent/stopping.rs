@@ -7,7 +7,7 @@
 use chrono::{DateTime, SubsecRound, Utc};
 use tokio::task::JoinHandle;
 
-use super::{Agent, AgentError, AlreadyStopped, Inner, Settler};
+use super::{Agent, AgentError, AlreadyStopped, Inner, Settler, Sighting};
 use crate::auth::Principal;
 use crate::metrics::{RawStats, final_metrics, last_exit, running_metrics};
 use crate::policy::Action;
@@ -137,7 +137,6 @@ impl Agent {
         self.inner.stops.spawn(async move {
             let _guard = guard;
             let app = record.id.clone();
-            let container = record.container_id().to_owned();
             // At the store's precision, so that the intent can be recognised when read back.
             let requested_at = Utc::now().trunc_subsecs(3);
             let outcome = agent
@@ -148,9 +147,7 @@ impl Agent {
                 Ok(_) => tracing::info!(%app, token = %caller, elapsed_ms, "stopped"),
                 Err(e) => {
                     tracing::info!(%app, token = %caller, elapsed_ms, outcome = %e, "stop not done");
-                    agent
-                        .close_intent(&app, &container, requested_at, e)
-                        .await;
+                    agent.close_intent(&app, e).await;
                 }
             }
             outcome
@@ -183,7 +180,11 @@ impl Agent {
             Some(_) if record.stopped_by_agent() => AlreadyStopped::ByTheAgent,
             Some(_) => AlreadyStopped::Unnoticed,
         };
-        match self.settle_exited(record, state, Settler::Stop).await {
+        let sighting = Sighting {
+            at: Utc::now(),
+            state: state.cloned(),
+        };
+        match self.record_sighting(record, sighting, Settler::Stop).await {
             Ok(record) => AgentError::AlreadyStopped {
                 id,
                 how,
@@ -193,41 +194,53 @@ impl Agent {
         }
     }
 
-    /// A stop that ended in `err` after writing its intent records how it ended, so that the record
-    /// never says a stop is under way when none is.
-    async fn close_intent(
-        &self,
-        id: &AppId,
-        container: &str,
-        requested_at: DateTime<Utc>,
-        err: &AgentError,
-    ) {
+    /// A stop that ended in `err` after writing its intent records how it ended, and the record is
+    /// made true: the engine may have acted before the error (a stop that worked, then an inspect
+    /// that failed), so the container is looked at again. If it still runs, the restart policy the
+    /// stop took away is given back.
+    async fn close_intent(&self, id: &AppId, err: &AgentError) {
+        let Ok(Some(record)) = self.inner.store.get(id).await else {
+            return;
+        };
+        let Some(pending) = record
+            .last_stop
+            .clone()
+            .filter(|s| s.outcome == StopOutcome::Stopping)
+        else {
+            return;
+        };
         let (outcome, error) = match err {
             AgentError::AlreadyStopped { .. } => (StopOutcome::AlreadyStopped, None),
             other => (StopOutcome::Failed, Some(other.to_string())),
         };
-        let now = Utc::now();
-        let closed = self
-            .inner
-            .store
-            .observe(id, container, now, move |stored| {
-                let stop = stored.last_stop.as_ref()?;
-                if stop.outcome != StopOutcome::Stopping || stop.requested_at != requested_at {
-                    return None;
+        let record = match self.sight(&record).await {
+            Ok(sighting) => {
+                let running = sighting.state.as_ref().is_some_and(|s| s.running);
+                if running && let Some(policy) = pending.previous_restart_policy.as_deref() {
+                    if let Err(e) = self
+                        .runtime()
+                        .set_restart_policy(record.container_id(), policy)
+                        .await
+                    {
+                        tracing::warn!(app = %id, error = %e, "could not restore the restart policy");
+                    }
                 }
-                Some(Observation {
-                    metrics: stored.metrics.clone().unwrap_or_default(),
-                    last_exit: None,
-                    last_stop: Some(LastStop {
-                        outcome,
-                        finished_at: Some(now),
-                        error,
-                        ..stop.clone()
-                    }),
-                })
-            })
-            .await;
-        if let Err(e) = closed {
+                match self
+                    .record_sighting(record.clone(), sighting, Settler::Stop)
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(app = %id, error = %e, "could not record the container's state");
+                        record
+                    }
+                }
+            }
+            // The engine is away: the record keeps what it said; the watcher's next pass makes it
+            // true once the engine is back.
+            Err(_) => record,
+        };
+        if let Err(e) = self.close_stop(&record, &pending, outcome, error).await {
             tracing::error!(app = %id, error = %e, "could not record how the stop ended");
         }
     }
@@ -268,44 +281,42 @@ impl Agent {
             .await?;
         if state.may_restart_itself() {
             // A stopped app must stay stopped: no restart policy may bring it back, not even when
-            // the engine itself restarts. A person may still start it by hand.
-            match runtime.disable_restart(&container).await {
+            // the engine itself restarts. A person may still start it by hand. Without that
+            // guarantee the stop does not go ahead.
+            match runtime.set_restart_policy(&container, "no").await {
                 Ok(()) => tracing::info!(
                     app = %record.id,
                     previous = state.restart_policy.as_deref().unwrap_or_default(),
                     "restart policy set to no"
                 ),
-                Err(RuntimeError::Unavailable(m)) => return Err(AgentError::DockerUnavailable(m)),
                 Err(RuntimeError::NotFound(_)) => {
                     return Err(self.already_stopped(record, None).await);
                 }
-                Err(e) => {
-                    tracing::warn!(app = %record.id, error = %e, "could not disable the restart policy")
-                }
+                Err(e) => return Err(AgentError::from_runtime(e)),
             }
         }
         let grace = effective_grace(&req, self.inner.default_timeout, &state);
-        let mut gone_midway = false;
         let halt_started = Utc::now();
         match halt(runtime, &container, &req, grace).await {
             Ok(path) => tracing::debug!(app = %record.id, ?path, grace, "container halted"),
             // It exited between the inspect and the signal: on its own, not by this stop.
             Err(RuntimeError::NotRunning(_)) => {
-                let state = runtime.inspect(&container).await.ok();
+                let state = match runtime.inspect(&container).await {
+                    Ok(s) => Some(s),
+                    Err(RuntimeError::NotFound(_)) => None,
+                    Err(e) => return Err(AgentError::from_runtime(e)),
+                };
                 return Err(self.already_stopped(record, state.as_ref()).await);
             }
-            // Removed while stopping (an auto-removing container, or `docker rm -f`): it is down.
-            Err(RuntimeError::NotFound(_)) => gone_midway = true,
+            // Removed before the engine could act on it: not this stop's doing.
+            Err(RuntimeError::NotFound(_)) => return Err(self.already_stopped(record, None).await),
             Err(e) => return Err(AgentError::from_runtime(e)),
         }
-        let final_state = if gone_midway {
-            None
-        } else {
-            match runtime.inspect(&container).await {
-                Ok(s) => Some(s),
-                Err(RuntimeError::NotFound(_)) => None,
-                Err(e) => return Err(AgentError::from_runtime(e)),
-            }
+        // An auto-removing container may be gone as soon as it has stopped.
+        let final_state = match runtime.inspect(&container).await {
+            Ok(s) => Some(s),
+            Err(RuntimeError::NotFound(_)) => None,
+            Err(e) => return Err(AgentError::from_runtime(e)),
         };
         let now = Utc::now();
         let final_state = final_state.unwrap_or_else(|| ContainerState {
@@ -361,6 +372,10 @@ impl Agent {
                 requested_at,
                 finished_at: None,
                 error: None,
+                previous_restart_policy: state
+                    .may_restart_itself()
+                    .then(|| state.restart_policy.clone())
+                    .flatten(),
             }),
         };
         let written = self

@@ -236,16 +236,86 @@ async fn a_stop_disables_the_restart_policy_first() {
 }
 
 #[tokio::test]
-async fn a_container_vanishing_before_the_stop_call_ends_stopped() {
+async fn a_container_vanishing_before_the_stop_call_is_already_stopped_as_gone() {
     let f = fixture(true, &[("a", json!({"containerId": "ca"}))]).await;
     f.fake.vanish_after("stats", "ca");
-    let r = f.stop("a").await.expect("down");
-    let m = r.metrics.expect("metrics");
-    assert!(!m.online);
+    match f.stop("a").await {
+        Err(AgentError::AlreadyStopped { how, record, .. }) => {
+            assert_eq!(how, AlreadyStopped::Gone);
+            let m = record.metrics.expect("metrics");
+            assert!(!m.online);
+            assert_eq!(
+                m.memory_usage_bytes,
+                Some(4096),
+                "the sample taken before it vanished is kept"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let stored = f.stored("a").await.expect("record");
     assert_eq!(
-        m.memory_usage_bytes,
-        Some(4096),
-        "the sample taken before it vanished is kept"
+        stored.last_stop.expect("stop").outcome,
+        StopOutcome::AlreadyStopped
+    );
+}
+
+#[tokio::test]
+async fn an_engine_that_acts_then_fails_to_answer_leaves_a_true_record() {
+    let f = fixture(true, &[("a", json!({"containerId": "ca"}))]).await;
+    f.fake.set_restart_policy("ca", "always");
+    f.fake
+        .fail_after("stop", RuntimeError::Unavailable("connection reset".into()));
+    let err = f.stop("a").await;
+    assert!(
+        matches!(err, Err(AgentError::DockerUnavailable(_))),
+        "{err:?}"
+    );
+    let r = f.stored("a").await.expect("record");
+    assert!(
+        !r.online(),
+        "the container did stop, and the record says so"
+    );
+    assert_eq!(r.last_exit.as_ref().expect("exit").exit_code, 0);
+    assert_eq!(
+        r.metrics.as_ref().expect("m").memory_usage_bytes,
+        Some(4096)
+    );
+    let stop = r.last_stop.expect("stop");
+    assert_eq!(stop.outcome, StopOutcome::Failed);
+    assert_eq!(stop.previous_restart_policy.as_deref(), Some("always"));
+    assert_eq!(
+        f.fake.state("ca").restart_policy.as_deref(),
+        Some("no"),
+        "stopped: it stays stopped"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_stop_of_a_running_container_gives_its_restart_policy_back() {
+    let f = fixture(true, &[("a", json!({"containerId": "ca"}))]).await;
+    f.fake.set_restart_policy("ca", "unless-stopped");
+    f.fake
+        .fail_next("stop", RuntimeError::Engine("500 oops".into()));
+    assert!(matches!(f.stop("a").await, Err(AgentError::Engine(_))));
+    assert!(f.stored("a").await.expect("record").online());
+    assert_eq!(
+        f.fake.state("ca").restart_policy.as_deref(),
+        Some("unless-stopped")
+    );
+}
+
+#[tokio::test]
+async fn a_stop_that_cannot_disable_the_restart_policy_does_not_go_ahead() {
+    let f = fixture(true, &[("a", json!({"containerId": "ca"}))]).await;
+    f.fake.set_restart_policy("ca", "always");
+    f.fake
+        .fail_next("update", RuntimeError::Engine("500 oops".into()));
+    assert!(matches!(f.stop("a").await, Err(AgentError::Engine(_))));
+    assert!(f.fake.state("ca").running);
+    assert!(
+        !f.fake.calls().iter().any(|c| c.starts_with("stop")),
+        "{:?}",
+        f.fake.calls()
     );
 }
 
@@ -292,9 +362,13 @@ async fn a_stale_copy_never_overwrites_the_final_record() {
     let stopped = f.stop("a").await.expect("stopped");
     // A read that looked before the stop settles afterwards: the stored final word stands.
     let state = f.fake.state("ca");
+    let sighting = Sighting {
+        at: stale.updated_at,
+        state: Some(state),
+    };
     let settled = f
         .agent
-        .settle_exited(stale, Some(&state), Settler::Read)
+        .record_sighting(stale, sighting, Settler::Read)
         .await
         .expect("settled");
     assert_eq!(settled, stopped);

@@ -6,21 +6,21 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 
 use super::{Agent, AgentError, Settler};
-use crate::metrics::{RawStats, running_metrics};
-use crate::record::{AppRecord, LastStop, ResourceMetrics, StopOutcome};
-use crate::runtime::{ContainerState, RuntimeError};
+use crate::record::{AppRecord, LastStop, StopOutcome};
+use crate::runtime::ContainerEvent;
 use crate::store::Observation;
 
-/// Longest wait between two attempts to reach the engine's event stream.
+/// Longest wait between two attempts to reach the engine.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 impl Agent {
     /// Makes every record true against the engine: at start-up, and whenever the event stream
-    /// (re)connects, since events may have been missed. Fails when the engine is unreachable.
+    /// (re)connects, since events may have been missed. A record whose container cannot be
+    /// inspected is left for the next pass; an unreachable engine ends the pass.
     pub async fn reconcile_all(&self) -> Result<usize, AgentError> {
         let mut changed = 0;
         for record in self.inner.store.list().await? {
@@ -28,9 +28,13 @@ impl Agent {
                 continue;
             }
             let before = record.clone();
-            let after = self.reconcile(record).await?;
-            if after != before {
-                changed += 1;
+            match self.reconcile(record).await {
+                Ok(after) if after != before => changed += 1,
+                Ok(_) => {}
+                Err(e @ AgentError::DockerUnavailable(_)) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(app = %before.id, error = %e, "not reconciled; left for the next pass")
+                }
             }
         }
         Ok(changed)
@@ -39,87 +43,81 @@ impl Agent {
     /// Brings one record in line with its container, and closes the intent of a stop that never
     /// ended (the agent died during it) as interrupted.
     async fn reconcile(&self, record: AppRecord) -> Result<AppRecord, AgentError> {
-        let state = match self.runtime().inspect(record.container_id()).await {
-            Ok(state) => Some(state),
-            Err(RuntimeError::NotFound(_)) => None,
-            Err(RuntimeError::Unavailable(m)) => return Err(AgentError::DockerUnavailable(m)),
-            Err(e) => {
-                tracing::warn!(app = %record.id, error = %e, "cannot inspect; record left as it is");
-                return Ok(record);
-            }
-        };
-        let interrupted = record.stop_pending();
-        let record = match &state {
-            Some(s) if s.running => self.mark_running(record, s).await?,
-            _ => {
-                self.settle_exited(record, state.as_ref(), Settler::Stop)
-                    .await?
-            }
-        };
-        if !interrupted {
+        let sighting = self
+            .sight(&record)
+            .await
+            .map_err(AgentError::from_runtime)?;
+        let pending = record
+            .last_stop
+            .clone()
+            .filter(|s| s.outcome == StopOutcome::Stopping);
+        let record = self
+            .record_sighting(record, sighting, Settler::Read)
+            .await?;
+        let Some(pending) = pending else {
             return Ok(record);
+        };
+        let running = record.online();
+        tracing::warn!(app = %record.id, online = running, "a stop was under way when the agent last ended; record made true");
+        if running && let Some(policy) = pending.previous_restart_policy.as_deref() {
+            // The stop never happened: the container keeps the restart policy it had.
+            if let Err(e) = self
+                .runtime()
+                .set_restart_policy(record.container_id(), policy)
+                .await
+            {
+                tracing::warn!(app = %record.id, error = %e, "could not restore the restart policy");
+            }
         }
-        tracing::warn!(app = %record.id, online = record.online(), "a stop was under way when the agent last stopped; record made true");
+        self.close_stop(&record, &pending, StopOutcome::Interrupted, None)
+            .await
+    }
+
+    /// Closes the stop intent `pending` of `record` with `outcome`, unless another stop has begun
+    /// since (its intent has another request time) or one is under way.
+    pub(super) async fn close_stop(
+        &self,
+        record: &AppRecord,
+        pending: &LastStop,
+        outcome: StopOutcome,
+        error: Option<String>,
+    ) -> Result<AppRecord, AgentError> {
         let now = Utc::now();
+        let requested_at = pending.requested_at;
+        let inner = self.inner.clone();
         let closed = self
             .inner
             .store
             .observe(&record.id, record.container_id(), now, move |stored| {
-                let stop = stored
-                    .last_stop
-                    .clone()
-                    .filter(|s| s.outcome == StopOutcome::Stopping)?;
+                let stop = stored.last_stop.clone()?;
+                let ours =
+                    stop.outcome == StopOutcome::Stopping && stop.requested_at == requested_at;
+                let live = inner
+                    .stopping
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains(&stored.id);
+                if !ours || (live && outcome == StopOutcome::Interrupted) {
+                    return None;
+                }
                 Some(Observation {
                     metrics: stored.metrics.clone().unwrap_or_default(),
                     last_exit: None,
                     last_stop: Some(LastStop {
-                        outcome: StopOutcome::Interrupted,
+                        outcome,
                         finished_at: Some(now),
+                        error,
                         ..stop
                     }),
                 })
             })
             .await?;
-        Ok(closed.unwrap_or(record))
-    }
-
-    /// Records that the container runs, keeping the last sampled figures.
-    async fn mark_running(
-        &self,
-        record: AppRecord,
-        state: &ContainerState,
-    ) -> Result<AppRecord, AgentError> {
-        self.follow_stats(record.container_id());
-        let now = Utc::now();
-        let state = state.clone();
-        let observed = self
-            .inner
-            .store
-            .observe(&record.id, record.container_id(), now, move |stored| {
-                let fresh = running_metrics(&state, &RawStats::default(), now);
-                let same = stored
-                    .metrics
-                    .as_ref()
-                    .is_some_and(|m| m.online && m.started_at == fresh.started_at);
-                if same {
-                    return None;
-                }
-                let kept = stored.metrics.clone().unwrap_or_default();
-                Some(Observation::metrics(ResourceMetrics {
-                    cpu_usage_percent: kept.cpu_usage_percent,
-                    memory_usage_bytes: kept.memory_usage_bytes,
-                    memory_limit_bytes: kept.memory_limit_bytes,
-                    network_rx_bytes: kept.network_rx_bytes,
-                    network_tx_bytes: kept.network_tx_bytes,
-                    ..fresh
-                }))
-            })
-            .await?;
-        Ok(observed.unwrap_or(record))
+        Ok(closed.unwrap_or_else(|| record.clone()))
     }
 
     /// Follows the engine's events until the agent ends, reconnecting with backoff; each
-    /// (re)connection reconciles every record first.
+    /// (re)connection reconciles every record first, then asks for the events since just before
+    /// that, so that nothing happening in between is missed.
     pub fn spawn_watcher(&self) -> tokio::task::JoinHandle<()> {
         let agent = self.clone();
         tokio::spawn(async move { agent.watch().await })
@@ -128,35 +126,41 @@ impl Agent {
     async fn watch(self) {
         let mut backoff = Duration::from_secs(1);
         loop {
-            match self.runtime().events().await {
-                Ok(mut events) => {
-                    match self.reconcile_all().await {
-                        Ok(changed) => {
-                            tracing::info!(changed, "records reconciled with the engine")
-                        }
-                        Err(e) => tracing::warn!(error = %e, "reconciliation incomplete"),
-                    }
+            let since = Utc::now() - chrono::Duration::seconds(1);
+            match self.follow_events(since).await {
+                Ok(()) => {
                     backoff = Duration::from_secs(1);
-                    while let Some(event) = events.next().await {
-                        match event {
-                            Ok(event) => self.on_event(&event).await,
-                            Err(e) => {
-                                tracing::warn!(error = %e, "event stream failed");
-                                break;
-                            }
-                        }
-                    }
                     tracing::warn!("event stream ended; reconnecting");
                 }
-                Err(e) => tracing::debug!(error = %e, "no event stream yet"),
+                Err(e) => tracing::debug!(error = %e, "engine not followed yet"),
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 
+    async fn follow_events(&self, since: DateTime<Utc>) -> Result<(), AgentError> {
+        let changed = self.reconcile_all().await?;
+        tracing::info!(changed, "records reconciled with the engine");
+        let mut events = self
+            .runtime()
+            .events(Some(since))
+            .await
+            .map_err(AgentError::from_runtime)?;
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(event) => self.on_event(&event).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "event stream failed");
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// A container started or died: the records that name it are made true by inspecting it.
-    async fn on_event(&self, event: &crate::runtime::ContainerEvent) {
+    async fn on_event(&self, event: &ContainerEvent) {
         let records = match self.inner.store.list().await {
             Ok(all) => all,
             Err(e) => {
@@ -168,25 +172,14 @@ impl Agent {
             .into_iter()
             .filter(|r| event.concerns(r.container_id()))
         {
-            // A stop under way writes the final word itself.
-            if self.stop_under_way(&record.id) {
-                continue;
-            }
             let id = record.id.clone();
-            let outcome = match self.runtime().inspect(record.container_id()).await {
-                Ok(state) if state.running => self.mark_running(record, &state).await,
-                Ok(state) => {
-                    self.settle_exited(record, Some(&state), Settler::Read)
-                        .await
-                }
-                Err(RuntimeError::NotFound(_)) => {
-                    self.settle_exited(record, None, Settler::Read).await
-                }
+            let outcome = match self.sight(&record).await {
+                Ok(sighting) => self.record_sighting(record, sighting, Settler::Read).await,
                 Err(e) => Err(AgentError::from_runtime(e)),
             };
             match outcome {
                 Ok(r) => {
-                    tracing::info!(app = %id, kind = ?event.kind, online = r.online(), "container changed outside the agent")
+                    tracing::info!(app = %id, kind = ?event.kind, online = r.online(), "container changed")
                 }
                 Err(e) => tracing::warn!(app = %id, error = %e, "could not follow an engine event"),
             }

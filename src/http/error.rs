@@ -52,6 +52,10 @@ impl ApiError {
         )
     }
 
+    pub fn request_timeout(message: impl Into<String>) -> ApiError {
+        Self::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", message)
+    }
+
     pub fn internal(message: impl Into<String>) -> ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
     }

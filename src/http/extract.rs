@@ -80,9 +80,14 @@ impl<S: Send + Sync> FromRequestParts<S> for AppIdPath {
 /// writing it receives the answer instead of a reset connection. Larger bodies are cut off at once.
 const DRAIN_LIMIT: u64 = 16 * MAX_BODY_BYTES as u64;
 
+/// Time a client has to send a whole body; a slower one is refused.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Why a request body was not read.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
+    #[error("the request body did not arrive within {} seconds", BODY_TIMEOUT.as_secs())]
+    TooSlow,
     #[error("the request body is over the limit of {MAX_BODY_BYTES} bytes")]
     TooLarge,
     #[error("could not read the request body: {0}")]
@@ -93,13 +98,20 @@ impl From<BodyError> for ApiError {
     fn from(e: BodyError) -> ApiError {
         match e {
             BodyError::TooLarge => ApiError::payload_too_large(e.to_string()),
+            BodyError::TooSlow => ApiError::request_timeout(e.to_string()),
             BodyError::Unreadable(_) => ApiError::bad_request(e.to_string()),
         }
     }
 }
 
-/// Reads a request body of at most [`MAX_BODY_BYTES`].
+/// Reads a request body of at most [`MAX_BODY_BYTES`], within [`BODY_TIMEOUT`].
 pub async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, BodyError> {
+    tokio::time::timeout(BODY_TIMEOUT, read_bounded(headers, body))
+        .await
+        .unwrap_or(Err(BodyError::TooSlow))
+}
+
+async fn read_bounded(headers: &HeaderMap, body: Body) -> Result<Bytes, BodyError> {
     let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

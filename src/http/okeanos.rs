@@ -96,6 +96,7 @@ impl From<BodyError> for LodError {
     fn from(e: BodyError) -> LodError {
         match e {
             BodyError::TooLarge => Self::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
+            BodyError::TooSlow => Self::new(StatusCode::REQUEST_TIMEOUT, e.to_string()),
             BodyError::Unreadable(_) => Self::new(StatusCode::BAD_REQUEST, e.to_string()),
         }
     }

@@ -1,13 +1,16 @@
 //! The HTTP server under the router: accepts connections (at most `max_connections` at once), gives
-//! every request a header read timeout so that slow clients cannot hold connections, serves HTTP/1
-//! and HTTP/2, and shuts down gracefully.
+//! every request a header read timeout so that slow or silent clients cannot hold connections,
+//! serves HTTP/1.1, and shuts down gracefully.
+//!
+//! HTTP/2 is not offered: hyper's protocol detection waits for a client's first bytes without a
+//! timeout, and HTTP/2 has no header read timeout, so either would let silent clients keep slots.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
@@ -33,9 +36,8 @@ pub async fn serve(
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = http1::Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout);
     loop {
@@ -60,9 +62,7 @@ pub async fn serve(
             () = shutdown.cancelled() => break,
         };
         let service = TowerToHyperService::new(router.clone());
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             let _permit = permit;

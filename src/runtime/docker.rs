@@ -296,11 +296,22 @@ impl ContainerRuntime for DockerRuntime {
             .map_err(|e| self.fail(container, e))
     }
 
-    async fn disable_restart(&self, container: &str) -> Result<(), RuntimeError> {
+    async fn set_restart_policy(&self, container: &str, policy: &str) -> Result<(), RuntimeError> {
         let docker = self.client().await?;
+        let name = match policy {
+            "no" | "" => RestartPolicyNameEnum::NO,
+            "always" => RestartPolicyNameEnum::ALWAYS,
+            "unless-stopped" => RestartPolicyNameEnum::UNLESS_STOPPED,
+            "on-failure" => RestartPolicyNameEnum::ON_FAILURE,
+            other => {
+                return Err(RuntimeError::Engine(format!(
+                    "unknown restart policy {other:?}"
+                )));
+            }
+        };
         let update = ContainerUpdateBody {
             restart_policy: Some(RestartPolicy {
-                name: Some(RestartPolicyNameEnum::NO),
+                name: Some(name),
                 maximum_retry_count: None,
             }),
             ..Default::default()
@@ -311,7 +322,7 @@ impl ContainerRuntime for DockerRuntime {
             .map_err(|e| self.fail(container, e))
     }
 
-    async fn events(&self) -> Result<EventStream, RuntimeError> {
+    async fn events(&self, since: Option<DateTime<Utc>>) -> Result<EventStream, RuntimeError> {
         let docker = self.client().await?;
         let filters = [
             ("type".to_owned(), vec!["container".to_owned()]),
@@ -322,6 +333,7 @@ impl ContainerRuntime for DockerRuntime {
         ];
         let options = EventsOptions {
             filters: Some(filters.into_iter().collect()),
+            since: since.map(|t| format!("{}.{:09}", t.timestamp(), t.timestamp_subsec_nanos())),
             ..Default::default()
         };
         let stream = docker.events(Some(options)).filter_map(|item| async move {

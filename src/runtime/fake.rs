@@ -29,6 +29,8 @@ struct Script {
     calls: Vec<String>,
     /// Errors to return from the next call of an operation, by operation name.
     faults: HashMap<&'static str, VecDeque<RuntimeError>>,
+    /// Errors to return from the next call of an operation after it has done its work.
+    faults_after: HashMap<&'static str, VecDeque<RuntimeError>>,
     /// Operations that block until [`FakeRuntime::release`] is called.
     gated: HashSet<&'static str>,
     /// Containers removed right after the next call of an operation.
@@ -163,6 +165,19 @@ impl FakeRuntime {
     /// The next call of `op` fails with `err`.
     pub fn fail_next(&self, op: &'static str, err: RuntimeError) {
         self.with(|s| s.faults.entry(op).or_default().push_back(err));
+    }
+
+    /// The next call of `op` does its work, then fails with `err` (the engine acted, the answer
+    /// was lost).
+    pub fn fail_after(&self, op: &'static str, err: RuntimeError) {
+        self.with(|s| s.faults_after.entry(op).or_default().push_back(err));
+    }
+
+    fn fault_after(&self, op: &'static str) -> Result<(), RuntimeError> {
+        match self.with(|s| s.faults_after.get_mut(op).and_then(VecDeque::pop_front)) {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
     }
 
     /// Calls of `op` block until [`FakeRuntime::release`].
@@ -341,7 +356,7 @@ impl ContainerRuntime for FakeRuntime {
             Ok(())
         });
         self.leave("stop");
-        r
+        r.and_then(|()| self.fault_after("stop"))
     }
 
     async fn kill(&self, container: &str, signal: &str) -> Result<(), RuntimeError> {
@@ -362,18 +377,18 @@ impl ContainerRuntime for FakeRuntime {
         r
     }
 
-    async fn disable_restart(&self, container: &str) -> Result<(), RuntimeError> {
-        self.enter("update", format!("update {container} restart=no"))
+    async fn set_restart_policy(&self, container: &str, policy: &str) -> Result<(), RuntimeError> {
+        self.enter("update", format!("update {container} restart={policy}"))
             .await?;
         let r = self.with_container(container, |c| {
-            c.state.restart_policy = Some("no".to_owned());
+            c.state.restart_policy = Some(policy.to_owned());
             Ok(())
         });
         self.leave("update");
         r
     }
 
-    async fn events(&self) -> Result<EventStream, RuntimeError> {
+    async fn events(&self, _since: Option<DateTime<Utc>>) -> Result<EventStream, RuntimeError> {
         self.engine().await?;
         let rx = self.events.subscribe();
         Ok(Box::pin(futures_util::stream::unfold(

@@ -124,9 +124,9 @@ pub trait ContainerRuntime: Send + Sync + std::fmt::Debug {
     async fn kill(&self, container: &str, signal: &str) -> Result<(), RuntimeError>;
     /// Waits until the container is not running, at most `limit`; true when it exited.
     async fn wait_exit(&self, container: &str, limit: Duration) -> Result<bool, RuntimeError>;
-    /// Sets the container's restart policy to `no`, so that the engine never starts it again by
-    /// itself (not even when the engine restarts).
-    async fn disable_restart(&self, container: &str) -> Result<(), RuntimeError>;
-    /// Container start and die events, from now on.
-    async fn events(&self) -> Result<EventStream, RuntimeError>;
+    /// Sets the container's restart policy (`no` keeps the engine from ever starting it again by
+    /// itself, not even when the engine restarts).
+    async fn set_restart_policy(&self, container: &str, policy: &str) -> Result<(), RuntimeError>;
+    /// Container start and die events since `since` (replayed by the engine), then as they come.
+    async fn events(&self, since: Option<DateTime<Utc>>) -> Result<EventStream, RuntimeError>;
 }
