@@ -259,6 +259,8 @@ pub struct AgentOptions {
     pub header_timeout_secs: Option<u64>,
     /// `[stop] shutdown_drain_secs`.
     pub shutdown_drain_secs: Option<u64>,
+    /// `RUST_LOG` for the agent; unset is `info,node_agent=debug`.
+    pub log_filter: Option<String>,
 }
 
 /// The real agent binary, serving on a free loopback port from a private directory.
@@ -268,6 +270,7 @@ pub struct AgentProcess {
     pub base: String,
     pub token: String,
     pub stdout: String,
+    log_filter: String,
     /// Every line the agent has logged so far.
     log: Arc<Mutex<Vec<String>>>,
     child: Option<Child>,
@@ -329,6 +332,10 @@ impl AgentProcess {
             token
         };
         let mut agent = AgentProcess {
+            log_filter: options
+                .log_filter
+                .clone()
+                .unwrap_or_else(|| "info,node_agent=debug".to_owned()),
             dir,
             base: String::new(),
             token,
@@ -345,7 +352,7 @@ impl AgentProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_node-agent"))
             .arg("--config")
             .arg(self.config_path())
-            .env("RUST_LOG", "info,node_agent=debug")
+            .env("RUST_LOG", &self.log_filter)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
