@@ -100,12 +100,18 @@ async fn agent_stop(client: &Client, id: &str) -> (f64, Value) {
     (ms, a.body)
 }
 
-/// Seconds from the final sample to the container's exit.
+/// Seconds from the final sample to the stop's request: how old the sample was when the stop began.
 fn sample_age(record: &Value) -> f64 {
     let t = |v: &Value| chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap();
     let sampled = t(&record["currentResourceMetrics"]["timestamp"]);
-    let exited = t(&record["lastExit"]["finishedAt"]);
-    (exited - sampled).num_milliseconds() as f64 / 1000.0
+    let requested = t(&record["lastStop"]["requestedAt"]);
+    (requested - sampled).num_milliseconds() as f64 / 1000.0
+}
+
+/// Whether a phase runs: all by default, or those named in `STOP_BENCH_PHASES` (comma-separated:
+/// one, fleet, reject, memory, start).
+fn phase(name: &str) -> bool {
+    std::env::var("STOP_BENCH_PHASES").map_or(true, |p| p.split(',').any(|x| x.trim() == name))
 }
 
 async fn workloads(n: usize) -> Vec<Workload> {
@@ -178,121 +184,132 @@ async fn bench() {
     println!("| measure | agent p50 | agent p90 | raw p50 | raw p90 | ratio (p50) | target |");
     println!("| --- | --- | --- | --- | --- | --- | --- |");
 
+    let mut ages = Vec::new();
     // One stop: like containers that exit at once on SIGTERM.
-    let ws = workloads(2 * PAIRS).await;
-    let (agent_ws, raw_ws) = ws.split_at(PAIRS);
-    let ids = register_all(&client, agent_ws).await;
-    // Apps run a while before they are stopped: let the agent's readings arrive.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let (mut a_ms, mut r_ms, mut ages) = (Vec::new(), Vec::new(), Vec::new());
-    for i in 0..PAIRS {
-        if i % 2 == 0 {
-            let (ms, rec) = agent_stop(&client, &ids[i]).await;
-            a_ms.push(ms);
-            ages.push(sample_age(&rec));
-            r_ms.push(raw_stop(&raw_ws[i].name).await);
-        } else {
-            r_ms.push(raw_stop(&raw_ws[i].name).await);
-            let (ms, rec) = agent_stop(&client, &ids[i]).await;
-            a_ms.push(ms);
-            ages.push(sample_age(&rec));
-        }
-    }
-    row(
-        &format!("one stop ({PAIRS} pairs)"),
-        a_ms,
-        r_ms,
-        "ms",
-        "≤ 1.10",
-    );
-    drop(ws);
-
-    // A fleet: concurrent stops, agent against raw, alternating which goes first.
-    let (mut a_wall, mut r_wall) = (Vec::new(), Vec::new());
-    for round in 0..FLEET_ROUNDS {
-        let ws = workloads(2 * FLEET).await;
-        let (left, right) = ws.split_at(FLEET);
-        let ids = register_all(&client, left).await;
+    if phase("one") {
+        let ws = workloads(2 * PAIRS).await;
+        let (agent_ws, raw_ws) = ws.split_at(PAIRS);
+        let ids = register_all(&client, agent_ws).await;
+        // Apps run a while before they are stopped: let the agent's readings arrive.
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let run_agent = || async {
-            let started = Instant::now();
-            let answers = join_all(ids.iter().map(|id| client.stop(id))).await;
-            let wall = started.elapsed().as_secs_f64() * 1000.0;
-            assert!(answers.iter().all(|a| a.status == 200));
-            (
-                wall,
-                answers
-                    .iter()
-                    .map(|a| sample_age(&a.body))
-                    .collect::<Vec<_>>(),
-            )
-        };
-        let run_raw = || async {
-            let started = Instant::now();
-            join_all(right.iter().map(|w| raw_stop(&w.name))).await;
-            started.elapsed().as_secs_f64() * 1000.0
-        };
-        let (wall, fleet_ages) = if round % 2 == 0 {
-            let agent_run = run_agent().await;
-            r_wall.push(run_raw().await);
-            agent_run
-        } else {
-            r_wall.push(run_raw().await);
-            run_agent().await
-        };
-        a_wall.push(wall);
-        ages.extend(fleet_ages);
-    }
-    row(
-        &format!("fleet of {FLEET}, wall ({FLEET_ROUNDS} rounds)"),
-        a_wall,
-        r_wall,
-        "ms",
-        "≤ 1.25",
-    );
-
-    let (age50, age90) = stats(ages.clone());
-    let max_age = ages.iter().cloned().fold(0.0, f64::max);
-    println!(
-        "| final sample age before exit | {age50:.2} s | {age90:.2} s | | | max {max_age:.2} s | ≤ ~1 s |"
-    );
-
-    // Rejections: 401 and 404 answers against a bare axum server answering the same route.
-    let bare_port = free_port();
-    let mut bare = Command::new(std::env::current_exe().unwrap())
-        .env(BARE, format!("127.0.0.1:{bare_port}"))
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let bare_url = format!("http://127.0.0.1:{bare_port}/v1/apps/some-app");
-    let agent_url = format!("{}/v1/apps/some-app", agent.base);
-    for (what, bare_token, agent_token) in [
-        ("401 rejection", "bad", "bad"),
-        ("404 rejection", "good", agent.token.as_str()),
-    ] {
-        let (mut a, mut b) = (Vec::new(), Vec::new());
-        for i in 0..3 {
+        let (mut a_ms, mut r_ms) = (Vec::new(), Vec::new());
+        for i in 0..PAIRS {
             if i % 2 == 0 {
-                b.push(wrk(&bare_url, bare_token));
-                a.push(wrk(&agent_url, agent_token));
+                let (ms, rec) = agent_stop(&client, &ids[i]).await;
+                a_ms.push(ms);
+                ages.push(sample_age(&rec));
+                r_ms.push(raw_stop(&raw_ws[i].name).await);
             } else {
-                a.push(wrk(&agent_url, agent_token));
-                b.push(wrk(&bare_url, bare_token));
+                r_ms.push(raw_stop(&raw_ws[i].name).await);
+                let (ms, rec) = agent_stop(&client, &ids[i]).await;
+                a_ms.push(ms);
+                ages.push(sample_age(&rec));
             }
         }
         row(
-            &format!("{what}, throughput"),
-            a,
-            b,
-            "req/s",
-            "≥ 0.70 (vs bare axum)",
+            &format!("one stop ({PAIRS} pairs)"),
+            a_ms,
+            r_ms,
+            "ms",
+            "≤ 1.10",
+        );
+        drop(ws);
+    }
+
+    // A fleet: concurrent stops, agent against raw, alternating which goes first.
+    if phase("fleet") {
+        let (mut a_wall, mut r_wall) = (Vec::new(), Vec::new());
+        for round in 0..FLEET_ROUNDS {
+            let ws = workloads(2 * FLEET).await;
+            let (left, right) = ws.split_at(FLEET);
+            let ids = register_all(&client, left).await;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let run_agent = || async {
+                let started = Instant::now();
+                let answers = join_all(ids.iter().map(|id| client.stop(id))).await;
+                let wall = started.elapsed().as_secs_f64() * 1000.0;
+                assert!(answers.iter().all(|a| a.status == 200));
+                (
+                    wall,
+                    answers
+                        .iter()
+                        .map(|a| sample_age(&a.body))
+                        .collect::<Vec<_>>(),
+                )
+            };
+            let run_raw = || async {
+                let started = Instant::now();
+                join_all(right.iter().map(|w| raw_stop(&w.name))).await;
+                started.elapsed().as_secs_f64() * 1000.0
+            };
+            let (wall, fleet_ages) = if round % 2 == 0 {
+                let agent_run = run_agent().await;
+                r_wall.push(run_raw().await);
+                agent_run
+            } else {
+                r_wall.push(run_raw().await);
+                run_agent().await
+            };
+            a_wall.push(wall);
+            ages.extend(fleet_ages);
+        }
+        row(
+            &format!("fleet of {FLEET}, wall ({FLEET_ROUNDS} rounds)"),
+            a_wall,
+            r_wall,
+            "ms",
+            "≤ 1.25",
         );
     }
-    let _ = bare.kill();
-    let _ = bare.wait();
+    if !ages.is_empty() {
+        let (age50, age90) = stats(ages.clone());
+        let max_age = ages.iter().cloned().fold(0.0, f64::max);
+        println!(
+            "| final sample age at the stop | {age50:.2} s | {age90:.2} s | | | max {max_age:.2} s | ≤ ~1 s |"
+        );
+    }
+
+    // Rejections: 401 and 404 answers against a bare axum server answering the same route.
+    if phase("reject") {
+        let bare_port = free_port();
+        let mut bare = Command::new(std::env::current_exe().unwrap())
+            .env(BARE, format!("127.0.0.1:{bare_port}"))
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let bare_url = format!("http://127.0.0.1:{bare_port}/v1/apps/some-app");
+        let agent_url = format!("{}/v1/apps/some-app", agent.base);
+        for (what, bare_token, agent_token) in [
+            ("401 rejection", "bad", "bad"),
+            ("404 rejection", "good", agent.token.as_str()),
+        ] {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            for i in 0..3 {
+                if i % 2 == 0 {
+                    b.push(wrk(&bare_url, bare_token));
+                    a.push(wrk(&agent_url, agent_token));
+                } else {
+                    a.push(wrk(&agent_url, agent_token));
+                    b.push(wrk(&bare_url, bare_token));
+                }
+            }
+            row(
+                &format!("{what}, throughput"),
+                a,
+                b,
+                "req/s",
+                "≥ 0.70 (vs bare axum)",
+            );
+        }
+        let _ = bare.kill();
+        let _ = bare.wait();
+    }
 
     // Memory with MEMORY_APPS registered, running apps after thousands of requests.
+    if !(phase("memory") || phase("start")) {
+        return;
+    }
     let ws = workloads(MEMORY_APPS).await;
     let ids = register_all(&client, &ws).await;
     tokio::time::sleep(Duration::from_secs(3)).await;

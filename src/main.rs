@@ -128,7 +128,13 @@ fn token_new(name: &str, role: Role, user_id: Option<String>) -> ExitCode {
 
 fn serve(path: &std::path::Path) -> ExitCode {
     init_logging();
-    let runtime = match tokio::runtime::Runtime::new() {
+    // Blocking work is the store's writes, which take one connection in turn: a few threads serve
+    // them, and fewer threads keep fewer allocator arenas resident.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(4)
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the async runtime");
