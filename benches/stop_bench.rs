@@ -16,7 +16,7 @@ use common::{AgentOptions, AgentProcess, Client, Workload, app_id};
 use futures_util::future::join_all;
 use serde_json::Value;
 
-const PAIRS: usize = 15;
+const PAIRS: usize = 20;
 const FLEET: usize = 40;
 const FLEET_ROUNDS: usize = 3;
 const MEMORY_APPS: usize = 100;

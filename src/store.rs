@@ -1,7 +1,9 @@
 //! The durable store of app records: SQLite (bundled) in WAL mode, one row per app.
 //!
-//! Every write is one transaction with `synchronous = FULL`, so an answered write survives `kill -9`
-//! and power loss. Writes run on tokio's blocking pool, never on the async workers. Reads come from
+//! Every write is one transaction, committed before it is answered, so it survives `kill -9`.
+//! Registrations and deletions, which nothing else could recreate, are also synced to the disk
+//! (`synchronous = FULL`) and survive power loss; observations of containers use WAL's `NORMAL`,
+//! where power loss may roll back the last few, and the next start re-derives them from the engine. Writes run on tokio's blocking pool, never on the async workers. Reads come from
 //! an in-memory copy of the table, updated after each commit under the same lock as the write, so
 //! that reading a record never waits for a write or touches the disk.
 
@@ -195,6 +197,7 @@ impl Store {
         let id = id.clone();
         let records = self.records.clone();
         self.with_conn(move |c| {
+            durability(c, Durability::Synced)?;
             let tx = c.transaction()?;
             let existing = select_one(&tx, &id)?;
             let created_before = existing.is_some();
@@ -245,6 +248,7 @@ impl Store {
         let id = id.clone();
         let records = self.records.clone();
         self.with_conn(move |c| {
+            durability(c, Durability::Synced)?;
             let deleted = c.execute("DELETE FROM apps WHERE id = ?1", [id.as_str()])? > 0;
             Store::committed(&records, &id, None);
             Ok(deleted)
@@ -268,6 +272,7 @@ impl Store {
         let container_id = container_id.to_owned();
         let records = self.records.clone();
         self.with_conn(move |c| {
+            durability(c, Durability::CrashSafe)?;
             let tx = c.transaction()?;
             let Some(mut record) = select_one(&tx, &id)? else {
                 return Ok(None);
@@ -323,6 +328,24 @@ impl Store {
         })
         .await
     }
+}
+
+/// How far a write must reach before it is answered.
+#[derive(Debug, Clone, Copy)]
+enum Durability {
+    /// Committed to the write-ahead log: survives the process dying.
+    CrashSafe,
+    /// Synced to the disk as well: survives power loss.
+    Synced,
+}
+
+fn durability(c: &Connection, d: Durability) -> Result<(), StoreError> {
+    let level = match d {
+        Durability::CrashSafe => "NORMAL",
+        Durability::Synced => "FULL",
+    };
+    c.pragma_update(None, "synchronous", level)?;
+    Ok(())
 }
 
 fn to_json_text<T: serde::Serialize>(v: &Option<T>) -> Option<String> {

@@ -351,3 +351,27 @@ async fn a_grace_period_longer_than_the_engine_call_timeout_is_waited_for() {
     assert_eq!(a.body["lastExit"]["killed"], true);
     assert!(!w.running().await);
 }
+
+#[tokio::test]
+async fn final_metrics_are_fresh_and_cpu_is_measured_over_a_real_interval() {
+    let agent = AgentProcess::start();
+    let client = agent.client();
+    // Keeps one CPU busy: a CPU % of 0 could only come from a missing interval.
+    let (_w, id) = client.running_app("spin").await;
+    // The agent follows the engine's one-a-second readings from registration on.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let a = client.stop(&id).await;
+    assert_eq!(a.status, 200, "{a:?}");
+    let m = metrics(&a.body);
+    let cpu = m["cpuUsagePercent"].as_f64().unwrap();
+    assert!(
+        cpu > 10.0,
+        "a busy CPU measured over a real interval: {cpu}"
+    );
+    let t = |v: &Value| chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap();
+    let age = t(&a.body["lastStop"]["requestedAt"]) - t(&m["timestamp"]);
+    assert!(
+        age <= chrono::Duration::milliseconds(1600),
+        "sampled at most about a second before the stop: {age}"
+    );
+}

@@ -7,6 +7,7 @@
  *   exit      exit at once with code 0
  *   ignore    ignore SIGTERM (the stop's kill must end it)
  *   slow=MS   finish "cleaning up" for MS milliseconds, then exit 0
+ *   spin      exit at once on SIGTERM, and keep one CPU busy meanwhile
  *   grow=MS   exit at once on SIGTERM, and MS milliseconds after start allocate memory without
  *             end, so that the kernel's OOM killer ends it under a memory limit
  * Every other handled signal (SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2) exits at once with code
@@ -23,6 +24,7 @@
 
 static int slow_ms = -1;
 static int grow_ms = -1;
+static int spin = 0;
 static int ignore_term = 0;
 
 static void say(int sig) {
@@ -53,6 +55,8 @@ int main(int argc, char **argv) {
         ignore_term = 1;
     } else if (strncmp(mode, "slow=", 5) == 0) {
         slow_ms = atoi(mode + 5);
+    } else if (strcmp(mode, "spin") == 0) {
+        spin = 1;
     } else if (strncmp(mode, "grow=", 5) == 0) {
         grow_ms = atoi(mode + 5);
     } else if (strcmp(mode, "exit") != 0) {
@@ -81,6 +85,10 @@ int main(int argc, char **argv) {
             char *p = malloc(1 << 20);
             if (p) memset(p, 1, 1 << 20);
         }
+    }
+    if (spin) {
+        volatile unsigned long n = 0;
+        for (;;) n++;
     }
     for (;;) pause();
 }
