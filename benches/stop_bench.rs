@@ -21,6 +21,8 @@ const FLEET: usize = 40;
 const FLEET_ROUNDS: usize = 3;
 const MEMORY_APPS: usize = 100;
 const STARTS: usize = 7;
+/// `MALLOC_ARENA_MAX` as `systemd/node-agent.service` sets it.
+const UNIT_ARENAS: &str = "2";
 /// Environment variable under which this binary serves as the bare axum server instead.
 const BARE: &str = "STOP_BENCH_BARE_LISTEN";
 
@@ -174,8 +176,11 @@ async fn bench() {
     println!(
         "node-agent stop-bench: agent beside the raw Docker Engine API, alternating, medians of runs\n"
     );
+    // The agent runs as the shipped systemd unit runs it: info logs, and glibc's allocator held to
+    // two arenas (`Environment=MALLOC_ARENA_MAX=2`).
     let agent = AgentProcess::start_with(AgentOptions {
         log_filter: Some("info".into()),
+        env: vec![("MALLOC_ARENA_MAX".into(), UNIT_ARENAS.into())],
         ..Default::default()
     });
     let client = agent.client();
@@ -346,6 +351,7 @@ async fn bench() {
             .arg("--config")
             .arg(&path)
             .env("RUST_LOG", "warn")
+            .env("MALLOC_ARENA_MAX", UNIT_ARENAS)
             .stderr(Stdio::null())
             .spawn()
             .unwrap();

@@ -261,6 +261,8 @@ pub struct AgentOptions {
     pub shutdown_drain_secs: Option<u64>,
     /// `RUST_LOG` for the agent; unset is `info,node_agent=debug`.
     pub log_filter: Option<String>,
+    /// More environment for the agent's process.
+    pub env: Vec<(String, String)>,
 }
 
 /// The real agent binary, serving on a free loopback port from a private directory.
@@ -271,6 +273,7 @@ pub struct AgentProcess {
     pub token: String,
     pub stdout: String,
     log_filter: String,
+    env: Vec<(String, String)>,
     /// Every line the agent has logged so far.
     log: Arc<Mutex<Vec<String>>>,
     child: Option<Child>,
@@ -332,6 +335,7 @@ impl AgentProcess {
             token
         };
         let mut agent = AgentProcess {
+            env: options.env.clone(),
             log_filter: options
                 .log_filter
                 .clone()
@@ -353,6 +357,7 @@ impl AgentProcess {
             .arg("--config")
             .arg(self.config_path())
             .env("RUST_LOG", &self.log_filter)
+            .envs(self.env.iter().cloned())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
