@@ -101,6 +101,8 @@ impl Store {
         // WAL lets readers run beside the writer; FULL makes each commit durable before it returns.
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
+        // Reads are served from memory; SQLite's own page cache only helps writes find their row.
+        conn.pragma_update(None, "cache_size", -256)?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version > SCHEMA_VERSION {
             return Err(StoreError::TooNew {
