@@ -21,6 +21,8 @@ const FLEET: usize = 40;
 const FLEET_ROUNDS: usize = 3;
 const MEMORY_APPS: usize = 100;
 const STARTS: usize = 7;
+/// wrk runs per server and answer, alternating which server goes first.
+const REJECT_RUNS: usize = 5;
 /// `MALLOC_ARENA_MAX` as `systemd/node-agent.service` sets it.
 const UNIT_ARENAS: &str = "2";
 /// Environment variable under which this binary serves as the bare axum server instead.
@@ -290,7 +292,7 @@ async fn bench() {
             ("404 rejection", "good", agent.token.as_str()),
         ] {
             let (mut a, mut b) = (Vec::new(), Vec::new());
-            for i in 0..3 {
+            for i in 0..REJECT_RUNS {
                 if i % 2 == 0 {
                     b.push(wrk(&bare_url, bare_token));
                     a.push(wrk(&agent_url, agent_token));
