@@ -139,6 +139,15 @@ impl Agent {
         self.inner.stops.wait().await;
     }
 
+    /// The record of `id`, as stored.
+    pub(super) async fn record_of(&self, id: &AppId) -> Result<AppRecord, AgentError> {
+        self.inner
+            .store
+            .get(id)
+            .await?
+            .ok_or_else(|| AgentError::NotFound(id.clone()))
+    }
+
     /// The record of `id` if `principal` may do `action` on it.
     async fn authorized(
         &self,
@@ -146,12 +155,7 @@ impl Agent {
         id: &AppId,
         action: Action,
     ) -> Result<AppRecord, AgentError> {
-        let record = self
-            .inner
-            .store
-            .get(id)
-            .await?
-            .ok_or_else(|| AgentError::NotFound(id.clone()))?;
+        let record = self.record_of(id).await?;
         match authorize(principal, &record, action) {
             Ok(()) => Ok(record),
             Err(Denial::Hidden) => Err(AgentError::NotFound(id.clone())),

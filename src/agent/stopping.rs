@@ -75,12 +75,7 @@ impl Agent {
     ) -> Result<(AppRecord, StopGuard), AgentError> {
         self.authorized(principal, id, Action::Stop).await?;
         let guard = self.begin_stop(id)?;
-        let record = self
-            .inner
-            .store
-            .get(id)
-            .await?
-            .ok_or_else(|| AgentError::NotFound(id.clone()))?;
+        let record = self.record_of(id).await?;
         Ok((record, guard))
     }
 
