@@ -82,10 +82,33 @@ async fn a_stop_records_final_metrics_and_exit() {
     assert_eq!(m.cpu_usage_percent, Some(20.0));
     assert_eq!(m.network_tx_bytes, Some(22));
     assert_eq!(r.last_exit.expect("exit").exit_code, 0);
+    // Without a fresh reading from the followed stream, the sample is a stats call, before the stop.
     assert_eq!(
-        f.fake.calls(),
+        f.fake.request_calls(),
         ["inspect ca", "stats ca", "stop ca - t=10", "inspect ca"]
     );
+}
+
+#[tokio::test]
+async fn a_stop_takes_its_final_sample_from_the_followed_stream_without_waiting() {
+    let f = fixture(true, &[]).await;
+    f.fake.stream_readings();
+    f.fake.add_running("ca", &["SIGTERM"]);
+    f.agent
+        .register(&operator(), &id("a"), json!({"containerId": "ca"}))
+        .await
+        .expect("registered");
+    // Two readings make a CPU interval; the stream sends one every 20 ms.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let r = f.stop("a").await.expect("stopped");
+    assert!(
+        !f.fake.request_calls().iter().any(|c| c == "stats ca"),
+        "{:?}",
+        f.fake.calls()
+    );
+    let m = r.metrics.expect("metrics");
+    assert_eq!(m.cpu_usage_percent, Some(20.0));
+    assert_eq!(m.memory_usage_bytes, Some(4096));
 }
 
 #[tokio::test]
@@ -493,7 +516,7 @@ async fn refused_callers_never_reach_the_engine() {
         .register(&user("owner"), &id("a"), json!({"containerId": "x"}))
         .await;
     assert!(matches!(err, Err(AgentError::Forbidden(_))), "{err:?}");
-    assert!(f.fake.calls().is_empty(), "{:?}", f.fake.calls());
+    assert!(f.fake.request_calls().is_empty(), "{:?}", f.fake.calls());
     assert!(
         f.stop_as(&user("owner"), "a", StopRequest::default())
             .await

@@ -37,6 +37,8 @@ struct Script {
     vanish_after: HashMap<&'static str, String>,
     /// Containers whose workload exits on its own right after the next call of an operation.
     exit_after: HashMap<&'static str, String>,
+    /// Whether stats streams send readings.
+    stream_readings: bool,
 }
 
 /// Now, at the millisecond precision the real runtime gives engine times.
@@ -101,6 +103,11 @@ impl FakeRuntime {
         });
     }
 
+    /// Stats streams send a reading every 20 ms while their container runs.
+    pub fn stream_readings(&self) {
+        self.with(|s| s.stream_readings = true);
+    }
+
     /// Sets a container's restart policy.
     pub fn set_restart_policy(&self, name: &str, policy: &str) {
         self.with(|s| {
@@ -152,6 +159,15 @@ impl FakeRuntime {
 
     pub fn calls(&self) -> Vec<String> {
         self.with(|s| s.calls.clone())
+    }
+
+    /// The calls made on behalf of requests: all but the agent's background stats following,
+    /// which starts whenever it sees a container run, and so at no fixed point.
+    pub fn request_calls(&self) -> Vec<String> {
+        self.calls()
+            .into_iter()
+            .filter(|c| !c.starts_with("stats_stream"))
+            .collect()
     }
 
     pub fn clear_calls(&self) {
@@ -312,6 +328,11 @@ impl ContainerRuntime for FakeRuntime {
     async fn stats_stream(&self, container: &str) -> Result<StatsStream, RuntimeError> {
         self.enter("stats_stream", format!("stats_stream {container}"))
             .await?;
+        if !self.with(|s| s.stream_readings) {
+            // Unless asked for, the stream sends nothing: stops then take their sample with a
+            // stats call, at a fixed point that tests can script.
+            return Ok(Box::pin(futures_util::stream::pending()));
+        }
         let (fake, name) = (self.clone(), container.to_owned());
         // A reading every 20 ms while the container runs, with a real CPU interval.
         Ok(Box::pin(futures_util::stream::unfold((), move |()| {
