@@ -383,24 +383,9 @@ impl RawRow {
         let id = AppId::parse(&self.id).map_err(|e| corrupt(e.to_string()))?;
         let registered: Map<String, Value> = serde_json::from_str(&self.registered)
             .map_err(|e| corrupt(format!("registered: {e}")))?;
-        let metrics = self
-            .metrics
-            .as_deref()
-            .map(serde_json::from_str)
-            .transpose()
-            .map_err(|e| corrupt(format!("metrics: {e}")))?;
-        let last_exit = self
-            .last_exit
-            .as_deref()
-            .map(serde_json::from_str)
-            .transpose()
-            .map_err(|e| corrupt(format!("last_exit: {e}")))?;
-        let last_stop = self
-            .last_stop
-            .as_deref()
-            .map(serde_json::from_str)
-            .transpose()
-            .map_err(|e| corrupt(format!("last_stop: {e}")))?;
+        let metrics = optional_json(self.metrics.as_deref(), "metrics").map_err(corrupt)?;
+        let last_exit = optional_json(self.last_exit.as_deref(), "last_exit").map_err(corrupt)?;
+        let last_stop = optional_json(self.last_stop.as_deref(), "last_stop").map_err(corrupt)?;
         let updated_at = DateTime::parse_from_rfc3339(&self.updated_at)
             .map_err(|e| corrupt(format!("updated_at: {e}")))?
             .with_timezone(&Utc);
@@ -413,6 +398,16 @@ impl RawRow {
             updated_at,
         })
     }
+}
+
+/// A nullable JSON column; the error names the column.
+fn optional_json<T: serde::de::DeserializeOwned>(
+    text: Option<&str>,
+    column: &str,
+) -> Result<Option<T>, String> {
+    text.map(serde_json::from_str)
+        .transpose()
+        .map_err(|e| format!("{column}: {e}"))
 }
 
 fn load_all(c: &Connection) -> Result<BTreeMap<AppId, AppRecord>, StoreError> {

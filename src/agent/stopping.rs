@@ -210,15 +210,8 @@ impl Agent {
         };
         let record = match self.sight(&record).await {
             Ok(sighting) => {
-                let running = sighting.state.as_ref().is_some_and(|s| s.running);
-                if running && let Some(policy) = pending.previous_restart_policy.as_deref() {
-                    if let Err(e) = self
-                        .runtime()
-                        .set_restart_policy(record.container_id(), policy)
-                        .await
-                    {
-                        tracing::warn!(app = %id, error = %e, "could not restore the restart policy");
-                    }
+                if sighting.state.as_ref().is_some_and(|s| s.running) {
+                    self.give_back_restart_policy(&record, &pending).await;
                 }
                 match self
                     .record_sighting(record.clone(), sighting, Settler::Stop)

@@ -59,18 +59,26 @@ impl Agent {
         };
         let running = record.online();
         tracing::warn!(app = %record.id, online = running, "a stop was under way when the agent last ended; record made true");
-        if running && let Some(policy) = pending.previous_restart_policy.as_deref() {
-            // The stop never happened: the container keeps the restart policy it had.
-            if let Err(e) = self
-                .runtime()
-                .set_restart_policy(record.container_id(), policy)
-                .await
-            {
-                tracing::warn!(app = %record.id, error = %e, "could not restore the restart policy");
-            }
+        if running {
+            self.give_back_restart_policy(&record, &pending).await;
         }
         self.close_stop(&record, &pending, StopOutcome::Interrupted, None)
             .await
+    }
+
+    /// Gives a container that still runs the restart policy the stop `pending` took away from it:
+    /// the stop did not happen, so nothing guarantees it any more.
+    pub(super) async fn give_back_restart_policy(&self, record: &AppRecord, pending: &LastStop) {
+        let Some(policy) = pending.previous_restart_policy.as_deref() else {
+            return;
+        };
+        if let Err(e) = self
+            .runtime()
+            .set_restart_policy(record.container_id(), policy)
+            .await
+        {
+            tracing::warn!(app = %record.id, error = %e, "could not restore the restart policy");
+        }
     }
 
     /// Closes the stop intent `pending` of `record` with `outcome`, unless another stop has begun
