@@ -198,14 +198,7 @@ async fn the_checks_run_in_the_lod_order() {
         client.get(&format!("/v1/apps/{id2}")).await.body["currentResourceMetrics"]["online"],
         true
     );
-    common::docker()
-        .await
-        .stop_container(
-            &w2.name,
-            None::<bollard::query_parameters::StopContainerOptions>,
-        )
-        .await
-        .unwrap();
+    w2.stop_by_hand().await;
     let a = lod_stop(&client, &token, &id2, Some(NODE_ID)).await;
     assert_lod_error(
         &a,

@@ -273,14 +273,7 @@ async fn already_stopped_answers_409_with_the_current_record() {
         metrics(&client.get(&format!("/v1/apps/{id}")).await.body)["online"],
         true
     );
-    common::docker()
-        .await
-        .stop_container(
-            &w.name,
-            None::<bollard::query_parameters::StopContainerOptions>,
-        )
-        .await
-        .unwrap();
+    w.stop_by_hand().await;
     let a = client.stop(&id).await;
     assert_eq!(a.status, 409, "{a:?}");
     assert_eq!(a.body["error"], "already_stopped");

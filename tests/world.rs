@@ -65,14 +65,7 @@ async fn a_persons_docker_stop_and_docker_start_are_followed() {
     let (w, id) = client.running_app("exit").await;
     // The agent follows the engine's one-a-second readings from registration on.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let docker = common::docker().await;
-    docker
-        .stop_container(
-            &w.name,
-            None::<bollard::query_parameters::StopContainerOptions>,
-        )
-        .await
-        .unwrap();
+    w.stop_by_hand().await;
     let record = wait_listed(&client, &id, "the stop", |r| {
         r["currentResourceMetrics"]["online"] == false && r["lastExit"].is_object()
     })
@@ -85,13 +78,7 @@ async fn a_persons_docker_stop_and_docker_start_are_followed() {
         "its last sampled figures: {record:#}"
     );
     assert_eq!(figures["memoryLimitBytes"].as_u64(), Some(64 * 1024 * 1024));
-    docker
-        .start_container(
-            &w.name,
-            None::<bollard::query_parameters::StartContainerOptions>,
-        )
-        .await
-        .unwrap();
+    w.start_by_hand().await;
     let record = wait_listed(&client, &id, "the start", |r| {
         r["currentResourceMetrics"]["online"] == true
     })
@@ -141,14 +128,7 @@ async fn a_stopped_app_stays_stopped_whatever_its_restart_policy() {
     );
 
     // A person starting it by hand is respected: the record follows, and the agent leaves it be.
-    common::docker()
-        .await
-        .start_container(
-            &w.name,
-            None::<bollard::query_parameters::StartContainerOptions>,
-        )
-        .await
-        .unwrap();
+    w.start_by_hand().await;
     wait_listed(&client, &id, "the start by hand", |r| {
         r["currentResourceMetrics"]["online"] == true
     })

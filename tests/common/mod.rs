@@ -201,6 +201,27 @@ impl Workload {
             .and_then(|s| s.exit_code)
     }
 
+    /// `docker stop`, as a person would, behind the agent's back.
+    pub async fn stop_by_hand(&self) {
+        docker()
+            .await
+            .stop_container(
+                &self.name,
+                None::<bollard::query_parameters::StopContainerOptions>,
+            )
+            .await
+            .expect("docker stop");
+    }
+
+    /// `docker start`, as a person would, behind the agent's back.
+    pub async fn start_by_hand(&self) {
+        docker()
+            .await
+            .start_container(&self.name, None::<StartContainerOptions>)
+            .await
+            .expect("docker start");
+    }
+
     /// Removes the container now.
     pub async fn remove(&self) {
         let _ = docker()
