@@ -30,6 +30,11 @@ pub enum TokensError {
     },
     #[error("tokens file {path} is not valid: {message}")]
     Invalid { path: PathBuf, message: String },
+    #[error(
+        "tokens file {path} has mode {mode:04o}: other users may read or change it; \
+         restrict it (chmod o-rwx {path}, e.g. 0600 or 0640 with the agent's group)"
+    )]
+    Exposed { path: PathBuf, mode: u32 },
     #[error("cannot generate a random token")]
     Random(#[source] getrandom::Error),
 }
@@ -142,13 +147,19 @@ impl TokenBook {
         Ok(TokenBook { known })
     }
 
-    /// Reads the tokens file at `path`.
+    /// Reads the tokens file at `path`, which other users must not be able to read or change.
     pub fn load(path: &Path) -> Result<TokenBook, TokensError> {
-        let text = std::fs::read_to_string(path).map_err(|err| TokensError::Read {
-            path: path.to_owned(),
-            err,
-        })?;
+        check_private(path)?;
+        let text = read_tokens_file(path)?;
         Self::parse(&text, path)
+    }
+
+    /// Names and roles of the tokens, in file order; never their hashes.
+    pub fn summaries(&self) -> Vec<TokenSummary> {
+        self.known
+            .iter()
+            .map(|k| TokenSummary::of(&k.principal))
+            .collect()
     }
 
     /// The principal whose token this is. Every entry is compared, in constant time, so neither the
@@ -198,6 +209,60 @@ impl Tokens {
     pub fn replace(&self, book: TokenBook) {
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(book);
     }
+}
+
+/// What `token list` shows of a token: never its hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenSummary {
+    pub name: String,
+    pub role: Role,
+    pub user_id: Option<String>,
+}
+
+impl TokenSummary {
+    fn of(principal: &Principal) -> TokenSummary {
+        let (role, user_id) = match &principal.access {
+            Access::Operator => (Role::Operator, None),
+            Access::User { user_id } => (Role::User, Some(user_id.clone())),
+        };
+        TokenSummary {
+            name: principal.name.clone(),
+            role,
+            user_id,
+        }
+    }
+}
+
+fn read_tokens_file(path: &Path) -> Result<String, TokensError> {
+    std::fs::read_to_string(path).map_err(|err| TokensError::Read {
+        path: path.to_owned(),
+        err,
+    })
+}
+
+/// Refuses a tokens file that users other than its owner and group may read or write: the hashes
+/// are not secrets an attacker should get to test guesses against, and whoever may write the file
+/// may grant themselves any role.
+pub fn check_private(path: &Path) -> Result<(), TokensError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|err| TokensError::Read {
+        path: path.to_owned(),
+        err,
+    })?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o007 != 0 {
+        return Err(TokensError::Exposed {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+/// Reads the tokens file for listing, whatever its mode.
+pub fn list_tokens(path: &Path) -> Result<Vec<TokenSummary>, TokensError> {
+    let text = read_tokens_file(path)?;
+    Ok(TokenBook::parse(&text, path)?.summaries())
 }
 
 fn parse_hash(hex_digits: &str) -> Option<[u8; 32]> {
@@ -298,6 +363,45 @@ mod tests {
             Access::User {
                 user_id: "u1".into()
             }
+        );
+    }
+
+    #[test]
+    fn tokens_files_others_may_read_are_refused_and_listing_shows_no_hashes() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("tokens.toml");
+        create_tokens_file(&path).expect("created");
+        let (_, user) = new_token("keven", Role::User, Some("u1".into())).expect("token");
+        let mut text = std::fs::read_to_string(&path).expect("read");
+        text.push_str(&entry_toml(&user));
+        std::fs::write(&path, &text).expect("write");
+        for mode in [0o600, 0o640, 0o660] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            TokenBook::load(&path).expect("private enough");
+        }
+        for mode in [0o644, 0o602, 0o601] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            let err = TokenBook::load(&path).expect_err("exposed");
+            let text = err.to_string();
+            assert!(text.contains(&format!("{mode:04o}")), "{text}");
+            assert!(text.contains("other users"), "{text}");
+        }
+        let listed = list_tokens(&path).expect("listed whatever the mode");
+        assert_eq!(
+            listed,
+            vec![
+                TokenSummary {
+                    name: "operator".into(),
+                    role: Role::Operator,
+                    user_id: None
+                },
+                TokenSummary {
+                    name: "keven".into(),
+                    role: Role::User,
+                    user_id: Some("u1".into())
+                },
+            ]
         );
     }
 

@@ -47,6 +47,12 @@ pub struct Config {
     /// Who may call the agent.
     #[serde(default)]
     pub auth: AuthConfig,
+    /// TLS for the TCP listener; absent means plain HTTP.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// How the agent logs.
+    #[serde(default)]
+    pub log: LogConfig,
 }
 
 /// This node's identity.
@@ -59,19 +65,33 @@ pub struct NodeConfig {
     pub name: String,
 }
 
-/// The TCP listener.
+/// The listeners: TCP (plain or TLS), and an optional Unix socket.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     /// Address and port to listen on; port 0 picks a free port (logged at start-up).
     #[serde(default = "default_listen")]
     pub listen: String,
-    /// Connections served at once; further clients wait until one closes.
+    /// Connections served at once (on each listener); further clients wait until one closes.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
-    /// Seconds a client has to send a request's headers before its connection is closed.
+    /// Seconds a client has to send a request's headers (and finish a TLS handshake) before its
+    /// connection is closed.
     #[serde(default = "default_header_timeout_secs")]
     pub header_timeout_secs: u64,
+    /// Serve plain HTTP on a non-loopback address. Tokens then cross the network in clear, so
+    /// the agent refuses to start that way unless this says so.
+    #[serde(default)]
+    pub allow_insecure_http: bool,
+    /// A Unix socket to serve on as well (mode 0660), for administrators on the node.
+    #[serde(default)]
+    pub unix_socket: Option<PathBuf>,
+    /// On the Unix socket, a caller whose peer credentials say uid 0 acts as operator without a token.
+    #[serde(default)]
+    pub trust_root_on_socket: bool,
+    /// `GET /metrics` answers without a token (for a scraper on a trusted network).
+    #[serde(default)]
+    pub metrics_open: bool,
 }
 
 impl Default for HttpConfig {
@@ -80,8 +100,59 @@ impl Default for HttpConfig {
             listen: default_listen(),
             max_connections: default_max_connections(),
             header_timeout_secs: default_header_timeout_secs(),
+            allow_insecure_http: false,
+            unix_socket: None,
+            trust_root_on_socket: false,
+            metrics_open: false,
         }
     }
+}
+
+/// TLS for the TCP listener. The files are read again on SIGHUP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain (PEM), leaf first.
+    pub cert_file: PathBuf,
+    /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// When set, clients must present a certificate issued by this CA (PEM), as well as a token.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `human` (one line per event) or `json` (one object per line, for log shippers).
+    #[serde(default)]
+    pub format: LogFormat,
+    /// The level or `tracing` filter, e.g. `info` or `node_agent=debug`; `RUST_LOG` overrides it.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::default(),
+            level: default_log_level(),
+        }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".to_owned()
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
 }
 
 fn default_max_connections() -> usize {
@@ -232,10 +303,40 @@ impl Config {
         if self.node.name.trim().is_empty() {
             return Err(bad("node.name", "must not be empty".into()));
         }
-        self.listen_addr().map_err(|e| {
+        let listen = self.listen_addr().map_err(|e| {
             bad(
                 "http.listen",
                 format!("{:?} is not an address:port ({e})", self.http.listen),
+            )
+        })?;
+        if !listen.ip().is_loopback() && self.tls.is_none() && !self.http.allow_insecure_http {
+            return Err(bad(
+                "http.listen",
+                format!(
+                    "{listen} is not a loopback address, and plain HTTP would carry tokens over \
+                     the network in clear: configure [tls] cert_file and key_file, or set \
+                     http.allow_insecure_http = true to accept that"
+                ),
+            ));
+        }
+        if let Some(socket) = &self.http.unix_socket
+            && !socket.is_absolute()
+        {
+            return Err(bad(
+                "http.unix_socket",
+                format!("{} is not an absolute path", socket.display()),
+            ));
+        }
+        if self.http.trust_root_on_socket && self.http.unix_socket.is_none() {
+            return Err(bad(
+                "http.trust_root_on_socket",
+                "is set, but no http.unix_socket is configured".into(),
+            ));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
+            bad(
+                "log.level",
+                format!("{:?} is not a filter: {e}", self.log.level),
             )
         })?;
         self.docker_endpoint().map_err(|m| bad("docker.host", m))?;
@@ -390,6 +491,53 @@ mod tests {
         let f = write("[node]\nname = \"x\"\n");
         let err = Config::load_with_env(f.path(), []).expect_err("missing id");
         assert!(err.to_string().contains("id"), "{err}");
+    }
+
+    #[test]
+    fn plain_http_off_loopback_is_refused_unless_allowed_or_tls() {
+        let off = "[http]\nlisten = \"0.0.0.0:8475\"\n";
+        let f = write(&format!("{MINIMAL}{off}"));
+        let err = Config::load_with_env(f.path(), []).expect_err("plain HTTP off loopback");
+        let text = err.to_string();
+        assert!(
+            text.contains("http.listen") && text.contains("in clear"),
+            "{text}"
+        );
+        assert!(text.contains("allow_insecure_http"), "{text}");
+
+        let f = write(&format!("{MINIMAL}{off}allow_insecure_http = true\n"));
+        Config::load_with_env(f.path(), []).expect("allowed explicitly");
+
+        let tls = "[tls]\ncert_file = \"/c.pem\"\nkey_file = \"/k.pem\"\n";
+        let f = write(&format!("{MINIMAL}{off}{tls}"));
+        let config = Config::load_with_env(f.path(), []).expect("TLS off loopback");
+        assert!(config.tls.is_some());
+
+        let f = write(&format!("{MINIMAL}[http]\nlisten = \"[::1]:0\"\n"));
+        Config::load_with_env(f.path(), []).expect("IPv6 loopback is fine");
+    }
+
+    #[test]
+    fn socket_and_log_settings() {
+        let f = write(&format!("{MINIMAL}[http]\ntrust_root_on_socket = true\n"));
+        let err = Config::load_with_env(f.path(), []).expect_err("trust without a socket");
+        assert!(err.to_string().contains("trust_root_on_socket"), "{err}");
+
+        let f = write(&format!(
+            "{MINIMAL}[http]\nunix_socket = \"relative.sock\"\n"
+        ));
+        let err = Config::load_with_env(f.path(), []).expect_err("relative socket");
+        assert!(err.to_string().contains("http.unix_socket"), "{err}");
+
+        let f = write(&format!("{MINIMAL}[log]\nformat = \"json\"\n"));
+        let config = Config::load_with_env(f.path(), []).expect("json logs");
+        assert_eq!(config.log.format, LogFormat::Json);
+        let f = write(&format!("{MINIMAL}[log]\nformat = \"xml\"\n"));
+        let err = Config::load_with_env(f.path(), []).expect_err("unknown format");
+        assert!(err.to_string().contains("xml"), "{err}");
+        let f = write(&format!("{MINIMAL}[log]\nlevel = \"info,[\"\n"));
+        let err = Config::load_with_env(f.path(), []).expect_err("bad filter");
+        assert!(err.to_string().contains("log.level"), "{err}");
     }
 
     #[test]

@@ -9,19 +9,24 @@
 //! - [`policy`] says who may do what to which app; [`auth`] knows tokens and principals;
 //! - [`runtime`] is the container engine behind a trait, with the bollard implementation;
 //! - [`store`] keeps records in SQLite; [`record`] is the record's shape;
-//! - [`config`] reads the configuration; [`signals`] turns Unix signals into shutdown and reload.
+//! - [`config`] reads the configuration; [`signals`] turns Unix signals into shutdown and reload;
+//! - [`telemetry`] keeps the agent's own figures for `/metrics`; [`host`] reads the host's for
+//!   `/v1/node`; [`notify`] tells systemd that the agent is ready, reloading, stopping or alive.
 
 pub mod agent;
 pub mod auth;
 pub mod config;
+pub mod host;
 pub mod http;
 pub mod metrics;
+pub mod notify;
 pub mod policy;
 pub mod record;
 pub mod runtime;
 pub mod signals;
 pub mod stop;
 pub mod store;
+pub mod telemetry;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -32,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use crate::agent::Agent;
 use crate::auth::{TokenBook, Tokens, TokensError};
 use crate::config::Config;
+use crate::http::tls::{Tls, TlsError, TlsFiles};
 use crate::record::WorkerNode;
 use crate::runtime::ContainerRuntime;
 use crate::runtime::docker::DockerRuntime;
@@ -46,6 +52,8 @@ pub enum RunError {
     Tokens(#[from] TokensError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error("cannot listen on {addr}")]
     Listen {
         addr: String,
@@ -60,7 +68,9 @@ impl RunError {
     /// The process exit code: 78 for bad configuration (including the tokens file), 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            RunError::Config(_) | RunError::Tokens(TokensError::Invalid { .. }) => 78,
+            RunError::Config(_)
+            | RunError::Tls(_)
+            | RunError::Tokens(TokensError::Invalid { .. } | TokensError::Exposed { .. }) => 78,
             _ => 1,
         }
     }
@@ -111,57 +121,104 @@ impl Services {
     }
 }
 
-/// Runs the agent until `shutdown` resolves (reloading tokens at each item of `reloads`), then lets in-flight requests finish and flushes the store.
+/// Binds the listeners the configuration asks for: TCP (plain or TLS), and the Unix socket if one
+/// is configured. The TLS files are read here, so a bad certificate stops start-up.
+async fn bind_listeners(
+    config: &Config,
+) -> Result<(Vec<http::server::Listener>, Option<Tls>), RunError> {
+    let tls = match &config.tls {
+        Some(t) => Some(Tls::load(TlsFiles {
+            cert: t.cert_file.clone(),
+            key: t.key_file.clone(),
+            client_ca: t.client_ca_file.clone(),
+        })?),
+        None => None,
+    };
+    let addr = config.http.listen.clone();
+    let tcp = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|err| RunError::Listen {
+            addr: addr.clone(),
+            err,
+        })?;
+    let bound = tcp
+        .local_addr()
+        .map_err(|err| RunError::Listen { addr, err })?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(
+        addr = %bound,
+        %scheme,
+        client_certificates = tls.as_ref().is_some_and(Tls::verifies_clients),
+        node = %config.node.id,
+        "listening"
+    );
+    let mut listeners = vec![http::server::Listener::Tcp(tcp, tls.clone())];
+    if let Some(path) = &config.http.unix_socket {
+        let socket = http::server::UnixSocket::bind(path).map_err(|err| RunError::Listen {
+            addr: path.display().to_string(),
+            err,
+        })?;
+        tracing::info!(
+            socket = %path.display(),
+            trust_root = config.http.trust_root_on_socket,
+            "serving on the Unix socket too"
+        );
+        listeners.push(http::server::Listener::Unix(socket));
+    }
+    Ok((listeners, tls))
+}
+
+/// Runs the agent until `shutdown` resolves (reloading tokens and TLS files at each item of
+/// `reloads`), then lets in-flight requests and stops finish and flushes the store.
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
     reloads: impl futures_util::Stream<Item = ()> + Send + Unpin + 'static,
 ) -> Result<(), RunError> {
     let services = Services::open(&config)?;
-    let addr = config.http.listen.clone();
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await
-        .map_err(|err| RunError::Listen {
-            addr: addr.clone(),
-            err,
-        })?;
-    let bound = listener
-        .local_addr()
-        .map_err(|err| RunError::Listen { addr, err })?;
+    let (listeners, tls) = bind_listeners(&config).await?;
 
     // Records are reconciled with the engine, and followed through its events, in the background:
     // the agent serves at once, with or without the engine.
     let watcher = services.agent.spawn_watcher();
     signals::spawn_reload(
-        config.auth.tokens_file.clone(),
-        services.tokens.clone(),
+        signals::Reloadable {
+            tokens_file: config.auth.tokens_file.clone(),
+            tokens: services.tokens.clone(),
+            tls,
+        },
         reloads,
     );
 
     let ctx = http::ApiContext {
         agent: services.agent.clone(),
         tokens: services.tokens.clone(),
+        trust_root_on_socket: config.http.trust_root_on_socket,
+        metrics_open: config.http.metrics_open,
     };
-    tracing::info!(addr = %bound, node = %config.node.id, "listening");
+    let router = http::router(ctx);
     let stopping = CancellationToken::new();
     let limits = http::server::ServerLimits {
         max_connections: config.http.max_connections,
         header_timeout: Duration::from_secs(config.http.header_timeout_secs),
     };
-    let mut serving = tokio::spawn(http::server::serve(
-        listener,
-        http::router(ctx),
-        limits,
-        stopping.clone(),
-    ));
+    let mut serving: tokio::task::JoinSet<()> = listeners
+        .into_iter()
+        .map(|listener| http::server::serve(listener, router.clone(), limits, stopping.clone()))
+        .collect();
+    notify::ready("serving");
+    let watchdog = notify::spawn_watchdog(services.agent.store().clone());
     tokio::select! {
-        ended = &mut serving => {
-            // The server ends by itself only when it cannot go on.
-            ended.map_err(|e| RunError::Serve(std::io::Error::other(e)))?;
+        ended = serving.join_next() => {
+            // A server ends by itself only when it cannot go on.
+            if let Some(Err(e)) = ended {
+                return Err(RunError::Serve(std::io::Error::other(e)));
+            }
             return Err(RunError::Serve(std::io::Error::other("the HTTP server stopped")));
         }
         () = shutdown => stopping.cancel(),
     }
+    notify::stopping();
     // From here, requests in flight and stops under way (background ones included) share one
     // bounded drain.
     let drain = Duration::from_secs(config.stop.shutdown_drain_secs);
@@ -170,12 +227,10 @@ pub async fn run(
         limit_secs = drain.as_secs(),
         "no new connections; finishing requests and stops under way"
     );
-    if tokio::time::timeout_at(deadline, &mut serving)
-        .await
-        .is_err()
-    {
+    let all_served = async { while serving.join_next().await.is_some() {} };
+    if tokio::time::timeout_at(deadline, all_served).await.is_err() {
         tracing::warn!("requests still open at the drain limit; closing them");
-        serving.abort();
+        serving.abort_all();
     }
     if tokio::time::timeout_at(deadline, services.agent.drain_stops())
         .await
@@ -184,6 +239,9 @@ pub async fn run(
         tracing::warn!("stops still under way at the drain limit; exiting");
     }
     watcher.abort();
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     tracing::info!("flushing the store");
     services.agent.store().checkpoint().await?;
     tracing::info!("stopped");

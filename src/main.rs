@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use node_agent::auth::{Role, TokenBook, entry_toml, new_token};
-use node_agent::config::Config;
+use node_agent::auth::{Role, TokenBook, check_private, entry_toml, list_tokens, new_token};
+use node_agent::config::{Config, LogConfig, LogFormat};
 
 /// Exit code for a configuration that cannot be used (sysexits' EX_CONFIG).
 const EXIT_CONFIG: u8 = 78;
@@ -48,16 +48,27 @@ enum TokenCommand {
         #[arg(long)]
         user_id: Option<String>,
     },
+    /// Show the names and roles in the configuration's tokens file (never the hashes).
+    List,
 }
 
-fn init_logging() {
+/// Logs go to standard error (journald takes them from there), as text or as JSON lines; `RUST_LOG`,
+/// when set, overrides the configured level.
+fn init_logging(log: &LogConfig) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match log.format {
+        LogFormat::Human => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
 fn main() -> ExitCode {
@@ -71,6 +82,9 @@ fn main() -> ExitCode {
                     user_id,
                 },
         }) => token_new(&name, role, user_id),
+        Some(Command::Token {
+            command: TokenCommand::List,
+        }) => token_list(&cli.config),
         Some(Command::CheckConfig) => check_config(&cli.config),
         None => serve(&cli.config),
     }
@@ -97,6 +111,46 @@ fn check_config(path: &std::path::Path) -> ExitCode {
             ExitCode::from(EXIT_CONFIG)
         }
     }
+}
+
+fn token_list(path: &std::path::Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let file = &config.auth.tokens_file;
+    let tokens = match list_tokens(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if let Err(e) = check_private(file) {
+        eprintln!("warning: {e}; the agent will not start with it");
+    }
+    let width = tokens
+        .iter()
+        .map(|t| t.name.len())
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    println!("{:width$}  {:8}  USER_ID", "NAME", "ROLE");
+    for t in tokens {
+        let role = match t.role {
+            Role::Operator => "operator",
+            Role::User => "user",
+        };
+        println!(
+            "{:width$}  {role:8}  {}",
+            t.name,
+            t.user_id.as_deref().unwrap_or("-")
+        );
+    }
+    ExitCode::SUCCESS
 }
 
 fn token_new(name: &str, role: Role, user_id: Option<String>) -> ExitCode {
@@ -127,7 +181,6 @@ fn token_new(name: &str, role: Role, user_id: Option<String>) -> ExitCode {
 }
 
 fn serve(path: &std::path::Path) -> ExitCode {
-    init_logging();
     // Blocking work is the store's writes, which take one connection in turn: a few threads serve
     // them, and fewer threads keep fewer allocator arenas resident.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -137,7 +190,7 @@ fn serve(path: &std::path::Path) -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            tracing::error!(error = %e, "cannot start the async runtime");
+            eprintln!("node-agent: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -149,17 +202,19 @@ fn serve(path: &std::path::Path) -> ExitCode {
     let signals = match signals {
         Ok(s) => s,
         Err(e) => {
-            tracing::error!(error = %e, "cannot listen for signals");
+            eprintln!("node-agent: cannot listen for signals: {e}");
             return ExitCode::FAILURE;
         }
     };
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
+            init_logging(&LogConfig::default());
             tracing::error!("{e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    init_logging(&config.log);
     let (shutdown, reloads) = signals.split();
     match runtime.block_on(node_agent::run(config, shutdown, reloads)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,6 @@
-//! Unix signals: SIGTERM and SIGINT end the agent gracefully; SIGHUP reloads the tokens file. Both
-//! are listened for from the first instant of `main`, so that no signal sent during start-up is
-//! missed or kills the process.
+//! Unix signals: SIGTERM and SIGINT end the agent gracefully; SIGHUP reloads the tokens file and the
+//! TLS certificate and key. Both are listened for from the first instant of `main`, so that no signal
+//! sent during start-up is missed or kills the process.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -10,6 +10,8 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_tokio::Signals;
 
 use crate::auth::{TokenBook, Tokens};
+use crate::http::tls::Tls;
+use crate::notify;
 
 /// The agent's signal handlers, installed.
 pub struct Installed {
@@ -49,24 +51,53 @@ impl Installed {
     }
 }
 
-/// Reloads the tokens file at every item of `reloads`. A file that does not parse leaves the tokens
-/// in force, and the log says why.
+/// What a SIGHUP reloads: the tokens file, and the TLS certificate and key.
+#[derive(Debug, Clone)]
+pub struct Reloadable {
+    pub tokens_file: PathBuf,
+    pub tokens: Tokens,
+    pub tls: Option<Tls>,
+}
+
+impl Reloadable {
+    /// Reads the files again. A file that cannot be used leaves what it configures in force, and the
+    /// log says why; connections are not dropped either way.
+    fn reload(&self) {
+        match TokenBook::load(&self.tokens_file) {
+            Ok(book) => {
+                tracing::info!(path = %self.tokens_file.display(), tokens = book.len(), "tokens reloaded");
+                self.tokens.replace(book);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "tokens file not reloaded; the previous tokens stay in force");
+            }
+        }
+        if let Some(tls) = &self.tls {
+            match tls.reload() {
+                Ok(()) => tracing::info!("TLS certificate and key reloaded"),
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "TLS files not reloaded; the previous certificate stays in force"
+                ),
+            }
+        }
+    }
+}
+
+/// Reloads at every item of `reloads`, telling the service manager while it does.
 pub fn spawn_reload(
-    path: PathBuf,
-    tokens: Tokens,
+    reloadable: Reloadable,
     mut reloads: impl Stream<Item = ()> + Send + Unpin + 'static,
 ) {
     tokio::spawn(async move {
         while reloads.next().await.is_some() {
-            match TokenBook::load(&path) {
-                Ok(book) => {
-                    tracing::info!(path = %path.display(), tokens = book.len(), "tokens reloaded");
-                    tokens.replace(book);
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "tokens file not reloaded; the previous tokens stay in force");
-                }
+            notify::reloading();
+            let r = reloadable.clone();
+            // The files are small, but reading them blocks: keep it off the async workers.
+            if let Err(e) = tokio::task::spawn_blocking(move || r.reload()).await {
+                tracing::error!(error = %e, "the reload failed");
             }
+            notify::ready("serving");
         }
     });
 }

@@ -174,6 +174,13 @@ impl Store {
         self.read().is_empty()
     }
 
+    /// How many records there are, and how many of them are online.
+    pub fn counts(&self) -> (usize, usize) {
+        let records = self.read();
+        let online = records.values().filter(|r| r.online()).count();
+        (records.len(), online)
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<AppId, AppRecord>> {
         self.records.read().unwrap_or_else(|p| p.into_inner())
     }

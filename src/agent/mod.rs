@@ -17,6 +17,7 @@ use crate::policy::{Action, Denial, authorize, may_manage_records};
 use crate::record::{AppId, AppRecord, RecordError, Registration, ResourceMetrics, WorkerNode};
 use crate::runtime::{ContainerRuntime, ContainerState, RuntimeError};
 use crate::store::{Observation, Registered, Store, StoreError};
+use crate::telemetry::Telemetry;
 
 /// Why the core refused or failed a call.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +47,19 @@ pub enum AgentError {
 }
 
 impl AgentError {
+    /// The outcome label of a stop that ended in this error, for the agent's metrics.
+    pub fn stop_outcome(&self) -> &'static str {
+        match self {
+            AgentError::AlreadyStopped { .. } => "already_stopped",
+            AgentError::StopInProgress(_) => "in_progress",
+            AgentError::BadRequest(_) | AgentError::NotFound(_) | AgentError::Forbidden(_) => {
+                "refused"
+            }
+            AgentError::DockerUnavailable(_) => "engine_unavailable",
+            AgentError::Engine(_) | AgentError::Store(_) | AgentError::Internal(_) => "failed",
+        }
+    }
+
     fn from_runtime(err: RuntimeError) -> AgentError {
         match err {
             RuntimeError::Unavailable(m) => AgentError::DockerUnavailable(m),
@@ -85,6 +99,7 @@ struct Inner {
     stops: TaskTracker,
     /// The latest stats reading of each running app.
     readings: Mutex<sampling::Readings>,
+    telemetry: Telemetry,
 }
 
 /// Who settles a record: a read, or the stop that holds the app's guard.
@@ -117,6 +132,7 @@ impl Agent {
                 stopping: Mutex::new(HashSet::new()),
                 stops: TaskTracker::new(),
                 readings: Mutex::default(),
+                telemetry: Telemetry::new(),
             }),
         }
     }
@@ -131,6 +147,19 @@ impl Agent {
 
     pub fn runtime(&self) -> &dyn ContainerRuntime {
         self.inner.runtime.as_ref()
+    }
+
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.inner.telemetry
+    }
+
+    /// Stops under way at this moment.
+    pub fn stops_in_progress(&self) -> usize {
+        self.inner
+            .stopping
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     /// Waits until every stop under way, in the foreground or the background, has finished.
@@ -393,6 +422,8 @@ fn exited_observation(
     })
 }
 
+mod node;
+pub use node::NodeReport;
 mod sampling;
 mod stopping;
 mod watch;

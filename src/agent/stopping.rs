@@ -15,6 +15,7 @@ use crate::record::{AppId, AppRecord, LastStop, StopOutcome};
 use crate::runtime::{ContainerState, RuntimeError};
 use crate::stop::{StopRequest, effective_grace, halt};
 use crate::store::{Observation, StoreError};
+use crate::telemetry::StopRoute;
 
 /// How much earlier than the stop call an exit may be stamped and still count as caused by it: the
 /// engine's times are truncated to milliseconds.
@@ -39,6 +40,13 @@ impl Drop for StopGuard {
 
 fn log_refusal(principal: &Principal, id: &AppId, err: &AgentError) {
     tracing::info!(app = %id, token = %principal.name, outcome = %err, "stop refused");
+}
+
+fn outcome_of<T>(result: &Result<T, AgentError>) -> &'static str {
+    match result {
+        Ok(_) => "stopped",
+        Err(e) => e.stop_outcome(),
+    }
 }
 
 impl Agent {
@@ -87,11 +95,11 @@ impl Agent {
         id: &AppId,
         req: StopRequest,
     ) -> Result<AppRecord, AgentError> {
-        let (record, guard) = self
-            .admit(principal, id)
-            .await
-            .inspect_err(|e| log_refusal(principal, id, e))?;
-        self.launch(principal, record, guard, req, None)
+        let (record, guard) = self.admit(principal, id).await.inspect_err(|e| {
+            log_refusal(principal, id, e);
+            self.telemetry().stop_ended(StopRoute::V1, e.stop_outcome());
+        })?;
+        self.launch(principal, record, guard, req, None, StopRoute::V1)
             .await
             .map_err(|e| AgentError::Internal(format!("the stop task failed: {e}")))?
     }
@@ -109,11 +117,20 @@ impl Agent {
             let (record, state) = self.running_state(record).await?;
             Ok::<_, AgentError>((record, state, guard))
         };
-        let (record, state, guard) = admitted
-            .await
-            .inspect_err(|e| log_refusal(principal, id, e))?;
+        let (record, state, guard) = admitted.await.inspect_err(|e| {
+            log_refusal(principal, id, e);
+            self.telemetry()
+                .stop_ended(StopRoute::Okeanos, e.stop_outcome());
+        })?;
         tracing::info!(app = %id, token = %principal.name, "stop accepted");
-        drop(self.launch(principal, record, guard, req, Some(state)));
+        drop(self.launch(
+            principal,
+            record,
+            guard,
+            req,
+            Some(state),
+            StopRoute::Okeanos,
+        ));
         Ok(())
     }
 
@@ -126,10 +143,13 @@ impl Agent {
         guard: StopGuard,
         req: StopRequest,
         known: Option<ContainerState>,
+        route: StopRoute,
     ) -> JoinHandle<Result<AppRecord, AgentError>> {
         let agent = self.clone();
         let caller = caller.name.clone();
-        self.inner.stops.spawn(async move {
+        // The task keeps the request's span, so its log lines carry the request id.
+        let span = tracing::Span::current();
+        let task = async move {
             let _guard = guard;
             let app = record.id.clone();
             // At the store's precision, so that the intent can be recognised when read back.
@@ -145,8 +165,14 @@ impl Agent {
                     agent.close_intent(&app, e).await;
                 }
             }
+            let telemetry = agent.telemetry();
+            telemetry.stop_ended(route, outcome_of(&outcome));
+            telemetry.stop_took(route, elapsed_ms.max(0) as f64 / 1000.0);
             outcome
-        })
+        };
+        self.inner
+            .stops
+            .spawn(tracing::Instrument::instrument(task, span))
     }
 
     /// The container's state if it runs; otherwise the record is settled and the answer says how the
@@ -255,7 +281,13 @@ impl Agent {
             None => runtime.stats(&container).await,
         };
         let reading = match sampled {
-            Ok(s) if !s.is_empty() => Some(s),
+            Ok(s) if !s.is_empty() => {
+                if let Some(read_at) = s.read_at {
+                    let age = (Utc::now() - read_at).num_milliseconds() as f64 / 1000.0;
+                    self.telemetry().final_sample_age(age);
+                }
+                Some(s)
+            }
             Ok(_) => None,
             Err(RuntimeError::NotFound(_)) => return Err(self.already_stopped(record, None).await),
             Err(RuntimeError::Unavailable(m)) => return Err(AgentError::DockerUnavailable(m)),

@@ -36,6 +36,10 @@ impl ApiError {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
     }
 
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
     pub fn payload_too_large(message: impl Into<String>) -> ApiError {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
     }
@@ -70,7 +74,7 @@ impl ApiError {
         match err {
             AgentError::BadRequest(_) => Self::bad_request(message),
             AgentError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, "app_not_found", message),
-            AgentError::Forbidden(_) => Self::new(StatusCode::FORBIDDEN, "forbidden", message),
+            AgentError::Forbidden(_) => Self::forbidden(message),
             AgentError::AlreadyStopped { record, .. } => ApiError {
                 app: Some(record.to_json(node)),
                 ..Self::new(StatusCode::CONFLICT, "already_stopped", message)

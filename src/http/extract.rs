@@ -8,8 +8,9 @@ use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH};
 use axum::http::request::Parts;
 use http_body_util::BodyExt;
 
+use super::server::Transport;
 use super::{ApiContext, ApiError, MAX_BODY_BYTES};
-use crate::auth::Principal;
+use crate::auth::{Access, Principal};
 use crate::record::AppId;
 
 /// An authenticated caller: adding it to a handler's arguments makes the route require a token.
@@ -37,6 +38,26 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<&str, &'static str> {
     Ok(token)
 }
 
+/// The name under which root on the Unix socket acts, in logs.
+pub const ROOT_ON_SOCKET: &str = "root (unix socket)";
+
+/// Who is calling: the token's principal; or, with no `Authorization` header, root on the Unix
+/// socket when the configuration trusts it. A token, when given, always decides.
+pub fn identify(parts: &Parts, ctx: &ApiContext) -> Result<Principal, &'static str> {
+    let trusted_root = ctx.trust_root_on_socket
+        && parts.extensions.get::<Transport>() == Some(&Transport::Unix { uid: Some(0) });
+    if trusted_root && !parts.headers.contains_key(AUTHORIZATION) {
+        return Ok(Principal {
+            name: ROOT_ON_SOCKET.to_owned(),
+            access: Access::Operator,
+        });
+    }
+    let token = bearer_token(&parts.headers)?;
+    ctx.tokens
+        .authenticate(token)
+        .ok_or("the token is not known to this node")
+}
+
 impl FromRequestParts<ApiContext> for Caller {
     type Rejection = ApiError;
 
@@ -44,14 +65,7 @@ impl FromRequestParts<ApiContext> for Caller {
         parts: &mut Parts,
         ctx: &ApiContext,
     ) -> Result<Self, Self::Rejection> {
-        let caller = match bearer_token(&parts.headers) {
-            Ok(token) => ctx
-                .tokens
-                .authenticate(token)
-                .ok_or("the token is not known to this node"),
-            Err(why) => Err(why),
-        };
-        caller.map(Caller).map_err(|why| {
+        identify(parts, ctx).map(Caller).map_err(|why| {
             // The token itself is never logged. Debug level: a flood of bad tokens must not flood the
             // journal too (stop refusals are logged at info by the stop routes).
             tracing::debug!(method = %parts.method, path = %parts.uri.path(), outcome = why, "request refused: unauthorized");

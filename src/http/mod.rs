@@ -6,6 +6,8 @@ mod extract;
 pub(crate) mod okeanos;
 mod ops;
 pub mod server;
+pub mod tls;
+mod trace;
 mod v1;
 
 use axum::Router;
@@ -25,6 +27,10 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 pub struct ApiContext {
     pub agent: Agent,
     pub tokens: Tokens,
+    /// On the Unix socket, a peer with uid 0 acts as operator without a token.
+    pub trust_root_on_socket: bool,
+    /// `GET /metrics` answers without a token.
+    pub metrics_open: bool,
 }
 
 /// The agent's routes.
@@ -40,8 +46,14 @@ pub fn router(ctx: ApiContext) -> Router {
         .route("/api/apps/{app_id}/stop", post(okeanos::stop_app))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
+        .route("/v1/node", get(ops::node))
+        .route("/metrics", get(ops::metrics))
         .fallback(ops::no_route)
         .method_not_allowed_fallback(ops::method_not_allowed)
-        .with_state(ctx)
         .layer(CatchPanicLayer::custom(ops::panicked))
+        .layer(axum::middleware::from_fn_with_state(
+            ctx.clone(),
+            trace::track,
+        ))
+        .with_state(ctx)
 }

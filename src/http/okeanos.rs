@@ -5,16 +5,16 @@
 use std::convert::Infallible;
 
 use axum::Json;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, Request, State};
 use axum::http::header::CONTENT_TYPE;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::ApiContext;
-use super::extract::{BodyError, bearer_token, read_body};
+use super::extract::{BodyError, identify, read_body};
 use crate::agent::{AgentError, AlreadyStopped};
 use crate::record::AppId;
 use crate::stop::StopRequest;
@@ -200,26 +200,24 @@ fn instance_from_query(query: Option<&str>) -> Result<Option<String>, LodError> 
 pub async fn stop_app(
     State(ctx): State<ApiContext>,
     app: Result<Path<String>, PathRejection>,
-    uri: Uri,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Result<Response, LodError> {
+    let (parts, body) = request.into_parts();
+    let uri = &parts.uri;
+    let headers = &parts.headers;
+    let query = parts.uri.query();
     // 1. The token.
-    let principal = bearer_token(&headers)
-        .ok()
-        .and_then(|t| ctx.tokens.authenticate(t))
-        .ok_or_else(|| {
-            tracing::info!(path = %uri.path(), "stop refused: unauthorized");
-            LodError::new(StatusCode::UNAUTHORIZED, UNAUTHORIZED)
-        })?;
+    let principal = identify(&parts, &ctx).map_err(|_| {
+        tracing::info!(path = %uri.path(), "stop refused: unauthorized");
+        LodError::new(StatusCode::UNAUTHORIZED, UNAUTHORIZED)
+    })?;
     let path = uri.path();
     // Refusals the core does not see are logged here; the core logs its own.
     let checked = async {
         // 2. The lambda instance id, from the body or the query (both must agree).
-        let bytes = read_body(&headers, body).await?;
-        let from_body = instance_from_body(&headers, bytes).await?;
-        let from_query = instance_from_query(query.as_deref())?;
+        let bytes = read_body(headers, body).await?;
+        let from_body = instance_from_body(headers, bytes).await?;
+        let from_query = instance_from_query(query)?;
         let instance = match (from_body, from_query) {
             (Some(b), Some(q)) if b != q => {
                 return Err(LodError::new(

@@ -1,13 +1,20 @@
-//! Operational routes (`/healthz`, `/readyz`) and the answers to unknown routes and methods.
+//! Operational routes (`/healthz`, `/readyz`, `/v1/node`, `/metrics`) and the answers to unknown
+//! routes and methods.
+
+use std::time::Duration;
 
 use axum::Json;
-use axum::extract::State;
-use axum::http::{Method, StatusCode, Uri};
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use super::extract::{Caller, identify};
 use super::okeanos::LodError;
 use super::{ApiContext, ApiError};
+use crate::agent::NodeReport;
+use crate::auth::Principal;
+use crate::telemetry::Present;
 
 /// `GET /healthz`: 200 while the process serves.
 pub async fn healthz() -> Json<Value> {
@@ -34,6 +41,60 @@ pub async fn readyz(State(ctx): State<ApiContext>) -> Result<Json<Value>, ApiErr
             failing.join("; ")
         )))
     }
+}
+
+/// Only operators read the node as a whole: users see their own apps, not the host.
+fn operator_only(caller: &Principal, what: &str) -> Result<(), ApiError> {
+    if caller.is_operator() {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(format!(
+            "only an operator token may read {what}"
+        )))
+    }
+}
+
+/// `GET /v1/node`: this node, its host's figures, the engine, the apps and the agent.
+pub async fn node(
+    State(ctx): State<ApiContext>,
+    Caller(caller): Caller,
+) -> Result<Json<NodeReport>, ApiError> {
+    operator_only(&caller, "the node's figures")?;
+    Ok(Json(ctx.agent.node_report().await))
+}
+
+/// How long `/metrics` waits for the engine to say whether it is up.
+const ENGINE_PROBE_LIMIT: Duration = Duration::from_secs(2);
+
+/// `GET /metrics`: the agent's figures in Prometheus' text format. Open to any caller when
+/// `http.metrics_open` says so; otherwise operators only.
+pub async fn metrics(
+    State(ctx): State<ApiContext>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    if !ctx.metrics_open {
+        let (parts, _) = request.into_parts();
+        let caller = identify(&parts, &ctx).map_err(ApiError::unauthorized)?;
+        operator_only(&caller, "the metrics")?;
+    }
+    let engine_up = tokio::time::timeout(ENGINE_PROBE_LIMIT, ctx.agent.runtime().ping())
+        .await
+        .is_ok_and(|r| r.is_ok());
+    let (registered, online) = ctx.agent.store().counts();
+    let text = ctx.agent.telemetry().render(&Present {
+        engine_up,
+        online,
+        offline: registered - online,
+        stops_in_progress: ctx.agent.stops_in_progress(),
+    });
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
 }
 
 /// Unknown routes answer in the shape of the API family their path belongs to.

@@ -1,35 +1,148 @@
-//! The HTTP server under the router: accepts connections (at most `max_connections` at once), gives
-//! every request a header read timeout so that slow or silent clients cannot hold connections,
-//! serves HTTP/1.1, and shuts down gracefully.
+//! The HTTP server under the router: accepts connections on a TCP listener (plain or TLS) or a Unix
+//! socket, at most `max_connections` at once; gives every request a header read timeout (and every
+//! TLS handshake the same limit) so that slow or silent clients cannot hold connections; tells each
+//! request how it arrived ([`Transport`]); serves HTTP/1.1, and shuts down gracefully.
 //!
 //! HTTP/2 is not offered: hyper's protocol detection waits for a client's first bytes without a
 //! timeout, and HTTP/2 has no header read timeout, so either would let silent clients keep slots.
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::Request;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+use super::tls::Tls;
 
 /// How much the server lets each client take.
 #[derive(Debug, Clone, Copy)]
 pub struct ServerLimits {
     /// Connections served at once; more wait in the kernel's backlog.
     pub max_connections: usize,
-    /// Time a client has to send a request's headers, on a new or a kept-alive connection.
+    /// Time a client has to finish its TLS handshake, and to send a request's headers, on a new or a
+    /// kept-alive connection.
     pub header_timeout: Duration,
+}
+
+/// How a request reached the agent; every request carries it as an extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Tcp {
+        peer: SocketAddr,
+    },
+    Tls {
+        peer: SocketAddr,
+    },
+    /// The Unix socket; `uid` is the peer's user id from the kernel (`SO_PEERCRED`).
+    Unix {
+        uid: Option<u32>,
+    },
+}
+
+/// A socket the agent serves on.
+#[derive(Debug)]
+pub enum Listener {
+    /// TCP, with TLS when a configuration is given.
+    Tcp(TcpListener, Option<Tls>),
+    Unix(UnixSocket),
+}
+
+/// A bound Unix socket; its file is removed when this is dropped.
+#[derive(Debug)]
+pub struct UnixSocket {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl UnixSocket {
+    /// Binds `path` with mode 0660 (owner and group may connect). A socket file left by an agent
+    /// that died is replaced; one that a live process still serves, or a file that is not a
+    /// socket, is not touched.
+    pub fn bind(path: &Path) -> std::io::Result<UnixSocket> {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if !meta.file_type().is_socket() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "the path exists and is not a socket",
+                ));
+            }
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    "another process serves on this socket",
+                ));
+            }
+            std::fs::remove_file(path)?;
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let listener = UnixListener::bind(path)?;
+        let socket = UnixSocket {
+            listener,
+            path: path.to_owned(),
+        };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+        Ok(socket)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for UnixSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Listener {
+    async fn accept(&self) -> std::io::Result<Accepted> {
+        match self {
+            Listener::Tcp(listener, tls) => {
+                let (stream, peer) = listener.accept().await?;
+                // Small requests and answers: do not wait to fill a segment.
+                let _ = stream.set_nodelay(true);
+                Ok(match tls {
+                    None => Accepted::Tcp(stream, Transport::Tcp { peer }),
+                    // The acceptor is taken per connection, so a reloaded certificate serves the
+                    // next handshake.
+                    Some(tls) => Accepted::Tls(stream, tls.acceptor(), Transport::Tls { peer }),
+                })
+            }
+            Listener::Unix(socket) => {
+                let (stream, _) = socket.listener.accept().await?;
+                let uid = stream.peer_cred().ok().map(|c| c.uid());
+                Ok(Accepted::Unix(stream, Transport::Unix { uid }))
+            }
+        }
+    }
+}
+
+enum Accepted {
+    Tcp(tokio::net::TcpStream, Transport),
+    Tls(tokio::net::TcpStream, tokio_rustls::TlsAcceptor, Transport),
+    Unix(tokio::net::UnixStream, Transport),
 }
 
 /// Serves `router` on `listener` until `shutdown` is cancelled, then stops accepting and waits for
 /// the connections under way to finish their requests (the caller bounds that wait).
 pub async fn serve(
-    listener: TcpListener,
+    listener: Listener,
     router: Router,
     limits: ServerLimits,
     shutdown: CancellationToken,
@@ -48,7 +161,7 @@ pub async fn serve(
             },
             () = shutdown.cancelled() => break,
         };
-        let (stream, peer) = tokio::select! {
+        let accepted = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -61,16 +174,55 @@ pub async fn serve(
             },
             () = shutdown.cancelled() => break,
         };
-        let service = TowerToHyperService::new(router.clone());
-        let connection = builder.serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
+        let router = router.clone();
+        let handshake_limit = limits.header_timeout;
         tokio::spawn(async move {
             let _permit = permit;
-            if let Err(e) = connection.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            match accepted {
+                Accepted::Tcp(stream, transport) => {
+                    serve_connection(&builder, watcher, stream, router, transport).await;
+                }
+                Accepted::Unix(stream, transport) => {
+                    serve_connection(&builder, watcher, stream, router, transport).await;
+                }
+                Accepted::Tls(stream, acceptor, transport) => {
+                    match tokio::time::timeout(handshake_limit, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            serve_connection(&builder, watcher, stream, router, transport).await;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::info!(?transport, error = %e, "TLS handshake refused");
+                        }
+                        Err(_) => {
+                            tracing::debug!(?transport, "TLS handshake timed out");
+                        }
+                    }
+                }
             }
         });
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+async fn serve_connection<I>(
+    builder: &http1::Builder,
+    watcher: Watcher,
+    io: I,
+    router: Router,
+    transport: Transport,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = tower::service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(transport);
+        router.clone().oneshot(req)
+    });
+    let connection = watcher
+        .watch(builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service)));
+    if let Err(e) = connection.await {
+        tracing::debug!(?transport, error = %e, "connection ended with an error");
+    }
 }

@@ -209,6 +209,12 @@ impl ContainerRuntime for DockerRuntime {
         Ok(())
     }
 
+    async fn root_dir(&self) -> Result<Option<String>, RuntimeError> {
+        let docker = self.client().await?;
+        let info = docker.info().await.map_err(|e| self.fail("info", e))?;
+        Ok(info.docker_root_dir)
+    }
+
     async fn inspect(&self, container: &str) -> Result<ContainerState, RuntimeError> {
         let docker = self.client().await?;
         let c = docker

@@ -304,6 +304,12 @@ impl ContainerRuntime for FakeRuntime {
         self.engine().await.map(|_| ())
     }
 
+    async fn root_dir(&self) -> Result<Option<String>, RuntimeError> {
+        self.engine()
+            .await
+            .map(|_| Some("/var/lib/docker".to_owned()))
+    }
+
     async fn inspect(&self, container: &str) -> Result<ContainerState, RuntimeError> {
         self.enter("inspect", format!("inspect {container}"))
             .await?;

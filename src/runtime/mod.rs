@@ -105,6 +105,8 @@ pub trait ContainerRuntime: Send + Sync + std::fmt::Debug {
     async fn engine(&self) -> Result<EngineInfo, RuntimeError>;
     /// Whether the engine answers now.
     async fn ping(&self) -> Result<(), RuntimeError>;
+    /// The directory where the engine keeps images and containers (`DockerRootDir`).
+    async fn root_dir(&self) -> Result<Option<String>, RuntimeError>;
     /// The container's state.
     async fn inspect(&self, container: &str) -> Result<ContainerState, RuntimeError>;
     /// A stats reading with a real CPU interval. Waits for the engine's collector: one to two

@@ -1,0 +1,118 @@
+//! What `GET /v1/node` reports: this node's identity, the host's figures, the engine, the apps and
+//! the agent itself.
+
+use serde::Serialize;
+
+use super::Agent;
+use crate::host::{self, DiskFigures, HostFigures};
+
+/// The node as the agent sees it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeReport {
+    /// `node.id`: `workerNodeId._id` in every record.
+    #[serde(rename = "_id")]
+    pub id: String,
+    /// `node.name`: `workerNodeId.nodeName`.
+    pub node_name: String,
+    #[serde(flatten)]
+    pub host: HostFigures,
+    /// The filesystem holding the engine's root directory, when the engine says where that is.
+    pub docker_disk: Option<DiskFigures>,
+    pub docker: EngineReport,
+    pub apps: AppCounts,
+    pub agent: AgentReport,
+}
+
+/// The engine, or why it could not be asked.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EngineReport {
+    pub reachable: bool,
+    pub version: Option<String>,
+    pub api_version: Option<String>,
+    pub root_dir: Option<String>,
+    /// Why the engine did not answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppCounts {
+    pub registered: usize,
+    pub online: usize,
+    pub stopping: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentReport {
+    pub version: &'static str,
+    pub uptime_seconds: u64,
+}
+
+impl Agent {
+    /// The node's report. The engine's part says so when the engine is away; the rest is always
+    /// there.
+    pub async fn node_report(&self) -> NodeReport {
+        let docker = self.engine_report().await;
+        let root = docker.root_dir.clone();
+        let figures = tokio::task::spawn_blocking(move || {
+            let disk = root.as_deref().and_then(|r| host::disk_of(r.as_ref()));
+            (host::read(), disk)
+        })
+        .await;
+        let (host, docker_disk) = match figures {
+            Ok(f) => f,
+            // Reading /proc panicked: say nothing rather than something false.
+            Err(e) => {
+                tracing::error!(error = %e, "reading the host's figures failed");
+                (host::read_nothing(), None)
+            }
+        };
+        let (registered, online) = self.store().counts();
+        NodeReport {
+            id: self.node().id.clone(),
+            node_name: self.node().node_name.clone(),
+            host,
+            docker_disk,
+            docker,
+            apps: AppCounts {
+                registered,
+                online,
+                stopping: self.stops_in_progress(),
+            },
+            agent: AgentReport {
+                version: env!("CARGO_PKG_VERSION"),
+                uptime_seconds: self.telemetry().uptime_secs(),
+            },
+        }
+    }
+
+    async fn engine_report(&self) -> EngineReport {
+        let runtime = self.runtime();
+        let asked = async {
+            runtime.ping().await?;
+            let info = runtime.engine().await?;
+            let root = runtime.root_dir().await?;
+            Ok::<_, crate::runtime::RuntimeError>((info, root))
+        };
+        match asked.await {
+            Ok((info, root_dir)) => EngineReport {
+                reachable: true,
+                version: Some(info.version),
+                api_version: Some(info.api_version),
+                root_dir,
+                error: None,
+            },
+            Err(e) => EngineReport {
+                reachable: false,
+                version: None,
+                api_version: None,
+                root_dir: None,
+                error: Some(e.to_string()),
+            },
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! The agent's own figures for Prometheus: stops by route and outcome, stop durations, the age of
+//! final samples, HTTP answers by status, engine reachability and records. Counters are bumped where
+//! things happen; gauges that describe the present are set when `/metrics` is scraped.
+
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// The route a stop came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopRoute {
+    /// `POST /v1/apps/{appId}/stop`, answered when the stop is done.
+    V1,
+    /// `POST /api/apps/{id}/stop/`, answered at once and stopped in the background.
+    Okeanos,
+}
+
+impl StopRoute {
+    fn label(self) -> &'static str {
+        match self {
+            StopRoute::V1 => "v1",
+            StopRoute::Okeanos => "okeanos",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StopLabels {
+    route: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    code: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+/// Upper bounds of the stop duration buckets, in seconds: a SIGKILL takes a fraction of a second,
+/// a stop that waits out its grace period takes that period, up to an hour.
+const STOP_BUCKETS: [f64; 14] = [
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 600.0, 3600.0,
+];
+
+/// Upper bounds of the final-sample age buckets, in seconds: a streamed reading is under 1.5 s old.
+const AGE_BUCKETS: [f64; 9] = [0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0, 10.0];
+
+/// The agent's figures, shared by the core and the HTTP layer.
+#[derive(Debug)]
+pub struct Telemetry {
+    registry: Registry,
+    stops: Family<StopLabels, Counter>,
+    stop_seconds: Family<RouteLabels, Histogram>,
+    sample_age: Histogram,
+    http: Family<StatusLabels, Counter>,
+    engine_up: Gauge,
+    records: Family<StateLabels, Gauge>,
+    stops_in_progress: Gauge,
+    uptime: Gauge<f64, std::sync::atomic::AtomicU64>,
+    started: Instant,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Telemetry {
+    pub fn new() -> Telemetry {
+        let mut registry = Registry::with_prefix("node_agent");
+        let stops = Family::<StopLabels, Counter>::default();
+        registry.register(
+            "stops",
+            "Stop requests, by route and outcome (stopped, already_stopped, in_progress, refused, engine_unavailable, failed)",
+            stops.clone(),
+        );
+        let stop_seconds =
+            Family::<RouteLabels, Histogram>::new_with_constructor(|| Histogram::new(STOP_BUCKETS));
+        registry.register(
+            "stop_duration_seconds",
+            "Time from a stop's start to its recorded end, for stops that reached the engine",
+            stop_seconds.clone(),
+        );
+        let sample_age = Histogram::new(AGE_BUCKETS);
+        registry.register(
+            "final_sample_age_seconds",
+            "Age of the final resource sample when the stop signal was sent",
+            sample_age.clone(),
+        );
+        let http = Family::<StatusLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by status code",
+            http.clone(),
+        );
+        let engine_up = Gauge::default();
+        registry.register(
+            "engine_up",
+            "1 when the Docker engine answered a ping at the last scrape, else 0",
+            engine_up.clone(),
+        );
+        let records = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "records",
+            "App records in the store, by whether the app is online",
+            records.clone(),
+        );
+        let stops_in_progress = Gauge::default();
+        registry.register(
+            "stops_in_progress",
+            "Stops under way at the last scrape",
+            stops_in_progress.clone(),
+        );
+        let uptime = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "uptime_seconds",
+            "Seconds since the agent started",
+            uptime.clone(),
+        );
+        Telemetry {
+            registry,
+            stops,
+            stop_seconds,
+            sample_age,
+            http,
+            engine_up,
+            records,
+            stops_in_progress,
+            uptime,
+            started: Instant::now(),
+        }
+    }
+
+    /// A stop request ended, in the outcome named.
+    pub fn stop_ended(&self, route: StopRoute, outcome: &'static str) {
+        self.stops
+            .get_or_create(&StopLabels {
+                route: route.label(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// A stop that reached the engine took this long.
+    pub fn stop_took(&self, route: StopRoute, seconds: f64) {
+        self.stop_seconds
+            .get_or_create(&RouteLabels {
+                route: route.label(),
+            })
+            .observe(seconds);
+    }
+
+    /// A stop's final sample was this old when the stop began.
+    pub fn final_sample_age(&self, seconds: f64) {
+        self.sample_age.observe(seconds.max(0.0));
+    }
+
+    /// An HTTP request was answered with this status.
+    pub fn http_answered(&self, status: u16) {
+        self.http
+            .get_or_create(&StatusLabels { code: status })
+            .inc();
+    }
+
+    /// Seconds since the agent started.
+    pub fn uptime_secs(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
+    /// The figures in Prometheus' text format, with the present described by `now`.
+    pub fn render(&self, now: &Present) -> String {
+        self.engine_up.set(i64::from(now.engine_up));
+        self.records
+            .get_or_create(&StateLabels { state: "online" })
+            .set(i64::try_from(now.online).unwrap_or(i64::MAX));
+        self.records
+            .get_or_create(&StateLabels { state: "offline" })
+            .set(i64::try_from(now.offline).unwrap_or(i64::MAX));
+        self.stops_in_progress
+            .set(i64::try_from(now.stops_in_progress).unwrap_or(i64::MAX));
+        self.uptime.set(self.started.elapsed().as_secs_f64());
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            // Encoding into a String cannot fail; should it, the scrape says so rather than lie.
+            out.clear();
+            let _ = writeln!(out, "# the agent could not encode its metrics");
+        }
+        out
+    }
+}
+
+/// What `/metrics` reports about the present moment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Present {
+    pub engine_up: bool,
+    pub online: usize,
+    pub offline: usize,
+    pub stops_in_progress: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family_in_prometheus_text() {
+        let t = Telemetry::new();
+        t.stop_ended(StopRoute::V1, "stopped");
+        t.stop_ended(StopRoute::Okeanos, "refused");
+        t.stop_took(StopRoute::V1, 0.3);
+        t.final_sample_age(0.8);
+        t.http_answered(200);
+        t.http_answered(401);
+        t.http_answered(401);
+        let text = t.render(&Present {
+            engine_up: true,
+            online: 3,
+            offline: 1,
+            stops_in_progress: 0,
+        });
+        for line in [
+            "node_agent_stops_total{route=\"v1\",outcome=\"stopped\"} 1",
+            "node_agent_stops_total{route=\"okeanos\",outcome=\"refused\"} 1",
+            "node_agent_stop_duration_seconds_bucket{le=\"0.5\",route=\"v1\"} 1",
+            "node_agent_stop_duration_seconds_count{route=\"v1\"} 1",
+            "node_agent_final_sample_age_seconds_count 1",
+            "node_agent_http_requests_total{code=\"401\"} 2",
+            "node_agent_engine_up 1",
+            "node_agent_records{state=\"online\"} 3",
+            "node_agent_records{state=\"offline\"} 1",
+            "# EOF",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        }
+    }
+}
