@@ -7,7 +7,7 @@ use serde::Serialize;
 use sysinfo::{CpuRefreshKind, Disks, MemoryRefreshKind, System};
 
 /// What the host says of itself at one moment.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HostFigures {
     pub hostname: Option<String>,
@@ -20,14 +20,14 @@ pub struct HostFigures {
 }
 
 /// The run queue, averaged over one, five and fifteen minutes.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct LoadAverage {
     pub one: f64,
     pub five: f64,
     pub fifteen: f64,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MemoryFigures {
     pub total_bytes: u64,
@@ -36,7 +36,7 @@ pub struct MemoryFigures {
 }
 
 /// The filesystem holding a path.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DiskFigures {
     /// The path asked about.

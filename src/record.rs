@@ -67,7 +67,7 @@ pub enum RecordError {
 }
 
 /// This node as the records name it (`workerNodeId`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WorkerNode {
     #[serde(rename = "_id")]
     pub id: String,
@@ -76,7 +76,7 @@ pub struct WorkerNode {
 }
 
 /// `currentResourceMetrics`: the container's last sample, as `docker stats` computes it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ResourceMetrics {
     /// When the sample was taken (or the state observed).
@@ -106,7 +106,7 @@ pub struct ResourceMetrics {
 }
 
 /// `lastExit`: how the container's last run ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LastExit {
     /// The exit code Docker reports; 128 + n when signal n ended the process.
@@ -122,7 +122,7 @@ pub struct LastExit {
 }
 
 /// Where the agent's last stop of the app stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StopOutcome {
     /// Accepted and under way: the intent, written before the engine is touched.
@@ -138,7 +138,7 @@ pub enum StopOutcome {
 }
 
 /// `lastStop`: the agent's last stop of this app and how it ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LastStop {
     pub outcome: StopOutcome,

@@ -7,7 +7,7 @@ use super::Agent;
 use crate::host::{self, DiskFigures, HostFigures};
 
 /// The node as the agent sees it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeReport {
     /// `node.id`: `workerNodeId._id` in every record.
@@ -25,7 +25,7 @@ pub struct NodeReport {
 }
 
 /// The engine, or why it could not be asked.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EngineReport {
     pub reachable: bool,
@@ -37,7 +37,7 @@ pub struct EngineReport {
     pub error: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AppCounts {
     pub registered: usize,
@@ -45,7 +45,7 @@ pub struct AppCounts {
     pub stopping: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentReport {
     pub version: &'static str,

@@ -4,6 +4,7 @@
 mod error;
 mod extract;
 pub(crate) mod okeanos;
+pub mod openapi;
 mod ops;
 pub mod server;
 pub mod tls;
@@ -48,6 +49,7 @@ pub fn router(ctx: ApiContext) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/v1/node", get(ops::node))
         .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(openapi::document))
         .fallback(ops::no_route)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(CatchPanicLayer::custom(ops::panicked))

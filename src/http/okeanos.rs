@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use super::ApiContext;
 use super::extract::{BodyError, identify, read_body};
+use super::openapi::{LodAccepted, LodErrors, LodStopForm};
 use crate::agent::{AgentError, AlreadyStopped};
 use crate::record::AppId;
 use crate::stop::StopRequest;
@@ -197,6 +198,26 @@ fn instance_from_query(query: Option<&str>) -> Result<Option<String>, LodError> 
 }
 
 /// `POST /api/apps/{application-id}/stop/`.
+#[utoipa::path(
+    post,
+    path = "/api/apps/{id}/stop/",
+    tag = "okeanos",
+    description = "Checks in the LoD order, answers 202 at once, and stops in the background; the \
+        outcome shows in `GET /v1/apps/{id}`. The trailing slash is optional.",
+    params(
+        ("id" = String, Path, description = "The application id"),
+        ("lambda_instance_id" = Option<String>, Query, description = "This node's id, if not in the body"),
+    ),
+    request_body(
+        description = "`lambda_instance_id`, as a multipart or url-encoded form field or a JSON key",
+        content(
+            (LodStopForm = "multipart/form-data"),
+            (LodStopForm = "application/x-www-form-urlencoded"),
+            (LodStopForm = "application/json"),
+        ),
+    ),
+    responses((status = 202, description = "Accepted", body = LodAccepted), LodErrors),
+)]
 pub async fn stop_app(
     State(ctx): State<ApiContext>,
     app: Result<Path<String>, PathRejection>,

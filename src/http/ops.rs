@@ -11,17 +11,35 @@ use serde_json::{Value, json};
 
 use super::extract::{Caller, identify};
 use super::okeanos::LodError;
+use super::openapi::{ApiErrorDoc, Health, OpsErrors, Readiness};
 use super::{ApiContext, ApiError};
 use crate::agent::NodeReport;
 use crate::auth::Principal;
 use crate::telemetry::Present;
 
 /// `GET /healthz`: 200 while the process serves.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    security(()),
+    responses((status = 200, description = "The process serves", body = Health)),
+)]
 pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
 /// `GET /readyz`: 200 when the store and the Docker engine answer, else 503 naming which does not.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    security(()),
+    responses(
+        (status = 200, description = "The store and the engine answer", body = Readiness),
+        (status = 503, description = "The store or the engine does not answer; the message names which", body = ApiErrorDoc),
+    ),
+)]
 pub async fn readyz(State(ctx): State<ApiContext>) -> Result<Json<Value>, ApiError> {
     let (store, engine) = tokio::join!(ctx.agent.store().ping(), ctx.agent.runtime().ping());
     let mut failing = Vec::new();
@@ -55,6 +73,13 @@ fn operator_only(caller: &Principal, what: &str) -> Result<(), ApiError> {
 }
 
 /// `GET /v1/node`: this node, its host's figures, the engine, the apps and the agent.
+#[utoipa::path(
+    get,
+    path = "/v1/node",
+    tag = "operations",
+    description = "This node (operators only). When the engine is away, `docker.reachable` is false and `docker.error` says why.",
+    responses((status = 200, description = "The node", body = NodeReport), OpsErrors),
+)]
 pub async fn node(
     State(ctx): State<ApiContext>,
     Caller(caller): Caller,
@@ -68,6 +93,17 @@ const ENGINE_PROBE_LIMIT: Duration = Duration::from_secs(2);
 
 /// `GET /metrics`: the agent's figures in Prometheus' text format. Open to any caller when
 /// `http.metrics_open` says so; otherwise operators only.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    description = "The agent's figures (OpenMetrics text): stops by route and outcome, stop durations, \
+        final-sample ages, HTTP answers by status, engine reachability, records.",
+    responses(
+        (status = 200, description = "The figures", content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String),
+        OpsErrors,
+    ),
+)]
 pub async fn metrics(
     State(ctx): State<ApiContext>,
     request: Request,

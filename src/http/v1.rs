@@ -8,6 +8,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::extract::{AppIdPath, Caller, query_pairs, read_body};
+use super::openapi::{
+    AppListDoc, AppRecordDoc, RegistrationDoc, SignalName, StopBodyDoc, V1Errors,
+};
 use super::{ApiContext, ApiError};
 use crate::record::AppRecord;
 use crate::stop::{Signal, StopRequest, check_timeout, parse_timeout};
@@ -21,6 +24,19 @@ fn record_json(ctx: &ApiContext, record: &AppRecord) -> Value {
 }
 
 /// `PUT /v1/apps/{appId}`: 201 created or 200 replaced, with the stored record.
+#[utoipa::path(
+    put,
+    path = "/v1/apps/{appId}",
+    tag = "v1",
+    description = "Registers or replaces the record of an app this node hosts (operators only).",
+    params(("appId" = String, Path, description = "The app id", pattern = r"^[A-Za-z0-9._-]{1,128}$")),
+    request_body(content = RegistrationDoc, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Registered", body = AppRecordDoc),
+        (status = 200, description = "Replaced", body = AppRecordDoc),
+        V1Errors,
+    ),
+)]
 pub async fn put_app(
     State(ctx): State<ApiContext>,
     Caller(caller): Caller,
@@ -51,6 +67,14 @@ pub async fn put_app(
 }
 
 /// `GET /v1/apps/{appId}`: the record, with fresh metrics while the container runs.
+#[utoipa::path(
+    get,
+    path = "/v1/apps/{appId}",
+    tag = "v1",
+    description = "The app's record, with `currentResourceMetrics` fresh from Docker while the container runs.",
+    params(("appId" = String, Path, description = "The app id", pattern = r"^[A-Za-z0-9._-]{1,128}$")),
+    responses((status = 200, description = "The record", body = AppRecordDoc), V1Errors),
+)]
 pub async fn get_app(
     State(ctx): State<ApiContext>,
     Caller(caller): Caller,
@@ -67,6 +91,14 @@ pub async fn get_app(
 }
 
 /// `DELETE /v1/apps/{appId}`: 204; the container is left alone.
+#[utoipa::path(
+    delete,
+    path = "/v1/apps/{appId}",
+    tag = "v1",
+    description = "Forgets the app's record (operators only); the container is left alone.",
+    params(("appId" = String, Path, description = "The app id", pattern = r"^[A-Za-z0-9._-]{1,128}$")),
+    responses((status = 204, description = "Forgotten"), V1Errors),
+)]
 pub async fn delete_app(
     State(ctx): State<ApiContext>,
     Caller(caller): Caller,
@@ -101,6 +133,17 @@ fn page_param(
 }
 
 /// `GET /v1/apps`: the caller's records in the SDK's list shape, `?page=` and `?limit=` paging them.
+#[utoipa::path(
+    get,
+    path = "/v1/apps",
+    tag = "v1",
+    description = "The records the caller may read, one page at a time.",
+    params(
+        ("page" = Option<u64>, Query, description = "Page number, from 1", minimum = 1),
+        ("limit" = Option<u32>, Query, description = "Records per page (default 50)", minimum = 1, maximum = 500),
+    ),
+    responses((status = 200, description = "One page of records", body = AppListDoc), V1Errors),
+)]
 pub async fn list_apps(
     State(ctx): State<ApiContext>,
     Caller(caller): Caller,
@@ -210,6 +253,20 @@ fn stop_request(query: Option<&str>, body: &[u8]) -> Result<StopRequest, ApiErro
 }
 
 /// `POST /v1/apps/{appId}/stop`: stops the container and answers with the updated record.
+#[utoipa::path(
+    post,
+    path = "/v1/apps/{appId}/stop",
+    tag = "v1",
+    description = "Sends the signal, waits up to the timeout, then kills; answers when the container \
+        has stopped, with the record holding the sample taken just before the stop.",
+    params(
+        ("appId" = String, Path, description = "The app id", pattern = r"^[A-Za-z0-9._-]{1,128}$"),
+        ("timeout" = Option<u32>, Query, description = "Seconds between the signal and the kill (0 kills at once)", minimum = 0, maximum = 3600),
+        ("signal" = Option<SignalName>, Query, description = "The stop signal"),
+    ),
+    request_body(content = Option<StopBodyDoc>, content_type = "application/json", description = "Optional; an empty body is valid"),
+    responses((status = 200, description = "Stopped; the updated record", body = AppRecordDoc), V1Errors),
+)]
 pub async fn stop_app(
     State(ctx): State<ApiContext>,
     Caller(caller): Caller,
