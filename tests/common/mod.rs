@@ -3,6 +3,8 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod guard;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -284,6 +286,10 @@ pub struct AgentOptions {
     pub log_filter: Option<String>,
     /// More environment for the agent's process.
     pub env: Vec<(String, String)>,
+    /// More `[http]` lines, e.g. `unix_socket = "..."`.
+    pub http_extra: String,
+    /// More sections, appended to the configuration as written.
+    pub extra_config: String,
 }
 
 /// The real agent binary, serving on a free loopback port from a private directory.
@@ -325,6 +331,7 @@ impl AgentProcess {
         if let Some(t) = options.header_timeout_secs {
             http.push_str(&format!("header_timeout_secs = {t}\n"));
         }
+        http.push_str(&options.http_extra);
         let mut config = format!(
             "[node]\nid = \"{NODE_ID}\"\nname = \"{NODE_NAME}\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n{http}\n[store]\npath = \"{}\"\n\n[auth]\ntokens_file = \"{}\"\n",
             dir.path().join("state/node-agent.db").display(),
@@ -343,6 +350,8 @@ impl AgentProcess {
         if !stop.is_empty() {
             config.push_str(&format!("\n[stop]\n{stop}"));
         }
+        config.push('\n');
+        config.push_str(&options.extra_config);
         std::fs::write(dir.path().join("node-agent.toml"), config).unwrap();
         let token = if options.no_tokens_file {
             String::new()
@@ -391,10 +400,13 @@ impl AgentProcess {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("[agent] {line}");
                 log.lock().unwrap().push(line.clone());
-                if line.contains("listening")
-                    && let Some(addr) = line.split("addr=").nth(1)
-                {
-                    let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_owned());
+                if line.contains("listening") {
+                    // Human logs say addr=…; JSON logs say "addr":"…".
+                    if let Some(addr) = line.split("addr=").nth(1) {
+                        let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_owned());
+                    } else if let Some(addr) = line.split("\"addr\":\"").nth(1) {
+                        let _ = tx.send(addr.split('"').next().unwrap_or("").to_owned());
+                    }
                 }
             }
         });
