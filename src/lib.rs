@@ -65,12 +65,19 @@ pub enum RunError {
 }
 
 impl RunError {
-    /// The process exit code: 78 for bad configuration (including the tokens file), 1 otherwise.
+    /// The process exit code: 78 for bad configuration (including the tokens file and the TLS
+    /// files), 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
+            // A tokens file that cannot be created (a read-only /etc under systemd) needs a person
+            // too: restarting will not help.
             RunError::Config(_)
             | RunError::Tls(_)
-            | RunError::Tokens(TokensError::Invalid { .. } | TokensError::Exposed { .. }) => 78,
+            | RunError::Tokens(
+                TokensError::Invalid { .. }
+                | TokensError::Exposed { .. }
+                | TokensError::Create { .. },
+            ) => 78,
             _ => 1,
         }
     }

@@ -94,7 +94,7 @@ impl Telemetry {
             Family::<RouteLabels, Histogram>::new_with_constructor(|| Histogram::new(STOP_BUCKETS));
         registry.register(
             "stop_duration_seconds",
-            "Time from a stop's start to its recorded end, for stops that reached the engine",
+            "Time from a stop's admission to its recorded end (stops refused at admission are not timed)",
             stop_seconds.clone(),
         );
         let sample_age = Histogram::new(AGE_BUCKETS);
@@ -157,7 +157,7 @@ impl Telemetry {
             .inc();
     }
 
-    /// A stop that reached the engine took this long.
+    /// An admitted stop took this long, from admission to its recorded end.
     pub fn stop_took(&self, route: StopRoute, seconds: f64) {
         self.stop_seconds
             .get_or_create(&RouteLabels {
