@@ -61,6 +61,15 @@ async fn the_agent_serves_without_the_engine_and_recovers_by_itself() {
     let ready = client.send(client.http.get(client.url("/readyz"))).await;
     assert_eq!(ready.status, 503, "{ready:?}");
     assert!(ready.body["message"].as_str().unwrap().contains("docker"));
+    // Each dependency is named: the store answers, the engine does not.
+    assert_eq!(ready.body["error"], "not_ready", "{ready:?}");
+    assert_eq!(ready.body["store"], "ok", "{ready:?}");
+    assert!(
+        ready.body["docker"]
+            .as_str()
+            .is_some_and(|d| d.contains("unreachable")),
+        "{ready:?}"
+    );
     let registered = client.register(&id, &w.name).await.body;
 
     // Calls that need the engine fail fast, and leave the record as it was.

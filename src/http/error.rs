@@ -64,10 +64,6 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
     }
 
-    pub fn not_ready(message: impl Into<String>) -> ApiError {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", message)
-    }
-
     /// Maps a core error; `node` renders the record a 409 carries.
     pub fn from_agent(err: AgentError, node: &WorkerNode) -> ApiError {
         let message = err.to_string();

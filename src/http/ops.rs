@@ -40,25 +40,30 @@ pub async fn healthz() -> Json<Value> {
         (status = 503, description = "The store or the engine does not answer; the message names which", body = ApiErrorDoc),
     ),
 )]
-pub async fn readyz(State(ctx): State<ApiContext>) -> Result<Json<Value>, ApiError> {
+pub async fn readyz(State(ctx): State<ApiContext>) -> Response {
     let (store, engine) = tokio::join!(ctx.agent.store().ping(), ctx.agent.runtime().ping());
-    let mut failing = Vec::new();
-    if let Err(e) = &store {
-        failing.push(format!("store: {e}"));
+    let store = store.err().map(|e| e.to_string());
+    let engine = engine.err().map(|e| e.to_string());
+    let state = |failure: &Option<String>| failure.clone().unwrap_or_else(|| "ok".to_owned());
+    if store.is_none() && engine.is_none() {
+        return Json(json!({"status": "ready", "store": "ok", "docker": "ok"})).into_response();
     }
-    if let Err(e) = &engine {
-        failing.push(format!("docker: {e}"));
-    }
-    if failing.is_empty() {
-        Ok(Json(
-            json!({"status": "ready", "store": "ok", "docker": "ok"}),
-        ))
-    } else {
-        Err(ApiError::not_ready(format!(
-            "not ready: {}",
-            failing.join("; ")
-        )))
-    }
+    let failing: Vec<String> = [("store", &store), ("docker", &engine)]
+        .into_iter()
+        .filter_map(|(name, f)| f.as_ref().map(|e| format!("{name}: {e}")))
+        .collect();
+    // The /v1 error shape, with each dependency named beside it.
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({
+            "status": 503,
+            "error": "not_ready",
+            "message": format!("not ready: {}", failing.join("; ")),
+            "store": state(&store),
+            "docker": state(&engine),
+        })),
+    )
+        .into_response()
 }
 
 /// Only operators read the node as a whole: users see their own apps, not the host.
