@@ -128,19 +128,27 @@ impl Services {
     }
 }
 
+/// Reads the TLS files the configuration names, if it names any.
+pub fn load_tls(config: &Config) -> Result<Option<Tls>, TlsError> {
+    config
+        .tls
+        .as_ref()
+        .map(|t| {
+            Tls::load(TlsFiles {
+                cert: t.cert_file.clone(),
+                key: t.key_file.clone(),
+                client_ca: t.client_ca_file.clone(),
+            })
+        })
+        .transpose()
+}
+
 /// Binds the listeners the configuration asks for: TCP (plain or TLS), and the Unix socket if one
 /// is configured. The TLS files are read here, so a bad certificate stops start-up.
 async fn bind_listeners(
     config: &Config,
 ) -> Result<(Vec<http::server::Listener>, Option<Tls>), RunError> {
-    let tls = match &config.tls {
-        Some(t) => Some(Tls::load(TlsFiles {
-            cert: t.cert_file.clone(),
-            key: t.key_file.clone(),
-            client_ca: t.client_ca_file.clone(),
-        })?),
-        None => None,
-    };
+    let tls = load_tls(config)?;
     let addr = config.http.listen.clone();
     let tcp = tokio::net::TcpListener::bind(&addr)
         .await

@@ -90,7 +90,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// Validates the configuration and, when it exists, the tokens file it names.
+/// Validates the configuration, the tokens file it names (when it exists) and its TLS files.
 fn check_config(path: &std::path::Path) -> ExitCode {
     let checked = Config::load(path)
         .map_err(|e| e.to_string())
@@ -99,6 +99,7 @@ fn check_config(path: &std::path::Path) -> ExitCode {
             if tokens.exists() {
                 TokenBook::load(tokens).map_err(|e| e.to_string())?;
             }
+            node_agent::load_tls(&config).map_err(|e| e.to_string())?;
             Ok(())
         });
     match checked {
