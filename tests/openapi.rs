@@ -105,8 +105,18 @@ async fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document()
         String::from_utf8_lossy(&output.stderr)
     );
     eprintln!("{report}");
-    assert!(output.status.success(), "schemathesis found failures:\n{report}");
-    assert!(report.contains("Tested: 12"), "every operation tested:\n{report}");
+    assert!(
+        output.status.success(),
+        "schemathesis found failures:\n{report}"
+    );
+    assert!(
+        report.contains("Tested: 12"),
+        "every operation tested:\n{report}"
+    );
     // The agent served the whole run without a fault of its own.
-    assert!(agent.logged(&["panicked"]).is_empty(), "{}", agent.log_text());
+    assert!(
+        agent.logged(&["panicked"]).is_empty(),
+        "{}",
+        agent.log_text()
+    );
 }
