@@ -60,6 +60,12 @@ pub enum RunError {
         #[source]
         err: std::io::Error,
     },
+    #[error("cannot serve on the Unix socket {path}")]
+    Socket {
+        path: std::path::PathBuf,
+        #[source]
+        err: std::io::Error,
+    },
     #[error("the HTTP server failed")]
     Serve(#[source] std::io::Error),
 }
@@ -78,6 +84,9 @@ impl RunError {
                 | TokensError::Exposed { .. }
                 | TokensError::Create { .. },
             ) => 78,
+            // A path that is not a socket is the configuration's fault; a socket that another
+            // process serves may free itself, so a restart may help.
+            RunError::Socket { err, .. } if err.kind() == std::io::ErrorKind::AlreadyExists => 78,
             _ => 1,
         }
     }
@@ -159,6 +168,18 @@ async fn bind_listeners(
     let bound = tcp
         .local_addr()
         .map_err(|err| RunError::Listen { addr, err })?;
+    let socket = match &config.http.unix_socket {
+        Some(path) => {
+            Some(
+                http::server::UnixSocket::bind(path).map_err(|err| RunError::Socket {
+                    path: path.clone(),
+                    err,
+                })?,
+            )
+        }
+        None => None,
+    };
+    // Logged once every listener is bound: a watcher of the log may connect at once.
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(
         addr = %bound,
@@ -168,13 +189,9 @@ async fn bind_listeners(
         "listening"
     );
     let mut listeners = vec![http::server::Listener::Tcp(tcp, tls.clone())];
-    if let Some(path) = &config.http.unix_socket {
-        let socket = http::server::UnixSocket::bind(path).map_err(|err| RunError::Listen {
-            addr: path.display().to_string(),
-            err,
-        })?;
+    if let Some(socket) = socket {
         tracing::info!(
-            socket = %path.display(),
+            socket = %socket.path().display(),
             trust_root = config.http.trust_root_on_socket,
             "serving on the Unix socket too"
         );

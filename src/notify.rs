@@ -40,7 +40,8 @@ pub fn stopping() {
 /// engine is not part of it: the agent is meant to serve, and say 503, while the engine is away,
 /// and restarting the agent would not bring the engine back.
 pub fn spawn_watchdog(store: Store) -> Option<tokio::task::JoinHandle<()>> {
-    let interval = sd_notify::watchdog_enabled()?;
+    // systemd never asks for a zero interval; should one come, there is no watchdog to feed.
+    let interval = sd_notify::watchdog_enabled().filter(|i| !i.is_zero())?;
     let beat = (interval / 2).max(Duration::from_millis(10));
     tracing::info!(
         interval_ms = interval.as_millis(),
