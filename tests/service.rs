@@ -10,18 +10,14 @@ use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{AgentOptions, AgentProcess, OPERATOR_TOKEN_NAME};
+use common::{AgentOptions, AgentProcess, OPERATOR_TOKEN_NAME, PATIENCE, run_to_exit};
 use sha2::{Digest, Sha256};
 
 /// An engine address where nothing listens: nothing here needs the engine, and the agent serves
 /// without it.
 const NO_ENGINE: &str = "unix:///nonexistent/node-agent-service-test/engine.sock";
-
-/// Generous limit for anything the agent does, on a slow shared machine.
-const PATIENCE: Duration = Duration::from_secs(60);
 
 const USER_ID: &str = "60c72b2f9b1e8d001c8e4f3a";
 
@@ -52,66 +48,6 @@ fn status_of(base: &str, path: &str, token: Option<&str>) -> u16 {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no HTTP answer: {text:?}"))
-}
-
-/// Waits until the agent has logged `count` lines containing every one of `needles`; returns them.
-fn wait_logged_n(agent: &AgentProcess, needles: &[&str], count: usize) -> Vec<String> {
-    let start = Instant::now();
-    loop {
-        let lines = agent.logged(needles);
-        if lines.len() >= count {
-            return lines;
-        }
-        assert!(
-            start.elapsed() < PATIENCE,
-            "fewer than {count} log lines with {needles:?} within {PATIENCE:?}; the log:\n{}",
-            agent.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Runs the agent binary with `args` until it exits (at most [`PATIENCE`]); returns the exit code,
-/// stdout and stderr.
-fn run_binary(args: &[&str]) -> (Option<i32>, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_node-agent"))
-        .args(args)
-        .env("RUST_LOG", "info,node_agent=debug")
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("WATCHDOG_USEC")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start node-agent");
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        s
-    });
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let start = Instant::now();
-    let code = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status.code();
-        }
-        if start.elapsed() > PATIENCE {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "node-agent {args:?} did not exit within {PATIENCE:?}; stderr:\n{}",
-                err.join().unwrap()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    (code, out.join().unwrap(), err.join().unwrap())
 }
 
 fn chmod(path: &Path, mode: u32) {
@@ -234,7 +170,7 @@ fn the_service_manager_hears_ready_watchdog_reloading_and_stopping() {
     assert_eq!(status_of(&agent.base, "/healthz", None), 200);
 
     // The watchdog, every 100 ms (half of 200 ms) while the store answers.
-    let log = wait_logged_n(&agent, &["systemd watchdog enabled"], 1);
+    let log = agent.wait_logged(&["systemd watchdog enabled"], 1);
     assert!(log[0].contains("interval_ms=200"), "{log:?}");
     for _ in 0..2 {
         let (_, before) = notes.until("WATCHDOG=1");
@@ -258,7 +194,7 @@ fn the_service_manager_hears_ready_watchdog_reloading_and_stopping() {
         "nothing but watchdog pings between RELOADING=1 and READY=1: {before:?}"
     );
     assert!(ready.contains("STATUS="), "{ready:?}");
-    wait_logged_n(&agent, &["tokens reloaded"], 1);
+    agent.wait_logged(&["tokens reloaded"], 1);
     assert_eq!(status_of(&agent.base, "/v1/apps", Some(&agent.token)), 200);
 
     // SIGTERM: stopping, then a clean exit.
@@ -324,7 +260,7 @@ fn token_list_shows_names_roles_and_users_never_hashes() {
     let (config, tokens, secrets) = config_with_tokens(dir.path());
     let config = config.to_str().unwrap();
 
-    let (code, stdout, stderr) = run_binary(&["token", "list", "--config", config]);
+    let (code, stdout, stderr) = run_to_exit(&["token", "list", "--config", config]);
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 3, "a header and two tokens: {stdout}");
@@ -359,7 +295,7 @@ fn token_list_shows_names_roles_and_users_never_hashes() {
 
     // Listing still works on a file others may read, and says the agent will not take it.
     chmod(&tokens, 0o644);
-    let (code, stdout, stderr) = run_binary(&["token", "list", "--config", config]);
+    let (code, stdout, stderr) = run_to_exit(&["token", "list", "--config", config]);
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     assert!(stdout.contains("keven"), "{stdout}");
     assert!(!holds_a_hash(&stdout), "{stdout}");
@@ -383,7 +319,7 @@ fn a_tokens_file_other_users_may_read_is_refused_at_start() {
     let tokens = agent.tokens_path();
 
     chmod(&tokens, 0o644);
-    let (code, stdout, stderr) = run_binary(&["--config", config]);
+    let (code, stdout, stderr) = run_to_exit(&["--config", config]);
     assert_eq!(code, Some(78), "{stdout}{stderr}");
     assert!(
         stderr.contains(&tokens.display().to_string()),
@@ -397,7 +333,7 @@ fn a_tokens_file_other_users_may_read_is_refused_at_start() {
         !stderr.contains("listening"),
         "refused before listening: {stderr}"
     );
-    let (code, stdout, stderr) = run_binary(&["check-config", "--config", config]);
+    let (code, stdout, stderr) = run_to_exit(&["check-config", "--config", config]);
     assert_eq!(code, Some(78), "{stdout}{stderr}");
     assert!(
         stderr.contains(&tokens.display().to_string()) && stderr.contains("other users"),
@@ -411,7 +347,7 @@ fn a_tokens_file_other_users_may_read_is_refused_at_start() {
 
     // Owner and group only: fine.
     chmod(&tokens, 0o640);
-    let (code, stdout, stderr) = run_binary(&["check-config", "--config", config]);
+    let (code, stdout, stderr) = run_to_exit(&["check-config", "--config", config]);
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     agent.restart();
     assert_eq!(status_of(&agent.base, "/v1/apps", Some(&agent.token)), 200);
@@ -436,7 +372,7 @@ fn sighup_keeps_the_tokens_in_force_when_the_file_is_exposed() {
     );
     assert_eq!(mode_of(&tokens), 0o644);
     agent.signal("-HUP");
-    let refused = wait_logged_n(&agent, &["tokens file not reloaded"], 1);
+    let refused = agent.wait_logged(&["tokens file not reloaded"], 1);
     assert!(
         refused[0].contains("0644") && refused[0].contains("other users"),
         "the log says why: {refused:?}"
@@ -460,7 +396,7 @@ fn sighup_keeps_the_tokens_in_force_when_the_file_is_exposed() {
     // Made private again: the next SIGHUP takes the new token.
     chmod(&tokens, 0o600);
     agent.signal("-HUP");
-    let reloaded = wait_logged_n(&agent, &["tokens reloaded"], 1);
+    let reloaded = agent.wait_logged(&["tokens reloaded"], 1);
     assert!(reloaded[0].contains("tokens=2"), "{reloaded:?}");
     assert_eq!(status_of(&agent.base, "/v1/apps", Some(&late)), 200);
     assert_eq!(status_of(&agent.base, "/v1/apps", Some(&agent.token)), 200);

@@ -5,20 +5,18 @@
 
 mod common;
 
-use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{AgentOptions, AgentProcess};
+use common::{AgentOptions, AgentProcess, PATIENCE, run_to_exit, write_config};
 
 /// An engine address where nothing listens: these tests are about the listener, not the engine, and
 /// the agent serves (registering without looking at the container) while the engine is away.
 const NO_ENGINE: &str = "unix:///nonexistent/node-agent-socket-test/engine.sock";
-
-/// Generous limit for anything the agent does, on a slow shared machine.
-const PATIENCE: Duration = Duration::from_secs(60);
+const NO_ENGINE_SECTION: &str =
+    "[docker]\nhost = \"unix:///nonexistent/node-agent-socket-test/engine.sock\"\n";
 
 /// The uid `setpriv` runs the non-root client as (nobody).
 const NOBODY: u32 = 65534;
@@ -143,90 +141,6 @@ fn wait_for_socket(socket: &Path) {
     );
 }
 
-/// Waits until the agent has logged a line containing every one of `needles`; returns such lines.
-fn wait_logged(agent: &AgentProcess, needles: &[&str]) -> Vec<String> {
-    wait_logged_n(agent, needles, 1)
-}
-
-/// Waits until the agent has logged `count` lines containing every one of `needles`.
-fn wait_logged_n(agent: &AgentProcess, needles: &[&str], count: usize) -> Vec<String> {
-    let start = Instant::now();
-    loop {
-        let lines = agent.logged(needles);
-        if lines.len() >= count {
-            return lines;
-        }
-        assert!(
-            start.elapsed() < PATIENCE,
-            "fewer than {count} log lines with {needles:?} within {PATIENCE:?}; the log:\n{}",
-            agent.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Runs the agent binary with `args` until it exits (at most [`PATIENCE`]); returns the exit code,
-/// stdout and stderr.
-fn run_binary(args: &[&str]) -> (Option<i32>, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_node-agent"))
-        .args(args)
-        .env("RUST_LOG", "info,node_agent=debug")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start node-agent");
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        s
-    });
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let start = Instant::now();
-    let code = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status.code();
-        }
-        if start.elapsed() > PATIENCE {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "node-agent {args:?} did not exit within {PATIENCE:?}; stderr:\n{}",
-                err.join().unwrap()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    (code, out.join().unwrap(), err.join().unwrap())
-}
-
-/// A configuration (and a private tokens file) in `dir`, with `http_extra` in `[http]`.
-fn write_config(dir: &Path, http_extra: &str) -> PathBuf {
-    let tokens = dir.join("tokens.toml");
-    common::write_tokens(
-        &tokens,
-        &[("test-operator", "some-operator-token", "operator", None)],
-    );
-    let config = dir.join("node-agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[node]\nid = \"n1\"\nname = \"ODIN\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n{http_extra}\n\
-             [store]\npath = \"{}\"\n\n[auth]\ntokens_file = \"{}\"\n\n[docker]\nhost = \"{NO_ENGINE}\"\n",
-            dir.join("state/node-agent.db").display(),
-            tokens.display(),
-        ),
-    )
-    .unwrap();
-    config
-}
-
 #[test]
 fn the_socket_is_0660_and_asks_for_a_token_unless_root_is_trusted() {
     let (_dir, socket) = socket_dir();
@@ -235,7 +149,7 @@ fn the_socket_is_0660_and_asks_for_a_token_unless_root_is_trusted() {
 
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
     assert_eq!(mode & 0o7777, 0o660, "socket mode is {:04o}", mode & 0o7777);
-    let log = wait_logged(&agent, &["serving on the Unix socket too"]);
+    let log = agent.wait_logged(&["serving on the Unix socket too"], 1);
     assert!(log[0].contains("trust_root=false"), "{log:?}");
 
     let via = Via::Socket(&socket);
@@ -262,10 +176,7 @@ fn root_on_the_socket_acts_as_operator_when_trusted_and_only_there() {
     let (_dir, socket) = socket_dir();
     let mut agent = AgentProcess::start_with(socket_options(&socket, true));
     wait_for_socket(&socket);
-    wait_logged(
-        &agent,
-        &["serving on the Unix socket too", "trust_root=true"],
-    );
+    agent.wait_logged(&["serving on the Unix socket too", "trust_root=true"], 1);
     // The client as nobody must be able to reach the socket through the directory the agent made.
     std::fs::set_permissions(
         socket.parent().unwrap(),
@@ -292,14 +203,14 @@ fn root_on_the_socket_acts_as_operator_when_trusted_and_only_there() {
     );
     assert!(body.contains(&container), "{body}");
     // The registration names root on the socket as who did it.
-    wait_logged(
-        &agent,
+    agent.wait_logged(
         &[
             " registered ",
             &format!("app={id} "),
             "token=root (unix socket)",
             "created=true",
         ],
+        1,
     );
 
     // A token, when given, decides: a wrong one is refused even for root.
@@ -393,7 +304,7 @@ fn the_socket_file_goes_at_exit_and_a_stale_one_is_replaced() {
     let (status, body) = get(Via::Socket(&socket), "/v1/apps", Some(&agent.token));
     assert_eq!(status, 200, "{body}");
     // One line per start: three starts, each served the socket.
-    wait_logged_n(&agent, &["serving on the Unix socket too"], 3);
+    agent.wait_logged(&["serving on the Unix socket too"], 3);
 
     assert_eq!(agent.terminate(), Some(0));
     assert!(std::fs::symlink_metadata(&socket).is_err());
@@ -408,11 +319,13 @@ fn a_file_that_is_not_a_socket_stops_start_up_and_is_left_alone() {
     std::fs::write(&socket, contents).unwrap();
     let config = write_config(
         dir.path(),
+        "127.0.0.1:0",
         &format!("unix_socket = \"{}\"\n", socket.display()),
+        NO_ENGINE_SECTION,
     );
 
     // A configuration fault: exit 78, which the unit does not restart; nothing was listening.
-    let (code, _, stderr) = run_binary(&["--config", config.to_str().unwrap()]);
+    let (code, _, stderr) = run_to_exit(&["--config", config.to_str().unwrap()]);
     assert_eq!(code, Some(78), "stderr:\n{stderr}");
     assert!(
         stderr.contains(&socket.display().to_string()),
@@ -434,10 +347,12 @@ fn a_socket_another_agent_serves_is_not_taken_over() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(
         dir.path(),
+        "127.0.0.1:0",
         &format!("unix_socket = \"{}\"\n", socket.display()),
+        NO_ENGINE_SECTION,
     );
     // Another agent may be on its way out: exit 1, which the unit retries.
-    let (code, _, stderr) = run_binary(&["--config", config.to_str().unwrap()]);
+    let (code, _, stderr) = run_to_exit(&["--config", config.to_str().unwrap()]);
     assert_eq!(code, Some(1), "stderr:\n{stderr}");
     assert!(
         stderr.contains(&socket.display().to_string()),
@@ -456,10 +371,15 @@ fn a_socket_another_agent_serves_is_not_taken_over() {
 #[test]
 fn trusting_root_without_a_socket_is_a_configuration_error() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), "trust_root_on_socket = true\n");
+    let config = write_config(
+        dir.path(),
+        "127.0.0.1:0",
+        "trust_root_on_socket = true\n",
+        NO_ENGINE_SECTION,
+    );
     let config = config.to_str().unwrap();
 
-    let (code, _, stderr) = run_binary(&["--config", config]);
+    let (code, _, stderr) = run_to_exit(&["--config", config]);
     assert_eq!(code, Some(78), "stderr:\n{stderr}");
     assert!(stderr.contains("http.trust_root_on_socket"), "{stderr}");
     assert!(
@@ -467,7 +387,7 @@ fn trusting_root_without_a_socket_is_a_configuration_error() {
         "refused before listening: {stderr}"
     );
 
-    let (code, stdout, stderr) = run_binary(&["check-config", "--config", config]);
+    let (code, stdout, stderr) = run_to_exit(&["check-config", "--config", config]);
     assert_eq!(code, Some(78), "{stdout}{stderr}");
     assert!(stderr.contains("http.trust_root_on_socket"), "{stderr}");
 }

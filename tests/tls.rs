@@ -6,13 +6,12 @@
 
 mod common;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{AgentOptions, AgentProcess};
+use common::{AgentOptions, AgentProcess, run_to_exit, write_config};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 use rcgen::{
@@ -21,9 +20,6 @@ use rcgen::{
 };
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
-
-/// How long a test waits for the agent to log something, or to exit.
-const PATIENCE: Duration = Duration::from_secs(60);
 
 /// A certificate authority that issues the test certificates.
 struct Ca {
@@ -217,73 +213,6 @@ fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// Waits until the agent has logged at least `count` lines containing every one of `needles`.
-fn wait_logged(agent: &AgentProcess, needles: &[&str], count: usize) {
-    let start = Instant::now();
-    while agent.logged(needles).len() < count {
-        assert!(
-            start.elapsed() < PATIENCE,
-            "the agent did not log {needles:?} (x{count}) within {PATIENCE:?}; its log:\n{}",
-            agent.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Runs the binary with `args` to its exit (killing it and failing after [`PATIENCE`]); returns
-/// the exit code and what it wrote on standard error.
-fn run_to_exit(args: &[&str]) -> (Option<i32>, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_node-agent"))
-        .args(args)
-        .env("RUST_LOG", "info")
-        .env_remove("NODE_AGENT__HTTP__LISTEN")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start node-agent");
-    let mut stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text);
-        text
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > PATIENCE {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "node-agent {args:?} did not exit within {PATIENCE:?}; stderr:\n{}",
-                reader.join().unwrap()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    (status.code(), reader.join().unwrap())
-}
-
-/// A configuration file in `dir` listening on `listen`, with a tokens file of its own, more
-/// `[http]` lines and more sections.
-fn write_config(dir: &Path, listen: &str, http_extra: &str, extra: &str) -> PathBuf {
-    let tokens = dir.join("tokens.toml");
-    common::write_tokens(&tokens, &[("op", "op-token", "operator", None)]);
-    let config = format!(
-        "[node]\nid = \"{}\"\nname = \"{}\"\n\n[http]\nlisten = \"{listen}\"\n{http_extra}\n\
-         [store]\npath = \"{}\"\n\n[auth]\ntokens_file = \"{}\"\n\n{extra}",
-        common::NODE_ID,
-        common::NODE_NAME,
-        dir.join("state/node-agent.db").display(),
-        tokens.display(),
-    );
-    let path = dir.join("node-agent.toml");
-    std::fs::write(&path, config).unwrap();
-    path
-}
-
 #[test]
 fn https_serves_the_api_and_plain_http_gets_no_answer() {
     let ca = Ca::new("serving CA");
@@ -315,14 +244,14 @@ fn https_serves_the_api_and_plain_http_gets_no_answer() {
     // A client that does not trust the agent's CA refuses the connection.
     let untrusted = curl(&agent, &https(&agent, "/healthz"), &[]);
     untrusted.assert_no_answer(UNTRUSTED, "a client without the CA");
-    wait_logged(&agent, &["TLS handshake refused"], 1);
+    agent.wait_logged(&["TLS handshake refused"], 1);
 
     // Plain HTTP on the TLS port gets no HTTP answer at all.
     let plain_url = format!("http://127.0.0.1:{}/healthz", port(&agent));
     let plain = curl(&agent, &plain_url, &["-H", &bearer(&agent)]);
     assert_ne!(plain.status, Some(200), "{plain:?}");
     assert_ne!(plain.exit, Some(0), "{plain:?}");
-    wait_logged(&agent, &["TLS handshake refused"], 2);
+    agent.wait_logged(&["TLS handshake refused"], 2);
 
     // The agent goes on serving HTTPS after that.
     let again = curl(&agent, &https(&agent, "/healthz"), &cacert);
@@ -357,7 +286,7 @@ fn client_certificates_from_the_client_ca_are_required() {
 
     let none = curl(&agent, &url, &[&cacert[..], &["-H", &auth]].concat());
     none.assert_no_answer(REFUSED_BY_SERVER, "no client certificate");
-    wait_logged(&agent, &["TLS handshake refused"], 1);
+    agent.wait_logged(&["TLS handshake refused"], 1);
 
     let member = [
         "--cert",
@@ -402,7 +331,7 @@ fn client_certificates_from_the_client_ca_are_required() {
         );
         refused.assert_no_answer(REFUSED_BY_SERVER, &format!("client certificate of {what}"));
     }
-    wait_logged(&agent, &["TLS handshake refused"], 3);
+    agent.wait_logged(&["TLS handshake refused"], 3);
 }
 
 /// A kept-alive HTTPS connection to the agent, trusting only `ca`.
@@ -486,7 +415,7 @@ async fn sighup_reloads_the_certificate_and_keeps_it_when_the_new_files_are_brok
     // Renewal by another CA: both files replaced, then SIGHUP.
     files.pair("server", &ca2.server("agent, second"));
     agent.signal("-HUP");
-    wait_logged(&agent, &["TLS certificate and key reloaded"], 1);
+    agent.wait_logged(&["TLS certificate and key reloaded"], 1);
 
     let renewed = curl(&agent, &url, &with_ca2);
     assert_eq!(renewed.status, Some(200), "{renewed:?}");
@@ -499,7 +428,7 @@ async fn sighup_reloads_the_certificate_and_keeps_it_when_the_new_files_are_brok
     // A broken key file: the reload is refused and the second certificate stays in force.
     files.write("server.key", "this is not a key\n");
     agent.signal("-HUP");
-    wait_logged(&agent, &["TLS files not reloaded"], 1);
+    agent.wait_logged(&["TLS files not reloaded"], 1);
     let refused = agent.logged(&["TLS files not reloaded"]);
     assert!(
         refused[0].contains(path_str(&key)),
@@ -564,7 +493,7 @@ fn unusable_tls_files_stop_start_up_and_fail_check_config_with_exit_78_naming_th
     ] {
         let dir = tempfile::tempdir().unwrap();
         let config = write_config(dir.path(), "127.0.0.1:0", "", &tls);
-        let (code, stderr) = run_to_exit(&["--config", path_str(&config)]);
+        let (code, _, stderr) = run_to_exit(&["--config", path_str(&config)]);
         assert_eq!(code, Some(78), "{what}: {stderr}");
         assert!(
             stderr.contains(path_str(named)),
@@ -576,7 +505,7 @@ fn unusable_tls_files_stop_start_up_and_fail_check_config_with_exit_78_naming_th
             "{what}: the agent listened: {stderr}"
         );
         // check-config reads the same files, and says the same.
-        let (code, stderr) = run_to_exit(&["check-config", "--config", path_str(&config)]);
+        let (code, _, stderr) = run_to_exit(&["check-config", "--config", path_str(&config)]);
         assert_eq!(code, Some(78), "check-config, {what}: {stderr}");
         assert!(
             stderr.contains(path_str(named)),
@@ -595,7 +524,7 @@ fn plain_http_on_a_non_loopback_address_is_refused_unless_allowed_or_tls() {
         &["--config", config][..],
         &["check-config", "--config", config][..],
     ] {
-        let (code, stderr) = run_to_exit(args);
+        let (code, _, stderr) = run_to_exit(args);
         assert_eq!(code, Some(78), "{args:?}: {stderr}");
         for named in ["http.listen", "allow_insecure_http"] {
             assert!(stderr.contains(named), "{args:?}: {named} not in: {stderr}");
@@ -606,7 +535,7 @@ fn plain_http_on_a_non_loopback_address_is_refused_unless_allowed_or_tls() {
     // Allowed explicitly: plain HTTP on every address.
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "0.0.0.0:0", "allow_insecure_http = true\n", "");
-    let (code, stderr) = run_to_exit(&["check-config", "--config", path_str(&config)]);
+    let (code, _, stderr) = run_to_exit(&["check-config", "--config", path_str(&config)]);
     assert_eq!(code, Some(0), "{stderr}");
     let mut agent = AgentProcess::start_with(AgentOptions {
         http_extra: "allow_insecure_http = true\n".into(),
@@ -634,7 +563,7 @@ fn plain_http_on_a_non_loopback_address_is_refused_unless_allowed_or_tls() {
     let tls = tls_section(&cert, &key, None);
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "0.0.0.0:0", "", &tls);
-    let (code, stderr) = run_to_exit(&["check-config", "--config", path_str(&config)]);
+    let (code, _, stderr) = run_to_exit(&["check-config", "--config", path_str(&config)]);
     assert_eq!(code, Some(0), "{stderr}");
     let mut agent = AgentProcess::start_with(AgentOptions {
         extra_config: tls,

@@ -23,6 +23,9 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 
+/// How long a test waits for the agent to do what it should do at once, on a slow, shared machine.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
 /// The label every test container carries; tests remove only containers they created.
 pub const TEST_LABEL: &str = "node-agent-test";
 pub const NODE_ID: &str = "node-test-0001";
@@ -440,6 +443,24 @@ impl AgentProcess {
             .collect()
     }
 
+    /// Waits until the agent has logged at least `count` lines containing every one of `needles`
+    /// (failing after [`PATIENCE`]); returns them.
+    pub fn wait_logged(&self, needles: &[&str], count: usize) -> Vec<String> {
+        let start = std::time::Instant::now();
+        loop {
+            let lines = self.logged(needles);
+            if lines.len() >= count {
+                return lines;
+            }
+            assert!(
+                start.elapsed() < PATIENCE,
+                "fewer than {count} log lines with {needles:?} within {PATIENCE:?}; the log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Everything logged so far, as one text.
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
@@ -765,4 +786,71 @@ pub async fn raw_http(base: &str, request: &[u8]) -> (u16, String) {
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     (status, body)
+}
+
+/// Runs the agent binary with `args` until it exits, outside systemd (killing it and failing after
+/// [`PATIENCE`]); returns the exit code, standard output and standard error.
+pub fn run_to_exit(args: &[&str]) -> (Option<i32>, String, String) {
+    use std::io::Read;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_node-agent"))
+        .args(args)
+        .env("RUST_LOG", "info,node_agent=debug")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("NODE_AGENT__HTTP__LISTEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start node-agent");
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let start = std::time::Instant::now();
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if start.elapsed() > PATIENCE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "node-agent {args:?} did not exit within {PATIENCE:?}; stderr:\n{}",
+                err.join().unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (code, out.join().unwrap(), err.join().unwrap())
+}
+
+/// The operator token of [`write_config`]'s tokens file.
+pub const STANDALONE_TOKEN: &str = "standalone-operator-token";
+
+/// A configuration file in `dir` listening on `listen`, with a tokens file of its own (one operator,
+/// [`STANDALONE_TOKEN`]), more `[http]` lines and more sections; for runs outside [`AgentProcess`].
+pub fn write_config(dir: &Path, listen: &str, http_extra: &str, extra: &str) -> PathBuf {
+    let tokens = dir.join("tokens.toml");
+    write_tokens(
+        &tokens,
+        &[(OPERATOR_TOKEN_NAME, STANDALONE_TOKEN, "operator", None)],
+    );
+    let config = format!(
+        "[node]\nid = \"{NODE_ID}\"\nname = \"{NODE_NAME}\"\n\n[http]\nlisten = \"{listen}\"\n{http_extra}\n\
+         [store]\npath = \"{}\"\n\n[auth]\ntokens_file = \"{}\"\n\n{extra}",
+        dir.join("state/node-agent.db").display(),
+        tokens.display(),
+    );
+    let path = dir.join("node-agent.toml");
+    std::fs::write(&path, config).unwrap();
+    path
 }
