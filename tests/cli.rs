@@ -76,6 +76,8 @@ fn check_config_also_checks_the_tokens_file() {
         "[[token]]\nname = \"x\"\nsha256 = \"not-a-hash\"\nrole = \"operator\"\n",
     )
     .unwrap();
+    // Private, as the agent requires, so that only the content is at fault.
+    std::fs::set_permissions(&tokens, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let config = format!("{MINIMAL}[auth]\ntokens_file = \"{}\"\n", tokens.display());
     let (code, text) = check(&config, &[]);
     assert_eq!(code, 78, "{text}");
