@@ -31,10 +31,25 @@ pub enum TokensError {
     #[error("tokens file {path} is not valid: {message}")]
     Invalid { path: PathBuf, message: String },
     #[error(
-        "tokens file {path} has mode {mode:04o}: other users may read or change it; \
-         restrict it (chmod o-rwx {path}, e.g. 0600 or 0640 with the agent's group)"
+        "tokens file {path} has mode {mode:04o}: other users may read or change it, or its group \
+         may change it; restrict it (chmod 0600 {path}, or 0640 with the agent's group)"
     )]
     Exposed { path: PathBuf, mode: u32 },
+    #[error(
+        "tokens file {path} belongs to uid {owner}: its owner may grant any role, so only root or \
+         the agent's own user (uid {agent}) may own it; chown it"
+    )]
+    Owner {
+        path: PathBuf,
+        owner: u32,
+        agent: u32,
+    },
+    #[error(
+        "tokens file {path} does not exist, and the agent does not create one while its output \
+         goes to the journal, which would keep the new token in clear: create the file and \
+         append the entries `node-agent token new` prints, as the README's install steps do"
+    )]
+    NotCreatedUnderJournal { path: PathBuf },
     #[error("cannot generate a random token")]
     Random(#[source] getrandom::Error),
 }
@@ -107,7 +122,7 @@ impl TokenBook {
             path: path.to_owned(),
             message,
         };
-        let file: TokensFile = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        let file: TokensFile = toml::from_str(text).map_err(|e| invalid(toml_error(text, &e)))?;
         let mut known = Vec::with_capacity(file.token.len());
         for (i, entry) in file.token.into_iter().enumerate() {
             let at = format!("token #{} ({:?})", i + 1, entry.name);
@@ -149,8 +164,8 @@ impl TokenBook {
 
     /// Reads the tokens file at `path`, which other users must not be able to read or change.
     pub fn load(path: &Path) -> Result<TokenBook, TokensError> {
-        check_private(path)?;
-        let text = read_tokens_file(path)?;
+        let (text, meta) = read_tokens_file(path)?;
+        check_private(path, &meta)?;
         Self::parse(&text, path)
     }
 
@@ -233,36 +248,77 @@ impl TokenSummary {
     }
 }
 
-fn read_tokens_file(path: &Path) -> Result<String, TokensError> {
-    std::fs::read_to_string(path).map_err(|err| TokensError::Read {
+/// Reads the tokens file through one handle: its text, and the mode and owner of that same file
+/// (not of whatever the path names a moment later).
+fn read_tokens_file(path: &Path) -> Result<(String, std::fs::Metadata), TokensError> {
+    use std::io::Read;
+    let read = |err| TokensError::Read {
         path: path.to_owned(),
         err,
-    })
+    };
+    let mut file = std::fs::File::open(path).map_err(read)?;
+    let meta = file.metadata().map_err(read)?;
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(read)?;
+    Ok((text, meta))
 }
 
-/// Refuses a tokens file that users other than its owner and group may read or write: the hashes
-/// are not secrets an attacker should get to test guesses against, and whoever may write the file
-/// may grant themselves any role.
-pub fn check_private(path: &Path) -> Result<(), TokensError> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).map_err(|err| TokensError::Read {
-        path: path.to_owned(),
-        err,
-    })?;
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o007 != 0 {
+/// Refuses a tokens file that other users may read or write, that its group may write, or that
+/// belongs to someone other than root or the agent's own user: the hashes are not secrets an
+/// attacker should get to test guesses against, and whoever may write the file may grant
+/// themselves any role.
+fn check_private(path: &Path, meta: &std::fs::Metadata) -> Result<(), TokensError> {
+    use std::os::unix::fs::MetadataExt;
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o027 != 0 {
         return Err(TokensError::Exposed {
             path: path.to_owned(),
             mode,
         });
     }
+    let agent = rustix::process::geteuid().as_raw();
+    if meta.uid() != 0 && meta.uid() != agent {
+        return Err(TokensError::Owner {
+            path: path.to_owned(),
+            owner: meta.uid(),
+            agent,
+        });
+    }
     Ok(())
 }
 
-/// Reads the tokens file for listing, whatever its mode.
-pub fn list_tokens(path: &Path) -> Result<Vec<TokenSummary>, TokensError> {
-    let text = read_tokens_file(path)?;
-    Ok(TokenBook::parse(&text, path)?.summaries())
+/// The tokens of a file as `token list` shows them, read whatever the file's mode, beside the
+/// reason the agent would refuse the file, if it would.
+pub fn list_tokens(path: &Path) -> Result<(Vec<TokenSummary>, Option<TokensError>), TokensError> {
+    let (text, meta) = read_tokens_file(path)?;
+    let summaries = TokenBook::parse(&text, path)?.summaries();
+    Ok((summaries, check_private(path, &meta).err()))
+}
+
+/// A TOML error as its message and position, without the quoted line, and with every value the
+/// message quotes left out but the file's own keys and roles: a line of the tokens file may hold a
+/// hash, or a token pasted by mistake, and this text reaches logs and terminals.
+fn toml_error(text: &str, err: &toml::de::Error) -> String {
+    const KNOWN: [&str; 7] = [
+        "name", "sha256", "role", "user_id", "token", "operator", "user",
+    ];
+    let message: String = err
+        .message()
+        .split('`')
+        .enumerate()
+        .map(|(i, part)| match i % 2 {
+            0 => part.to_owned(),
+            _ if KNOWN.contains(&part) => format!("`{part}`"),
+            _ => "`…`".to_owned(),
+        })
+        .collect();
+    let Some(span) = err.span() else {
+        return message;
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    format!("line {line}, column {column}: {message}")
 }
 
 fn parse_hash(hex_digits: &str) -> Option<[u8; 32]> {
@@ -376,18 +432,22 @@ mod tests {
         let mut text = std::fs::read_to_string(&path).expect("read");
         text.push_str(&entry_toml(&user));
         std::fs::write(&path, &text).expect("write");
-        for mode in [0o600, 0o640, 0o660] {
+        for mode in [0o600, 0o640, 0o400, 0o440] {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
             TokenBook::load(&path).expect("private enough");
         }
-        for mode in [0o644, 0o602, 0o601] {
+        for mode in [0o644, 0o602, 0o601, 0o660, 0o620] {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
             let err = TokenBook::load(&path).expect_err("exposed");
             let text = err.to_string();
             assert!(text.contains(&format!("{mode:04o}")), "{text}");
             assert!(text.contains("other users"), "{text}");
         }
-        let listed = list_tokens(&path).expect("listed whatever the mode");
+        let (listed, refusal) = list_tokens(&path).expect("listed whatever the mode");
+        assert!(
+            matches!(refusal, Some(TokensError::Exposed { mode: 0o620, .. })),
+            "{refusal:?}"
+        );
         assert_eq!(
             listed,
             vec![
@@ -435,7 +495,7 @@ mod tests {
             ),
             (
                 &format!("[[token]]\nname = \"a\"\nsha256 = \"{h}\"\nrole = \"admin\"\n"),
-                "admin",
+                "line 4, column 8: unknown variant `…`, expected `operator` or `user`",
             ),
             (
                 &format!(
@@ -453,6 +513,71 @@ mod tests {
             let err = TokenBook::parse(text, Path::new("t")).expect_err(why);
             assert!(err.to_string().contains(why), "{err}");
         }
+    }
+
+    #[test]
+    fn parse_errors_name_the_place_but_never_quote_the_line() {
+        let secret = "5ecret-token-pasted-by-mistake";
+        let h = hash_token("x");
+        for (text, line) in [
+            (
+                format!(
+                    "[[token]]\nname = \"a\"\nsha256 = \"{h}\"\nsha256 = \"{h}\"\nrole = \"operator\"\n"
+                ),
+                "line 4",
+            ),
+            (
+                format!(
+                    "[[token]]\nname = \"a\"\nsha256 = \"{h}\"\nrole = \"operator\"\ntoken = \"{secret}\"\n"
+                ),
+                "line 5",
+            ),
+            (format!("# tokens\n{secret}\n"), "line 2"),
+            (
+                format!("[[token]]\nname = \"a\"\nsha256 = \"{h}\"\nrole = \"{secret}\"\n"),
+                "line 4",
+            ),
+            (
+                format!(
+                    "[[token]]\nname = \"a\"\nsha256 = \"{h}\"\nrole = \"operator\"\n{secret} = 1\n"
+                ),
+                "line 5",
+            ),
+            (
+                "[[token]]\nname = \"a\"\nsha256 = 12345678901\nrole = \"operator\"\n".to_owned(),
+                "line 3",
+            ),
+        ] {
+            let err = TokenBook::parse(&text, Path::new("t"))
+                .expect_err("invalid")
+                .to_string();
+            assert!(err.contains(line), "{line} not in: {err}");
+            assert!(
+                !err.contains(&h) && !err.contains(secret) && !err.contains("12345678901"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_tokens_file_owned_by_another_user_is_refused() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("tokens.toml");
+        create_tokens_file(&path).expect("created");
+        // 65534 is `nobody`: neither root nor the user these tests run as (root, in CI).
+        std::os::unix::fs::chown(&path, Some(65534), None)
+            .expect("chown the tokens file to nobody: this test needs to run as root");
+        let err = TokenBook::load(&path).expect_err("owned by nobody");
+        assert!(
+            matches!(err, TokensError::Owner { owner: 65534, .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("uid 65534"), "{err}");
+        let (_, refusal) = list_tokens(&path).expect("listed whatever the owner");
+        assert!(
+            matches!(refusal, Some(TokensError::Owner { .. })),
+            "{refusal:?}"
+        );
     }
 
     #[test]

@@ -82,21 +82,36 @@ impl RunError {
             | RunError::Tokens(
                 TokensError::Invalid { .. }
                 | TokensError::Exposed { .. }
+                | TokensError::Owner { .. }
+                | TokensError::NotCreatedUnderJournal { .. }
                 | TokensError::Create { .. },
             ) => 78,
-            // A path that is not a socket is the configuration's fault; a socket that another
-            // process serves may free itself, so a restart may help.
-            RunError::Socket { err, .. } if err.kind() == std::io::ErrorKind::AlreadyExists => 78,
+            // A path that is not a socket, or one the agent may not use, is the configuration's
+            // fault; a socket that another process serves may free itself, so a restart may help.
+            RunError::Socket { err, .. }
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::AlreadyExists | std::io::ErrorKind::PermissionDenied
+                ) =>
+            {
+                78
+            }
             _ => 1,
         }
     }
 }
 
 /// Loads the tokens file, creating it with one fresh operator token when it does not exist; that
-/// token is printed once on standard output.
+/// token is printed once on standard output. Where standard output is systemd's journal, the file
+/// is not created: the journal would keep the token.
 pub fn load_or_create_tokens(config: &Config) -> Result<TokenBook, TokensError> {
     let path = &config.auth.tokens_file;
     if !path.exists() {
+        if stdout_is_the_journal() {
+            return Err(TokensError::NotCreatedUnderJournal {
+                path: path.to_owned(),
+            });
+        }
         let token = auth::create_tokens_file(path)?;
         println!(
             "Created {} with one operator token. It is shown once; keep it:\n{token}",
@@ -105,6 +120,19 @@ pub fn load_or_create_tokens(config: &Config) -> Result<TokenBook, TokensError> 
         tracing::warn!(path = %path.display(), "created a tokens file with a fresh operator token");
     }
     TokenBook::load(path)
+}
+
+/// Whether standard output goes to systemd's journal: systemd names the journal's stream in
+/// `JOURNAL_STREAM` as `device:inode` (systemd.exec(5)).
+fn stdout_is_the_journal() -> bool {
+    let Ok(stream) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((device, inode)) = stream.split_once(':') else {
+        return false;
+    };
+    rustix::fs::fstat(std::io::stdout())
+        .is_ok_and(|stat| device.parse() == Ok(stat.st_dev) && inode.parse() == Ok(stat.st_ino))
 }
 
 /// Everything the agent holds while it serves.
@@ -168,17 +196,16 @@ async fn bind_listeners(
     let bound = tcp
         .local_addr()
         .map_err(|err| RunError::Listen { addr, err })?;
-    let socket = match &config.http.unix_socket {
-        Some(path) => {
-            Some(
-                http::server::UnixSocket::bind(path).map_err(|err| RunError::Socket {
+    let socket =
+        match &config.http.unix_socket {
+            Some(path) => Some(http::server::UnixSocket::bind(path).await.map_err(|err| {
+                RunError::Socket {
                     path: path.clone(),
                     err,
-                })?,
-            )
-        }
-        None => None,
-    };
+                }
+            })?),
+            None => None,
+        };
     // Logged once every listener is bound: a watcher of the log may connect at once.
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(

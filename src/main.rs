@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use node_agent::auth::{Role, TokenBook, check_private, entry_toml, list_tokens, new_token};
+use node_agent::auth::{Role, TokenBook, entry_toml, list_tokens, new_token};
 use node_agent::config::{Config, LogConfig, LogFormat};
 
 /// Exit code for a configuration that cannot be used (sysexits' EX_CONFIG).
@@ -63,10 +63,12 @@ fn init_logging(log: &LogConfig) {
         .with_writer(std::io::stderr);
     match log.format {
         LogFormat::Human => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        // `spans` lists every span a line sits in, outermost (the request, with its id) first, so
+        // the id stays on the line whatever spans are opened inside the request.
         LogFormat::Json => builder
             .json()
             .with_current_span(true)
-            .with_span_list(false)
+            .with_span_list(true)
             .init(),
     }
 }
@@ -124,15 +126,17 @@ fn token_list(path: &std::path::Path) -> ExitCode {
     };
     let file = &config.auth.tokens_file;
     let tokens = match list_tokens(file) {
-        Ok(t) => t,
+        Ok((tokens, refusal)) => {
+            if let Some(e) = refusal {
+                eprintln!("warning: {e}; the agent will not start with it");
+            }
+            tokens
+        }
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if let Err(e) = check_private(file) {
-        eprintln!("warning: {e}; the agent will not start with it");
-    }
     let width = tokens
         .iter()
         .map(|t| t.name.len())

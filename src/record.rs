@@ -180,8 +180,10 @@ const AGENT_OWNED: [&str; 5] = [
     "updatedAt",
 ];
 
-#[derive(Clone, Copy)]
-enum Shape {
+/// The type a documented key of a registration must have; the API document is drawn from these
+/// too, so that it says exactly what a registration is checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
     Str,
     NullableStr,
     Int,
@@ -216,14 +218,17 @@ impl Shape {
         match self {
             Shape::Str => v.is_string(),
             Shape::NullableStr => v.is_string() || v.is_null(),
-            Shape::Int => v.is_i64() || v.is_u64(),
-            Shape::NullableInt => v.is_i64() || v.is_u64() || v.is_null(),
+            Shape::Int => as_integer(v).is_some(),
+            Shape::NullableInt => as_integer(v).is_some() || v.is_null(),
             Shape::Bool => v.is_boolean(),
             Shape::Array => v.is_array(),
             Shape::NullableObject => v.is_object() || v.is_null(),
-            Shape::DateTime => v
-                .as_str()
-                .is_some_and(|s| DateTime::parse_from_rfc3339(s).is_ok()),
+            // RFC 3339's date-time, with `T` between date and time as JSON Schema's `date-time`
+            // has it (chrono also takes a space).
+            Shape::DateTime => v.as_str().is_some_and(|s| {
+                matches!(s.as_bytes().get(10), Some(b'T' | b't'))
+                    && DateTime::parse_from_rfc3339(s).is_ok()
+            }),
             Shape::Status => matches!(v.as_str(), Some("active" | "creating" | "suspended")),
             Shape::Team => match v {
                 Value::Null | Value::String(_) => true,
@@ -237,6 +242,20 @@ impl Shape {
     }
 }
 
+/// An integer as JSON Schema counts them (138 or 138.0) that fits an i64 or a u64, written as an
+/// integer. A number written with a fraction or an exponent is read as a double, so it counts only
+/// below 2^53, where doubles are exact integers; even there, a literal with more digits than a
+/// double holds (`1.0000000000000001`) reads as the integer it rounds to.
+pub fn as_integer(v: &Value) -> Option<Value> {
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    if v.is_i64() || v.is_u64() {
+        return Some(v.clone());
+    }
+    let f = v.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < EXACT)?;
+    // In range, and integral: the conversion is exact.
+    Some(Value::from(f as i64))
+}
+
 fn valid_members(members: &Value) -> bool {
     members.as_array().is_some_and(|list| {
         list.iter().all(|m| {
@@ -247,7 +266,7 @@ fn valid_members(members: &Value) -> bool {
 }
 
 /// The documented keys and their types (the CamposCloud document and SDK).
-const DOCUMENTED: [(&str, Shape); 21] = [
+pub const DOCUMENTED: [(&str, Shape); 21] = [
     ("containerId", Shape::Str),
     ("teamId", Shape::Team),
     ("restartRequired", Shape::Bool),
@@ -327,13 +346,20 @@ impl Registration {
             _ => {}
         }
         for (key, shape) in DOCUMENTED {
-            if let Some(v) = fields.get(key)
-                && !shape.accepts(v)
-            {
+            let Some(v) = fields.get_mut(key) else {
+                continue;
+            };
+            if !shape.accepts(v) {
                 return Err(RecordError::WrongType {
                     key,
                     expected: shape.expected(),
                 });
+            }
+            // JSON does not tell 138 from 138.0; the record keeps the integer.
+            if matches!(shape, Shape::Int | Shape::NullableInt)
+                && let Some(n) = as_integer(v)
+            {
+                *v = n;
             }
         }
         fields.shift_remove("_id");
@@ -580,6 +606,55 @@ mod tests {
                 "{body}"
             );
         }
+        // -2^63 - 1 reads as a double that rounds to -2^63: not the number sent.
+        let beyond: Value = serde_json::from_str("-9223372036854775809").expect("number");
+        let created_with_a_space = json!({"containerId": "c", "createdAt": "2024-01-01 00:00:00Z"});
+        assert_eq!(
+            Registration::parse(&id, created_with_a_space, &node()),
+            Err(RecordError::WrongType {
+                key: "createdAt",
+                expected: Shape::DateTime.expected(),
+            })
+        );
+        for bad in [
+            json!(1.5),
+            json!(1e30),
+            json!(9_007_199_254_740_992.0),
+            json!("5"),
+            beyond,
+        ] {
+            assert_eq!(
+                Registration::parse(
+                    &id,
+                    json!({"containerId": "c", "allocatedVCpu": bad}),
+                    &node()
+                ),
+                Err(RecordError::WrongType {
+                    key: "allocatedVCpu",
+                    expected: "an integer",
+                }),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn integral_numbers_are_kept_as_integers() {
+        let id = AppId::parse("a1").expect("id");
+        let parsed = Registration::parse(
+            &id,
+            json!({"containerId": "c", "allocatedMemoryMB": 256.0, "allocatedVCpu": -2.0,
+                   "internalPort": 8080, "externalPort": null, "zeta": 1.0}),
+            &node(),
+        )
+        .expect("valid");
+        assert_eq!(parsed.registered["allocatedMemoryMB"], json!(256));
+        assert!(parsed.registered["allocatedMemoryMB"].is_i64());
+        assert!(parsed.registered["allocatedVCpu"].is_i64());
+        assert_eq!(parsed.registered["internalPort"], json!(8080));
+        assert_eq!(parsed.registered["externalPort"], json!(null));
+        // Keys the agent does not know are kept exactly as given.
+        assert!(parsed.registered["zeta"].is_f64());
     }
 
     #[test]

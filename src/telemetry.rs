@@ -30,6 +30,29 @@ impl StopRoute {
     }
 }
 
+/// Outcomes a stop request is counted under. The container was stopped:
+pub const STOPPED: &str = "stopped";
+/// It was not running (any more).
+pub const ALREADY_STOPPED: &str = "already_stopped";
+/// A stop of the same app was under way.
+pub const IN_PROGRESS: &str = "in_progress";
+/// Refused before the engine was asked anything: a bad or missing token, a malformed request, an
+/// app the caller may not see or stop.
+pub const REFUSED: &str = "refused";
+/// The engine could not be reached.
+pub const ENGINE_UNAVAILABLE: &str = "engine_unavailable";
+/// The engine refused, or the store or the agent failed.
+pub const FAILED: &str = "failed";
+
+const STOP_OUTCOMES: [&str; 6] = [
+    STOPPED,
+    ALREADY_STOPPED,
+    IN_PROGRESS,
+    REFUSED,
+    ENGINE_UNAVAILABLE,
+    FAILED,
+];
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StopLabels {
     route: &'static str,
@@ -85,6 +108,15 @@ impl Telemetry {
     pub fn new() -> Telemetry {
         let mut registry = Registry::with_prefix("node_agent");
         let stops = Family::<StopLabels, Counter>::default();
+        // Every series exists from the start, at 0, so that rates and alerts see the first stop.
+        for route in [StopRoute::V1, StopRoute::Okeanos] {
+            for outcome in STOP_OUTCOMES {
+                let _created = stops.get_or_create(&StopLabels {
+                    route: route.label(),
+                    outcome,
+                });
+            }
+        }
         registry.register(
             "stops",
             "Stop requests, by route and outcome (stopped, already_stopped, in_progress, refused, engine_unavailable, failed)",

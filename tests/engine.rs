@@ -128,6 +128,29 @@ async fn an_engine_that_hangs_fails_fast_not_after_two_minutes() {
     proxy.open(ProxyMode::Hang);
     let agent = through(&proxy);
     let client = agent.client();
+
+    // Readiness and the node report wait 2 s for the engine, then say it gave no answer.
+    let hung = "the Docker engine is unreachable: no answer within 2s";
+    let started = Instant::now();
+    let ready = client.send(client.http.get(client.url("/readyz"))).await;
+    let took = started.elapsed();
+    assert_eq!(ready.status, 503, "{ready:?}");
+    assert_eq!(ready.body["store"], "ok", "{ready:?}");
+    assert_eq!(ready.body["docker"], hung, "{ready:?}");
+    assert!(took < Duration::from_secs(4), "readiness after {took:?}");
+    let started = Instant::now();
+    let node = client.get("/v1/node").await;
+    let took = started.elapsed();
+    assert_eq!(node.status, 200, "{node:?}");
+    assert_eq!(node.body["docker"]["reachable"], false, "{node:?}");
+    assert_eq!(node.body["docker"]["error"], hung, "{node:?}");
+    assert!(node.body["dockerDisk"].is_null(), "{node:?}");
+    assert!(
+        took < Duration::from_secs(4),
+        "the node report after {took:?}"
+    );
+
+    // A stop waits for the engine's call timeout, not for bollard's two minutes.
     let id = app_id();
     client.register(&id, "some-container").await;
     let started = Instant::now();

@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
 use common::{AgentOptions, AgentProcess, EngineProxy, NODE_ID, NODE_NAME, docker};
@@ -65,7 +66,10 @@ async fn the_node_report_names_the_host_the_engine_and_the_apps() {
     assert_eq!(report["apps"]["registered"], 1, "{report}");
     assert_eq!(report["apps"]["online"], 1, "{report}");
     assert_eq!(report["agent"]["version"], env!("CARGO_PKG_VERSION"));
+    // The host's uptime and the agent's are named apart.
     assert!(report["agent"]["uptimeSeconds"].as_u64().is_some());
+    assert!(report["hostUptimeSeconds"].as_u64().is_some(), "{report}");
+    assert!(report.get("uptimeSeconds").is_none(), "{report}");
 
     // The engine, as the engine itself says.
     let version = docker().await.version().await.unwrap();
@@ -75,27 +79,34 @@ async fn the_node_report_names_the_host_the_engine_and_the_apps() {
         report["docker"]["version"].as_str(),
         version.version.as_deref()
     );
-    assert!(
-        report["docker"]["apiVersion"]
-            .as_str()
-            .is_some_and(|v| v.starts_with("1.")),
-        "{report}"
-    );
     assert_eq!(
-        report["docker"]["rootDir"].as_str(),
-        info.docker_root_dir.as_deref()
+        report["docker"]["apiVersion"].as_str(),
+        version.api_version.as_deref(),
+        "the engine's own API version, not the one negotiated: {report}"
     );
-    assert!(
-        report["dockerDisk"]["totalBytes"].as_u64().unwrap() > 0,
+    let api = |key: &str| -> (u32, u32) {
+        let v = report["docker"][key].as_str().unwrap();
+        let (major, minor) = v.split_once('.').unwrap();
+        (major.parse().unwrap(), minor.parse().unwrap())
+    };
+    assert!(api("negotiatedApiVersion") <= api("apiVersion"), "{report}");
+    let root_dir = info.docker_root_dir.unwrap();
+    assert_eq!(report["docker"]["rootDir"], root_dir.as_str());
+
+    // The engine is local: its root directory is measured where it is, as statvfs says.
+    let disk = &report["dockerDisk"];
+    assert_eq!(disk["path"], root_dir.as_str(), "{report}");
+    let measured = rustix::fs::statvfs(root_dir.as_str()).unwrap();
+    assert_eq!(
+        disk["totalBytes"].as_u64(),
+        Some(measured.f_blocks * measured.f_frsize),
         "{report}"
     );
-    assert!(
-        info.docker_root_dir
-            .as_deref()
-            .unwrap()
-            .starts_with(report["dockerDisk"]["mountPoint"].as_str().unwrap()),
-        "{report}"
-    );
+    assert!(disk["availableBytes"].as_u64().is_some(), "{report}");
+    let mount_point = disk["mountPoint"].as_str().unwrap();
+    assert!(root_dir.starts_with(mount_point), "{report}");
+    let device = |path: &str| std::fs::metadata(path).unwrap().dev();
+    assert_eq!(device(mount_point), device(&root_dir), "{report}");
 
     // Only operators read the node.
     let (status, _, text) = fetch(&agent, "/v1/node", Some("user-token-1")).await;
@@ -120,8 +131,12 @@ async fn the_node_report_says_when_the_engine_is_away() {
             .is_some_and(|e| e.contains("unreachable")),
         "{report}"
     );
+    for key in ["version", "apiVersion", "negotiatedApiVersion", "rootDir"] {
+        assert!(report["docker"][key].is_null(), "{key}: {report}");
+    }
     assert!(report["dockerDisk"].is_null(), "{report}");
     assert!(report["memory"]["totalBytes"].as_u64().unwrap() > 0);
+    assert!(report["hostUptimeSeconds"].as_u64().is_some(), "{report}");
     let (status, _, text) = fetch(&agent, "/metrics", Some(&agent.token)).await;
     assert_eq!(status, 200);
     assert!(text.contains("node_agent_engine_up 0"), "{text}");
@@ -152,8 +167,71 @@ async fn metrics_count_stops_by_route_and_outcome_answers_and_records() {
         ..Default::default()
     });
     let client = agent.client();
+    // Every series is there from the start, at 0.
+    let text = metrics(&agent).await;
+    for route in ["v1", "okeanos"] {
+        for outcome in [
+            "stopped",
+            "already_stopped",
+            "in_progress",
+            "refused",
+            "engine_unavailable",
+            "failed",
+        ] {
+            assert_has(
+                &text,
+                &format!("node_agent_stops_total{{route=\"{route}\",outcome=\"{outcome}\"}} 0"),
+            );
+        }
+    }
     let (_w1, id1) = client.running_app("exit").await;
     let (_w2, id2) = client.running_app("exit").await;
+
+    // Refused before the core sees them: a bad token, a bad timeout, a bad id on /v1; a bad token,
+    // no instance id, another instance on ~okeanos.
+    let v1_refusals = [
+        client
+            .http
+            .post(client.url(&format!("/v1/apps/{id1}/stop")))
+            .bearer_auth("not-a-token"),
+        client
+            .http
+            .post(client.url(&format!("/v1/apps/{id1}/stop?timeout=-1")))
+            .bearer_auth(&agent.token),
+        client
+            .http
+            .post(client.url("/v1/apps/bad%20id/stop"))
+            .bearer_auth(&agent.token),
+    ];
+    for request in v1_refusals {
+        let answer = request.send().await.unwrap();
+        assert!(answer.status().is_client_error(), "{answer:?}");
+    }
+    let lod = format!("/api/apps/{id2}/stop/");
+    let okeanos_refusals = [
+        client
+            .http
+            .post(client.url(&lod))
+            .bearer_auth("not-a-token")
+            .form(&[("lambda_instance_id", NODE_ID)]),
+        client.http.post(client.url(&lod)).bearer_auth(&agent.token),
+        client
+            .http
+            .post(client.url(&lod))
+            .bearer_auth(&agent.token)
+            .form(&[("lambda_instance_id", "another-node")]),
+    ];
+    for request in okeanos_refusals {
+        let answer = request.send().await.unwrap();
+        assert!(answer.status().is_client_error(), "{answer:?}");
+    }
+    let text = metrics(&agent).await;
+    for route in ["v1", "okeanos"] {
+        assert_has(
+            &text,
+            &format!("node_agent_stops_total{{route=\"{route}\",outcome=\"refused\"}} 3"),
+        );
+    }
 
     let stopped = client.stop(&id1).await;
     assert_eq!(stopped.status, 200, "{stopped:?}");
@@ -291,6 +369,7 @@ async fn json_logs_are_one_object_per_line_with_the_request_span() {
         .find(|l| l["fields"]["message"] == "stopped")
         .unwrap_or_else(|| panic!("no stopped line in {lines:?}"));
     assert_eq!(stopped["span"]["id"], "json-log-1", "{stopped}");
+    assert_eq!(stopped["spans"][0]["id"], "json-log-1", "{stopped}");
     assert_eq!(stopped["fields"]["app"], id.as_str(), "{stopped}");
     assert_eq!(stopped["level"], "INFO");
     assert!(

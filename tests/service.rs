@@ -345,7 +345,13 @@ fn a_tokens_file_other_users_may_read_is_refused_at_start() {
         "the agent does not change the mode"
     );
 
-    // Owner and group only: fine.
+    // Its group may write it: refused too, whoever is in the group could grant any role.
+    chmod(&tokens, 0o660);
+    let (code, stdout, stderr) = run_to_exit(&["--config", config]);
+    assert_eq!(code, Some(78), "{stdout}{stderr}");
+    assert!(stderr.contains("0660"), "{stderr}");
+
+    // Owner and group may read: fine.
     chmod(&tokens, 0o640);
     let (code, stdout, stderr) = run_to_exit(&["check-config", "--config", config]);
     assert_eq!(code, Some(0), "{stdout}{stderr}");
@@ -403,4 +409,79 @@ fn sighup_keeps_the_tokens_in_force_when_the_file_is_exposed() {
     assert_eq!(status_of(&agent.base, "/v1/apps", None), 401);
 
     assert_eq!(agent.terminate(), Some(0));
+}
+
+/// Runs the agent with `config` and standard output into a file, and `JOURNAL_STREAM` naming that
+/// file (as systemd names the journal's stream) or another; returns the exit code, standard output
+/// and standard error.
+fn run_with_journal_stream(config: &Path, names_stdout: bool) -> (Option<i32>, String, String) {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("stdout");
+    let out = std::fs::File::create(&out_path).unwrap();
+    let meta = out.metadata().unwrap();
+    let stream = if names_stdout {
+        format!("{}:{}", meta.dev(), meta.ino())
+    } else {
+        format!("{}:{}", meta.dev(), meta.ino() + 1)
+    };
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_node-agent"))
+        .args(["--config", config.to_str().unwrap()])
+        .env("JOURNAL_STREAM", &stream)
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(out)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = String::new();
+    let start = Instant::now();
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        // It showed a token: it made the tokens file and serves. Stop it, by its pid.
+        if holds_a_hash(&std::fs::read_to_string(&out_path).unwrap_or_default()) {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            break child.wait().unwrap().code();
+        }
+        if start.elapsed() > PATIENCE {
+            let _ = child.kill();
+            panic!("node-agent neither exited nor showed a token within {PATIENCE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    (code, std::fs::read_to_string(&out_path).unwrap(), stderr)
+}
+
+#[test]
+fn when_stdout_is_the_journal_a_missing_tokens_file_is_not_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, tokens, _) = config_with_tokens(dir.path());
+    std::fs::remove_file(&tokens).unwrap();
+
+    let (code, stdout, stderr) = run_with_journal_stream(&config, true);
+    assert_eq!(code, Some(78), "{stdout}{stderr}");
+    assert!(
+        stderr.contains(&tokens.display().to_string()) && stderr.contains("journal"),
+        "the error names the file and why: {stderr}"
+    );
+    assert!(
+        !holds_a_hash(&stdout) && !holds_a_hash(&stderr),
+        "no token shown: {stdout}{stderr}"
+    );
+    assert!(!tokens.exists(), "no tokens file was created");
+
+    // The journal takes only standard error here: the token goes to standard output, once.
+    let (code, stdout, stderr) = run_with_journal_stream(&config, false);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(tokens.exists(), "{stderr}");
+    assert!(holds_a_hash(&stdout), "the token is shown: {stdout}");
 }

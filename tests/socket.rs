@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{AgentOptions, AgentProcess, PATIENCE, run_to_exit, write_config};
+use common::{AgentOptions, AgentProcess, PATIENCE, run_to_exit, run_to_exit_as, write_config};
 
 /// An engine address where nothing listens: these tests are about the listener, not the engine, and
 /// the agent serves (registering without looking at the container) while the engine is away.
@@ -390,4 +390,89 @@ fn trusting_root_without_a_socket_is_a_configuration_error() {
     let (code, stdout, stderr) = run_to_exit(&["check-config", "--config", config]);
     assert_eq!(code, Some(78), "{stdout}{stderr}");
     assert!(stderr.contains("http.trust_root_on_socket"), "{stderr}");
+}
+
+#[test]
+fn a_live_socket_the_agent_may_not_connect_to_is_left_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    // A directory everyone may write, holding root's own live socket, mode 0600: the agent, run as
+    // nobody, cannot connect to it, which does not make it stale.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let socket = dir.path().join("theirs.sock");
+    let theirs = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = write_config(
+        dir.path(),
+        "127.0.0.1:0",
+        &format!("unix_socket = \"{}\"\n", socket.display()),
+        NO_ENGINE_SECTION,
+    );
+    // The tokens file is the agent user's own, as it must be.
+    std::os::unix::fs::chown(dir.path().join("tokens.toml"), Some(NOBODY), Some(NOBODY))
+        .expect("chown the tokens file to nobody: this test needs to run as root");
+
+    let (code, _, stderr) = run_to_exit_as(NOBODY, &["--config", config.to_str().unwrap()]);
+    assert_eq!(code, Some(78), "stderr:\n{stderr}");
+    assert!(
+        stderr.contains(&socket.display().to_string()) && stderr.contains("may not be stale"),
+        "the error names the path and why: {stderr}"
+    );
+    assert!(!stderr.contains("listening"), "{stderr}");
+    // Root's socket is still there, and still serves.
+    assert!(is_socket(&socket));
+    let _client = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    theirs.accept().unwrap();
+}
+
+#[test]
+fn a_socket_file_that_replaced_the_agents_own_is_left_at_exit() {
+    let (_dir, socket) = socket_dir();
+    let mut agent = AgentProcess::start_with(socket_options(&socket, false));
+    wait_for_socket(&socket);
+    // Someone else takes the path while the agent serves.
+    std::fs::remove_file(&socket).unwrap();
+    let theirs = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+
+    assert_eq!(agent.terminate(), Some(0));
+    assert!(is_socket(&socket), "the agent removed a socket not its own");
+    let _client = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    theirs.accept().unwrap();
+}
+
+#[test]
+fn the_socket_is_0660_whatever_the_umask() {
+    for umask in ["000", "077", "027"] {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("run/node-agent.sock");
+        let config = write_config(
+            dir.path(),
+            "127.0.0.1:0",
+            &format!("unix_socket = \"{}\"\n", socket.display()),
+            NO_ENGINE_SECTION,
+        );
+        // `exec` keeps the pid: the child is the agent itself.
+        let mut agent = Command::new("sh")
+            .args([
+                "-c",
+                &format!("umask {umask} && exec \"$0\" --config \"$1\""),
+            ])
+            .arg(env!("CARGO_BIN_EXE_node-agent"))
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_socket(&socket);
+        let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o7777;
+        let killed = Command::new("kill")
+            .args(["-TERM", &agent.id().to_string()])
+            .status();
+        let exited = agent.wait().unwrap();
+        assert_eq!(mode, 0o660, "umask {umask}: socket mode {mode:04o}");
+        assert!(
+            killed.unwrap().success() && exited.code() == Some(0),
+            "{exited:?}"
+        );
+    }
 }

@@ -49,14 +49,15 @@ pub enum AgentError {
 impl AgentError {
     /// The outcome label of a stop that ended in this error, for the agent's metrics.
     pub fn stop_outcome(&self) -> &'static str {
+        use crate::telemetry::{ALREADY_STOPPED, ENGINE_UNAVAILABLE, FAILED, IN_PROGRESS, REFUSED};
         match self {
-            AgentError::AlreadyStopped { .. } => "already_stopped",
-            AgentError::StopInProgress(_) => "in_progress",
+            AgentError::AlreadyStopped { .. } => ALREADY_STOPPED,
+            AgentError::StopInProgress(_) => IN_PROGRESS,
             AgentError::BadRequest(_) | AgentError::NotFound(_) | AgentError::Forbidden(_) => {
-                "refused"
+                REFUSED
             }
-            AgentError::DockerUnavailable(_) => "engine_unavailable",
-            AgentError::Engine(_) | AgentError::Store(_) | AgentError::Internal(_) => "failed",
+            AgentError::DockerUnavailable(_) => ENGINE_UNAVAILABLE,
+            AgentError::Engine(_) | AgentError::Store(_) | AgentError::Internal(_) => FAILED,
         }
     }
 

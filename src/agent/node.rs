@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use super::Agent;
 use crate::host::{self, DiskFigures, HostFigures};
+use crate::runtime::{RuntimeError, probe};
 
 /// The node as the agent sees it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -17,7 +18,8 @@ pub struct NodeReport {
     pub node_name: String,
     #[serde(flatten)]
     pub host: HostFigures,
-    /// The filesystem holding the engine's root directory, when the engine says where that is.
+    /// The filesystem holding the engine's root directory, measured at that path. Null when the
+    /// engine is away or on another host, or the path is not to be seen from the agent.
     pub docker_disk: Option<DiskFigures>,
     pub docker: EngineReport,
     pub apps: AppCounts,
@@ -30,7 +32,11 @@ pub struct NodeReport {
 pub struct EngineReport {
     pub reachable: bool,
     pub version: Option<String>,
+    /// The newest API version the engine speaks.
     pub api_version: Option<String>,
+    /// The API version the agent speaks with it: the engine's, capped at the newest the agent
+    /// knows.
+    pub negotiated_api_version: Option<String>,
     pub root_dir: Option<String>,
     /// Why the engine did not answer.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -57,7 +63,11 @@ impl Agent {
     /// there.
     pub async fn node_report(&self) -> NodeReport {
         let docker = self.engine_report().await;
-        let root = docker.root_dir.clone();
+        // A remote engine's root directory is a path on its host, not on this one.
+        let root = docker
+            .root_dir
+            .clone()
+            .filter(|_| self.runtime().is_local());
         let figures = tokio::task::spawn_blocking(move || {
             let disk = root.as_deref().and_then(|r| host::disk_of(r.as_ref()));
             (host::read(), disk)
@@ -92,17 +102,18 @@ impl Agent {
 
     async fn engine_report(&self) -> EngineReport {
         let runtime = self.runtime();
-        let asked = async {
+        let asked = probe(async {
             runtime.ping().await?;
             let info = runtime.engine().await?;
             let root = runtime.root_dir().await?;
-            Ok::<_, crate::runtime::RuntimeError>((info, root))
-        };
+            Ok::<_, RuntimeError>((info, root))
+        });
         match asked.await {
             Ok((info, root_dir)) => EngineReport {
                 reachable: true,
                 version: Some(info.version),
                 api_version: Some(info.api_version),
+                negotiated_api_version: Some(info.negotiated_api_version),
                 root_dir,
                 error: None,
             },
@@ -110,6 +121,7 @@ impl Agent {
                 reachable: false,
                 version: None,
                 api_version: None,
+                negotiated_api_version: None,
                 root_dir: None,
                 error: Some(e.to_string()),
             },

@@ -44,7 +44,7 @@ fn log_refusal(principal: &Principal, id: &AppId, err: &AgentError) {
 
 fn outcome_of<T>(result: &Result<T, AgentError>) -> &'static str {
     match result {
-        Ok(_) => "stopped",
+        Ok(_) => crate::telemetry::STOPPED,
         Err(e) => e.stop_outcome(),
     }
 }

@@ -3,6 +3,7 @@
 use super::*;
 use crate::auth::Access;
 use crate::record::StopOutcome;
+use crate::runtime::PROBE_LIMIT;
 use crate::runtime::fake::FakeRuntime;
 use crate::stop::{Signal, StopRequest};
 use serde_json::json;
@@ -522,4 +523,67 @@ async fn refused_callers_never_reach_the_engine() {
             .await
             .is_ok()
     );
+}
+
+#[tokio::test]
+async fn the_node_report_names_a_hanging_engine_within_the_probe_limit() {
+    let f = fixture(true, &[]).await;
+    // The engine answers the ping and its version, then hangs: the bound covers every call.
+    f.fake.gate("info");
+    let started = std::time::Instant::now();
+    let report = tokio::time::timeout(
+        PROBE_LIMIT + std::time::Duration::from_secs(2),
+        f.agent.node_report(),
+    )
+    .await
+    .expect("an answer soon after the probe limit");
+    assert!(started.elapsed() >= PROBE_LIMIT, "{:?}", started.elapsed());
+    assert!(!report.docker.reachable, "{report:?}");
+    assert_eq!(
+        report.docker.error.as_deref(),
+        Some("the Docker engine is unreachable: no answer within 2s")
+    );
+    assert_eq!(report.docker.root_dir, None);
+    assert_eq!(report.docker_disk, None);
+    assert!(report.host.memory.total_bytes > 0, "{report:?}");
+}
+
+#[tokio::test]
+async fn the_node_report_measures_the_root_dir_of_a_local_engine_only() {
+    let f = fixture(true, &[]).await;
+    let root = tempfile::tempdir().expect("dir");
+    let root_dir = root.path().display().to_string();
+    f.fake.set_root_dir(Some(root_dir.clone()));
+
+    let report = f.agent.node_report().await;
+    assert!(report.docker.reachable, "{report:?}");
+    assert_eq!(report.docker.api_version.as_deref(), Some("1.47"));
+    assert_eq!(
+        report.docker.negotiated_api_version.as_deref(),
+        Some("1.43")
+    );
+    let disk = report.docker_disk.clone().expect("a local engine's disk");
+    let measured = crate::host::disk_of(root.path()).expect("measured here");
+    assert_eq!(disk.path, root_dir);
+    assert_eq!(disk.mount_point, measured.mount_point);
+    assert_eq!(disk.total_bytes, measured.total_bytes);
+    assert!(disk.mount_point.is_some(), "{disk:?}");
+    // The host's uptime is named apart from the agent's.
+    let json = serde_json::to_value(&report).expect("JSON");
+    assert!(json["hostUptimeSeconds"].is_u64(), "{json}");
+    assert!(json["agent"]["uptimeSeconds"].is_u64(), "{json}");
+    assert_eq!(json.get("uptimeSeconds"), None, "{json}");
+    assert_eq!(json["docker"]["negotiatedApiVersion"], "1.43", "{json}");
+
+    // A remote engine names its root directory, on a disk the agent cannot see.
+    f.fake.set_remote(true);
+    let report = f.agent.node_report().await;
+    assert_eq!(report.docker.root_dir.as_deref(), Some(root_dir.as_str()));
+    assert_eq!(report.docker_disk, None);
+
+    // A local engine's root directory the agent cannot see is not guessed at.
+    f.fake.set_remote(false);
+    f.fake
+        .set_root_dir(Some(root.path().join("absent").display().to_string()));
+    assert_eq!(f.agent.node_report().await.docker_disk, None);
 }

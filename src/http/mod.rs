@@ -12,7 +12,7 @@ mod trace;
 mod v1;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::agent::Agent;
@@ -34,22 +34,33 @@ pub struct ApiContext {
     pub metrics_open: bool,
 }
 
-/// The agent's routes.
-pub fn router(ctx: ApiContext) -> Router {
-    Router::new()
-        .route("/v1/apps", get(v1::list_apps))
-        .route(
+/// Every route: its path in axum's syntax and its handlers. The API document describes exactly
+/// these paths and methods (`openapi::tests`).
+fn routes() -> [(&'static str, MethodRouter<ApiContext>); 10] {
+    [
+        ("/v1/apps", get(v1::list_apps)),
+        (
             "/v1/apps/{app_id}",
             get(v1::get_app).put(v1::put_app).delete(v1::delete_app),
-        )
-        .route("/v1/apps/{app_id}/stop", post(v1::stop_app))
-        .route("/api/apps/{app_id}/stop/", post(okeanos::stop_app))
-        .route("/api/apps/{app_id}/stop", post(okeanos::stop_app))
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/v1/node", get(ops::node))
-        .route("/metrics", get(ops::metrics))
-        .route("/openapi.json", get(openapi::document))
+        ),
+        ("/v1/apps/{app_id}/stop", post(v1::stop_app)),
+        ("/api/apps/{app_id}/stop/", post(okeanos::stop_app)),
+        ("/api/apps/{app_id}/stop", post(okeanos::stop_app)),
+        ("/healthz", get(ops::healthz)),
+        ("/readyz", get(ops::readyz)),
+        ("/v1/node", get(ops::node)),
+        ("/metrics", get(ops::metrics)),
+        ("/openapi.json", get(openapi::document)),
+    ]
+}
+
+/// The agent's routes.
+pub fn router(ctx: ApiContext) -> Router {
+    routes()
+        .into_iter()
+        .fold(Router::new(), |router, (path, handlers)| {
+            router.route(path, handlers)
+        })
         .fallback(ops::no_route)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(CatchPanicLayer::custom(ops::panicked))

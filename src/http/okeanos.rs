@@ -19,6 +19,7 @@ use super::openapi::{LodAccepted, LodErrors, LodStopForm};
 use crate::agent::{AgentError, AlreadyStopped};
 use crate::record::AppId;
 use crate::stop::StopRequest;
+use crate::telemetry::{REFUSED, StopRoute};
 
 const ACCEPTED: &str = "Your request to stop the specified application has been accepted";
 const UNAUTHORIZED: &str = "Unauthorized. Request failed because user provided an invalid token.";
@@ -166,6 +167,12 @@ async fn instance_from_body(headers: &HeaderMap, body: Bytes) -> Result<Option<S
         }
         "application/json" => {
             let value: Value = serde_json::from_slice(&body).map_err(|e| malformed("JSON", &e))?;
+            if !value.is_object() {
+                return Err(LodError::new(
+                    StatusCode::BAD_REQUEST,
+                    "Malformed JSON body: it must be an object.",
+                ));
+            }
             match value.get(INSTANCE_FIELD) {
                 None | Some(Value::Null) => Ok(None),
                 Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -201,12 +208,14 @@ fn instance_from_query(query: Option<&str>) -> Result<Option<String>, LodError> 
 #[utoipa::path(
     post,
     path = "/api/apps/{id}/stop/",
+    operation_id = "okeanos_stop_app",
     tag = "okeanos",
     description = "Checks in the LoD order, answers 202 at once, and stops in the background; the \
-        outcome shows in `GET /v1/apps/{id}`. The trailing slash is optional.",
+        outcome shows in `GET /v1/apps/{id}`. The trailing slash is optional. `lambda_instance_id` \
+        is required, in the body or in the query; given in both, the two must agree (else 400).",
     params(
         ("id" = String, Path, description = "The application id"),
-        ("lambda_instance_id" = Option<String>, Query, description = "This node's id, if not in the body"),
+        ("lambda_instance_id" = Option<String>, Query, description = "This node's id, if not in the body", pattern = r"\S"),
     ),
     request_body(
         description = "`lambda_instance_id`, as a multipart or url-encoded form field or a JSON key",
@@ -228,12 +237,18 @@ pub async fn stop_app(
     let headers = &parts.headers;
     let query = parts.uri.query();
     // 1. The token.
+    let refused = || {
+        ctx.agent
+            .telemetry()
+            .stop_ended(StopRoute::Okeanos, REFUSED)
+    };
     let principal = identify(&parts, &ctx).map_err(|_| {
+        refused();
         tracing::info!(path = %uri.path(), "stop refused: unauthorized");
         LodError::new(StatusCode::UNAUTHORIZED, UNAUTHORIZED)
     })?;
     let path = uri.path();
-    // Refusals the core does not see are logged here; the core logs its own.
+    // Refusals the core does not see are counted and logged here; the core does its own.
     let checked = async {
         // 2. The lambda instance id, from the body or the query (both must agree).
         let bytes = read_body(headers, body).await?;
@@ -261,6 +276,7 @@ pub async fn stop_app(
         Ok::<_, LodError>(id)
     };
     let id = checked.await.inspect_err(|e| {
+        refused();
         tracing::info!(path, token = %principal.name, outcome = %e.detail, "stop refused");
     })?;
     // 4. to 7. The application, the caller's right to stop it, its container, and its state.

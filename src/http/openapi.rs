@@ -7,72 +7,177 @@ use std::sync::OnceLock;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use utoipa::openapi::schema::{
+    ArrayBuilder, KnownFormat, ObjectBuilder, OneOfBuilder, Schema, SchemaFormat, SchemaType, Type,
+};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
+use utoipa::openapi::{Ref, RefOr};
+use utoipa::{IntoParams, IntoResponses, Modify, OpenApi, PartialSchema, ToSchema};
 
 use crate::agent::NodeReport;
-use crate::record::{LastExit, LastStop, ResourceMetrics, StopOutcome, WorkerNode};
+use crate::record::{
+    DOCUMENTED, LastExit, LastStop, ResourceMetrics, Shape, StopOutcome, WorkerNode,
+};
 
-/// An app record as the agent answers it: every key the control plane registered, in its order,
-/// and the keys the agent owns (`workerNodeId`, `currentResourceMetrics`, `lastExit`, `lastStop`,
-/// `updatedAt`).
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct AppRecordDoc {
-    /// The app id (`[A-Za-z0-9._-]{1,128}`).
-    #[serde(rename = "_id")]
-    pub id: String,
-    /// The container's name or id on this node.
-    pub container_id: String,
-    pub worker_node_id: WorkerNode,
-    /// The container's last sample; after a stop, the one taken just before it.
-    pub current_resource_metrics: ResourceMetrics,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_exit: Option<LastExit>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_stop: Option<LastStop>,
-    #[schema(format = DateTime)]
-    pub updated_at: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub user_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub status: Option<AppStatus>,
+/// App ids: `[A-Za-z0-9._-]{1,128}`, except `.` and `..` (URL dot-segments, which clients
+/// rewrite), written without look-ahead so that every generator of test data reads it.
+pub const APP_ID_PATTERN: &str = r"^([A-Za-z0-9_-][A-Za-z0-9._-]{0,127}|\.[A-Za-z0-9_-][A-Za-z0-9._-]{0,126}|\.\.[A-Za-z0-9._-]{1,126})$";
+
+/// Docker container names and ids, as a registration's `containerId` is checked.
+const CONTAINER_REF_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$";
+
+/// The `{appId}` path parameter of the `/v1` app routes.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct AppIdParam {
+    /// The app id: `[A-Za-z0-9._-]{1,128}`, not `.` or `..`. (utoipa takes only a literal
+    /// pattern here; `tests::app_ids_are_described_by_one_pattern` holds it to [`APP_ID_PATTERN`].)
+    #[param(
+        pattern = r"^([A-Za-z0-9_-][A-Za-z0-9._-]{0,127}|\.[A-Za-z0-9_-][A-Za-z0-9._-]{0,126}|\.\.[A-Za-z0-9._-]{1,126})$"
+    )]
+    #[allow(dead_code)]
+    #[param(rename = "appId")]
+    app_id: String,
 }
 
-/// The documented values of `status`; a stopped app is `online: false`, not a new status.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum AppStatus {
-    Active,
-    Creating,
-    Suspended,
+fn typed(types: &[Type]) -> ObjectBuilder {
+    match types {
+        [one] => ObjectBuilder::new().schema_type(one.clone()),
+        many => ObjectBuilder::new().schema_type(SchemaType::from_iter(many.iter().cloned())),
+    }
 }
 
-/// A registration: the record in the CamposCloud shape. `containerId` is required; `_id`, if given,
-/// must equal the path's app id; keys the agent owns are ignored; other keys are kept as given,
-/// and the documented ones must have their documented types.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct RegistrationDoc {
-    #[serde(rename = "_id", skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    /// A Docker container name or id: `[A-Za-z0-9][A-Za-z0-9_.-]{0,254}`.
-    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")]
-    pub container_id: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub user_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub status: Option<AppStatus>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub allocated_memory_mb: Option<i64>,
+/// An integer that fits an i64 or a u64 (JSON numbers beyond are refused), or one of `types`.
+fn integer(types: &[Type]) -> ObjectBuilder {
+    typed(types).minimum(Some(i64::MIN)).maximum(Some(u64::MAX))
+}
+
+/// What a registration's documented key must be, as [`Shape::accepts`] checks it.
+fn shape_schema(shape: Shape) -> RefOr<Schema> {
+    let any = || {
+        RefOr::T(Schema::Object(
+            ObjectBuilder::new()
+                .schema_type(SchemaType::AnyValue)
+                .build(),
+        ))
+    };
+    let schema: Schema = match shape {
+        Shape::Str => typed(&[Type::String]).into(),
+        Shape::NullableStr => typed(&[Type::String, Type::Null]).into(),
+        Shape::Int => integer(&[Type::Integer]).into(),
+        Shape::NullableInt => integer(&[Type::Integer, Type::Null]).into(),
+        Shape::Bool => typed(&[Type::Boolean]).into(),
+        Shape::Array => ArrayBuilder::new().items(any()).into(),
+        Shape::NullableObject => typed(&[Type::Object, Type::Null]).into(),
+        Shape::DateTime => typed(&[Type::String])
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
+            .into(),
+        Shape::Status => typed(&[Type::String])
+            .enum_values(Some(["active", "creating", "suspended"]))
+            .into(),
+        Shape::Team => {
+            let member = typed(&[Type::Object])
+                .property("user", typed(&[Type::String]))
+                .required("user")
+                .property("permissions", typed(&[Type::Object]));
+            let team = typed(&[Type::Object])
+                .property("owner", typed(&[Type::String]))
+                .property("members", ArrayBuilder::new().items(member));
+            OneOfBuilder::new()
+                .item(typed(&[Type::Null]))
+                .item(typed(&[Type::String]))
+                .item(team)
+                .into()
+        }
+    };
+    RefOr::T(schema)
+}
+
+/// An object holding every documented key of a registration (`containerId` required and checked),
+/// each with its type, and open to any other key.
+fn documented_keys(description: &str) -> ObjectBuilder {
+    let mut object = typed(&[Type::Object])
+        .description(Some(description))
+        .property(
+            "containerId",
+            typed(&[Type::String])
+                .pattern(Some(CONTAINER_REF_PATTERN))
+                .description(Some("A Docker container name or id on this node")),
+        )
+        .required("containerId");
+    for (key, shape) in DOCUMENTED.iter().filter(|(k, _)| *k != "containerId") {
+        object = object.property(*key, shape_schema(*shape));
+    }
+    object
+}
+
+/// A registration: the record in the CamposCloud shape, drawn from the checks a registration
+/// passes ([`DOCUMENTED`]), so the two cannot drift apart.
+#[derive(Debug)]
+pub struct RegistrationDoc;
+
+impl PartialSchema for RegistrationDoc {
+    fn schema() -> RefOr<Schema> {
+        documented_keys(
+            "The app's record in the CamposCloud shape. `containerId` is required; an `_id`, if \
+             given, must equal the path's app id; the keys the agent owns (`workerNodeId`, \
+             `currentResourceMetrics`, `lastExit`, `lastStop`, `updatedAt`) are ignored; every \
+             other key is kept as given, and the documented ones must have their documented types.",
+        )
+        .into()
+    }
+}
+
+impl ToSchema for RegistrationDoc {}
+
+/// An app record as the agent answers it: every key the control plane registered, in its order
+/// (the documented ones with their types), and the keys the agent owns.
+#[derive(Debug)]
+pub struct AppRecordDoc;
+
+impl PartialSchema for AppRecordDoc {
+    fn schema() -> RefOr<Schema> {
+        let owned = [
+            ("workerNodeId", WorkerNode::name(), true),
+            ("currentResourceMetrics", ResourceMetrics::name(), true),
+            ("lastExit", LastExit::name(), false),
+            ("lastStop", LastStop::name(), false),
+        ];
+        let mut object = documented_keys(
+            "An app record: the keys the control plane registered, as given and in order, and \
+             the keys the agent owns. `currentResourceMetrics` is the container's last sample; \
+             after a stop, the one taken just before it.",
+        )
+        .property("_id", typed(&[Type::String]).pattern(Some(APP_ID_PATTERN)))
+        .required("_id");
+        for (key, schema, required) in owned {
+            object = object.property(key, Ref::from_schema_name(schema));
+            if required {
+                object = object.required(key);
+            }
+        }
+        object
+            .property("updatedAt", shape_schema(Shape::DateTime))
+            .required("updatedAt")
+            .into()
+    }
+}
+
+impl ToSchema for AppRecordDoc {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        fn add<T: ToSchema>(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+            schemas.push((T::name().into_owned(), T::schema()));
+            T::schemas(schemas);
+        }
+        add::<WorkerNode>(schemas);
+        add::<ResourceMetrics>(schemas);
+        add::<LastExit>(schemas);
+        add::<LastStop>(schemas);
+    }
 }
 
 /// `GET /v1/apps`: one page of the caller's records.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AppListDoc {
     pub applications: Vec<AppRecordDoc>,
@@ -94,13 +199,17 @@ pub struct PaginationDoc {
 }
 
 /// The optional JSON body of `POST /v1/apps/{appId}/stop` (the query may carry the same keys
-/// instead; one key in both is refused). An empty body is valid.
+/// instead; one key in both is refused). An empty body is valid; other keys are refused.
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct StopBodyDoc {
     /// Seconds between the signal and the kill (0 kills at once).
-    #[schema(minimum = 0, maximum = 3600)]
+    #[schema(minimum = 0, maximum = 3600, nullable = false)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout: Option<u32>,
     /// The stop signal, with or without the `SIG` prefix.
+    #[schema(nullable = false)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub signal: Option<SignalName>,
 }
 
@@ -138,7 +247,7 @@ pub enum SignalName {
 }
 
 /// A `/v1` error.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, ToSchema)]
 pub struct ApiErrorDoc {
     /// The HTTP status, repeated.
     pub status: u16,
@@ -238,6 +347,9 @@ pub enum LodErrors {
     /// The body is over 1 MiB.
     #[response(status = 413)]
     PayloadTooLarge(LodErrorDoc),
+    /// A body that is neither a multipart form, a url-encoded form nor JSON.
+    #[response(status = 415)]
+    UnsupportedMediaType(LodErrorDoc),
     /// The agent's store failed, or an internal fault.
     #[response(status = 500)]
     Internal(LodErrorDoc),
@@ -262,10 +374,12 @@ pub struct LodAcceptedStatus {
     pub code: u16,
 }
 
-/// The ~okeanos stop's form: multipart (`curl -F`), url-encoded, or JSON.
+/// The ~okeanos stop's form: multipart (`curl -F`), url-encoded, or JSON (an object).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct LodStopForm {
-    /// Must be this node's `node.id`.
+    /// Must be this node's `node.id`; required here or in the query.
+    #[schema(nullable = false, pattern = r"\S")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub lambda_instance_id: Option<String>,
 }
 
@@ -284,6 +398,21 @@ pub struct Readiness {
     /// `ok`.
     pub store: String,
     /// `ok`.
+    pub docker: String,
+}
+
+/// `GET /readyz` when not ready: the `/v1` error shape, with each dependency named beside it.
+#[derive(Debug, ToSchema)]
+pub struct Unready {
+    /// 503.
+    pub status: u16,
+    /// `not_ready`.
+    pub error: String,
+    /// What does not answer, and why.
+    pub message: String,
+    /// `ok`, or why the store does not answer.
+    pub store: String,
+    /// `ok`, or why the engine does not answer.
     pub docker: String,
 }
 
@@ -319,7 +448,7 @@ pub struct Readiness {
         NodeReport,
         StopOutcome,
     )),
-    modifiers(&Security, &OkeanosWithoutSlash),
+    modifiers(&Security, &OkeanosRoute, &ResponseHeaders),
     security(("bearer" = [])),
     tags(
         (name = "v1", description = "CamposCloud-compatible app records and stops"),
@@ -342,18 +471,72 @@ impl Modify for Security {
     }
 }
 
-/// The ~okeanos route answers with and without its trailing slash; the document says both.
-struct OkeanosWithoutSlash;
+/// Headers every answer carries: `x-request-id` on all of them, and `WWW-Authenticate` on a 401.
+struct ResponseHeaders;
 
-impl Modify for OkeanosWithoutSlash {
+impl Modify for ResponseHeaders {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::header::HeaderBuilder;
+        let string = || typed(&[Type::String]).build();
+        let request_id = HeaderBuilder::new()
+            .schema(string())
+            .description(Some(
+                "The request's id: the client's own when it is a short token, else a fresh one; \
+                 every log line of the request carries it",
+            ))
+            .build();
+        let challenge = HeaderBuilder::new()
+            .schema(string())
+            .description(Some("The scheme to authenticate with"))
+            .build();
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+            ];
+            for operation in operations.into_iter().flatten() {
+                for (status, response) in operation.responses.responses.iter_mut() {
+                    let RefOr::T(response) = response else {
+                        continue;
+                    };
+                    response
+                        .headers
+                        .insert(super::trace::REQUEST_ID.to_owned(), request_id.clone());
+                    if status == "401" {
+                        response
+                            .headers
+                            .insert("www-authenticate".to_owned(), challenge.clone());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The ~okeanos route: its body is optional (the instance id may come in the query), and it
+/// answers with and without its trailing slash, so the document has both paths, each with an
+/// operation id of its own.
+struct OkeanosRoute;
+
+impl Modify for OkeanosRoute {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let with = "/api/apps/{id}/stop/";
-        if let Some(item) = openapi.paths.paths.get(with).cloned() {
-            openapi
-                .paths
-                .paths
-                .insert(with.trim_end_matches('/').to_owned(), item);
+        let Some(item) = openapi.paths.paths.get_mut(with) else {
+            return;
+        };
+        if let Some(body) = item.post.as_mut().and_then(|op| op.request_body.as_mut()) {
+            body.required = Some(utoipa::openapi::Required::False);
         }
+        let mut without = item.clone();
+        if let Some(op) = without.post.as_mut() {
+            op.operation_id = Some("okeanos_stop_app_without_slash".to_owned());
+        }
+        openapi
+            .paths
+            .paths
+            .insert(with.trim_end_matches('/').to_owned(), without);
     }
 }
 
@@ -361,6 +544,7 @@ impl Modify for OkeanosWithoutSlash {
 #[utoipa::path(
     get,
     path = "/openapi.json",
+    operation_id = "openapi_document",
     tag = "operations",
     responses(
         (status = 200, description = "The OpenAPI document of this agent", content_type = "application/json", body = Object),
@@ -381,34 +565,182 @@ pub async fn document(_caller: super::extract::Caller) -> Response {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_document_covers_every_route() {
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use axum::http::{Method, Request, StatusCode};
+    use tower::ServiceExt;
+
+    use crate::agent::Agent;
+    use crate::auth::{TokenBook, Tokens};
+    use crate::http::{ApiContext, router, routes};
+    use crate::runtime::fake::FakeRuntime;
+    use crate::store::Store;
+
+    /// A path with its parameters' names left out: `/v1/apps/{}`.
+    fn shape(path: &str) -> String {
+        let mut out = String::new();
+        let mut in_name = false;
+        for c in path.chars() {
+            match c {
+                '{' => {
+                    in_name = true;
+                    out.push_str("{}");
+                }
+                '}' => in_name = false,
+                c if !in_name => out.push(c),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn the_document_describes_exactly_the_routes_and_methods_served() {
         let doc = serde_json::to_value(ApiDoc::openapi()).expect("JSON");
         let paths = doc["paths"].as_object().expect("paths");
-        for (path, method) in [
-            ("/v1/apps", "get"),
-            ("/v1/apps/{appId}", "get"),
-            ("/v1/apps/{appId}", "put"),
-            ("/v1/apps/{appId}", "delete"),
-            ("/v1/apps/{appId}/stop", "post"),
-            ("/api/apps/{id}/stop/", "post"),
-            ("/api/apps/{id}/stop", "post"),
-            ("/v1/node", "get"),
-            ("/healthz", "get"),
-            ("/readyz", "get"),
-            ("/metrics", "get"),
-            ("/openapi.json", "get"),
+        let documented: BTreeSet<(String, String)> = paths
+            .iter()
+            .flat_map(|(path, item)| {
+                item.as_object()
+                    .expect("path item")
+                    .keys()
+                    .map(move |method| (shape(path), method.to_uppercase()))
+            })
+            .collect();
+
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(&dir.path().join("a.db")).expect("store");
+        let node = WorkerNode {
+            id: "n".into(),
+            node_name: "N".into(),
+        };
+        let ctx = ApiContext {
+            agent: Agent::new(Arc::new(FakeRuntime::new(true)), store, node, None),
+            tokens: Tokens::new(TokenBook::default()),
+            trust_root_on_socket: false,
+            metrics_open: false,
+        };
+        let app = router(ctx);
+        // What the router serves: every method that does not answer 405 on each of its paths. (A
+        // path the router lacks would answer its fallback's 404 to every method, and differ too.)
+        let mut served = BTreeSet::new();
+        for (path, _) in routes() {
+            let concrete = shape(path).replace("{}", "x");
+            for method in [
+                Method::GET,
+                Method::PUT,
+                Method::POST,
+                Method::DELETE,
+                Method::PATCH,
+            ] {
+                let request = Request::builder()
+                    .method(method.clone())
+                    .uri(&concrete)
+                    .body(Body::empty())
+                    .expect("request");
+                let answer = app.clone().oneshot(request).await.expect("answer");
+                if answer.status() != StatusCode::METHOD_NOT_ALLOWED {
+                    served.insert((shape(path), method.as_str().to_owned()));
+                }
+            }
+        }
+        assert_eq!(
+            documented, served,
+            "documented (left) and served (right) differ"
+        );
+    }
+
+    #[test]
+    fn every_operation_has_its_own_id_and_the_errors_it_can_answer() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).expect("JSON");
+        let mut ids = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for (method, operation) in item.as_object().expect("item") {
+                let id = operation["operationId"].as_str().expect("operation id");
+                assert!(ids.insert(id.to_owned()), "{id} twice ({method} {path})");
+                let responses = operation["responses"].as_object().expect("responses");
+                for answer in responses.values() {
+                    assert!(
+                        answer["headers"]["x-request-id"].is_object(),
+                        "{method} {path}: x-request-id"
+                    );
+                }
+                if let Some(unauthorized) = responses.get("401") {
+                    assert!(unauthorized["headers"]["www-authenticate"].is_object());
+                }
+            }
+        }
+        let paths = &doc["paths"];
+        let stop = &paths["/v1/apps/{appId}/stop"]["post"]["responses"];
+        for status in [
+            "200", "400", "401", "403", "404", "408", "409", "413", "503",
         ] {
-            assert!(
-                paths.get(path).and_then(|p| p.get(method)).is_some(),
-                "{method} {path}"
+            assert!(stop.get(status).is_some(), "the v1 stop answers {status}");
+        }
+        for path in ["/api/apps/{id}/stop/", "/api/apps/{id}/stop"] {
+            let op = &paths[path]["post"];
+            for status in [
+                "202", "400", "401", "403", "404", "409", "413", "415", "503",
+            ] {
+                assert!(
+                    op["responses"].get(status).is_some(),
+                    "{path} answers {status}"
+                );
+            }
+            assert_eq!(
+                op["requestBody"]["required"], false,
+                "{path}: body optional"
             );
         }
-        let stop = &paths["/v1/apps/{appId}/stop"]["post"]["responses"];
-        for status in ["200", "400", "401", "403", "404", "409", "503"] {
-            assert!(stop.get(status).is_some(), "stop answers {status}");
-        }
         assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
-        assert!(doc["components"]["schemas"]["AppRecordDoc"].is_object());
+    }
+
+    #[test]
+    fn app_ids_are_described_by_one_pattern() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).expect("JSON");
+        let param = &doc["paths"]["/v1/apps/{appId}"]["get"]["parameters"][0];
+        assert_eq!(param["name"], "appId");
+        assert_eq!(param["schema"]["pattern"], APP_ID_PATTERN);
+        let record = &doc["components"]["schemas"]["AppRecordDoc"];
+        assert_eq!(record["properties"]["_id"]["pattern"], APP_ID_PATTERN);
+    }
+
+    #[test]
+    fn the_registration_schema_follows_the_registration_checks() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).expect("JSON");
+        let registration = &doc["components"]["schemas"]["RegistrationDoc"];
+        assert_eq!(registration["required"], serde_json::json!(["containerId"]));
+        for (key, _) in DOCUMENTED {
+            assert!(
+                registration["properties"][key].is_object(),
+                "registration schema lacks {key}"
+            );
+        }
+        assert_eq!(
+            registration["properties"]["allocatedMemoryMB"]["type"],
+            "integer"
+        );
+        let record = &doc["components"]["schemas"]["AppRecordDoc"];
+        for key in [
+            "_id",
+            "containerId",
+            "workerNodeId",
+            "currentResourceMetrics",
+            "updatedAt",
+        ] {
+            assert!(
+                record["required"]
+                    .as_array()
+                    .expect("required")
+                    .iter()
+                    .any(|k| k == key),
+                "record requires {key}"
+            );
+        }
+        for schema in ["WorkerNode", "ResourceMetrics", "LastExit", "LastStop"] {
+            assert!(doc["components"]["schemas"][schema].is_object(), "{schema}");
+        }
     }
 }

@@ -1,8 +1,6 @@
 //! Operational routes (`/healthz`, `/readyz`, `/v1/node`, `/metrics`) and the answers to unknown
 //! routes and methods.
 
-use std::time::Duration;
-
 use axum::Json;
 use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode, Uri, header};
@@ -11,16 +9,18 @@ use serde_json::{Value, json};
 
 use super::extract::{Caller, identify};
 use super::okeanos::LodError;
-use super::openapi::{ApiErrorDoc, Health, OpsErrors, Readiness};
+use super::openapi::{Health, OpsErrors, Readiness, Unready};
 use super::{ApiContext, ApiError};
 use crate::agent::NodeReport;
 use crate::auth::Principal;
+use crate::runtime::probe;
 use crate::telemetry::Present;
 
 /// `GET /healthz`: 200 while the process serves.
 #[utoipa::path(
     get,
     path = "/healthz",
+    operation_id = "healthz",
     tag = "operations",
     security(()),
     responses((status = 200, description = "The process serves", body = Health)),
@@ -33,15 +33,16 @@ pub async fn healthz() -> Json<Value> {
 #[utoipa::path(
     get,
     path = "/readyz",
+    operation_id = "readyz",
     tag = "operations",
     security(()),
     responses(
         (status = 200, description = "The store and the engine answer", body = Readiness),
-        (status = 503, description = "The store or the engine does not answer; the message names which", body = ApiErrorDoc),
+        (status = 503, description = "The store or the engine does not answer; each is named", body = Unready),
     ),
 )]
 pub async fn readyz(State(ctx): State<ApiContext>) -> Response {
-    let (store, engine) = tokio::join!(ctx.agent.store().ping(), ctx.agent.runtime().ping());
+    let (store, engine) = tokio::join!(ctx.agent.store().ping(), probe(ctx.agent.runtime().ping()));
     let store = store.err().map(|e| e.to_string());
     let engine = engine.err().map(|e| e.to_string());
     let state = |failure: &Option<String>| failure.clone().unwrap_or_else(|| "ok".to_owned());
@@ -81,6 +82,7 @@ fn operator_only(caller: &Principal, what: &str) -> Result<(), ApiError> {
 #[utoipa::path(
     get,
     path = "/v1/node",
+    operation_id = "node",
     tag = "operations",
     description = "This node (operators only). When the engine is away, `docker.reachable` is false and `docker.error` says why.",
     responses((status = 200, description = "The node", body = NodeReport), OpsErrors),
@@ -93,17 +95,17 @@ pub async fn node(
     Ok(Json(ctx.agent.node_report().await))
 }
 
-/// How long `/metrics` waits for the engine to say whether it is up.
-const ENGINE_PROBE_LIMIT: Duration = Duration::from_secs(2);
-
 /// `GET /metrics`: the agent's figures in Prometheus' text format. Open to any caller when
 /// `http.metrics_open` says so; otherwise operators only.
 #[utoipa::path(
     get,
     path = "/metrics",
+    operation_id = "metrics",
     tag = "operations",
     description = "The agent's figures (OpenMetrics text): stops by route and outcome, stop durations, \
-        final-sample ages, HTTP answers by status, engine reachability, records.",
+        final-sample ages, HTTP answers by status, engine reachability, records. Operators only, \
+        unless `[http] metrics_open` opens it to any caller.",
+    security(("bearer" = []), ()),
     responses(
         (status = 200, description = "The figures", content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String),
         OpsErrors,
@@ -118,9 +120,7 @@ pub async fn metrics(
         let caller = identify(&parts, &ctx).map_err(ApiError::unauthorized)?;
         operator_only(&caller, "the metrics")?;
     }
-    let engine_up = tokio::time::timeout(ENGINE_PROBE_LIMIT, ctx.agent.runtime().ping())
-        .await
-        .is_ok_and(|r| r.is_ok());
+    let engine_up = probe(ctx.agent.runtime().ping()).await.is_ok();
     let (registered, online) = ctx.agent.store().counts();
     let text = ctx.agent.telemetry().render(&Present {
         engine_up,
@@ -176,11 +176,73 @@ pub fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
     use axum::Router;
     use axum::body::Body;
     use axum::routing::get;
     use tower::ServiceExt;
     use tower_http::catch_panic::CatchPanicLayer;
+
+    use crate::agent::Agent;
+    use crate::auth::{TokenBook, Tokens};
+    use crate::record::WorkerNode;
+    use crate::runtime::PROBE_LIMIT;
+    use crate::runtime::fake::FakeRuntime;
+    use crate::store::Store;
+
+    async fn body_of(answer: Response) -> Vec<u8> {
+        axum::body::to_bytes(answer.into_body(), 1 << 16)
+            .await
+            .expect("body")
+            .to_vec()
+    }
+
+    #[tokio::test]
+    async fn readiness_and_the_engine_gauge_answer_within_the_probe_limit_when_the_engine_hangs() {
+        let dir = tempfile::tempdir().expect("dir");
+        let fake = FakeRuntime::new(true);
+        let node = WorkerNode {
+            id: "n".into(),
+            node_name: "N".into(),
+        };
+        let store = Store::open(&dir.path().join("a.db")).expect("store");
+        let ctx = ApiContext {
+            agent: Agent::new(Arc::new(fake.clone()), store, node, None),
+            tokens: Tokens::new(TokenBook::default()),
+            trust_root_on_socket: false,
+            metrics_open: true,
+        };
+        fake.gate("ping");
+        let started = Instant::now();
+        let request = axum::http::Request::get("/metrics")
+            .body(Body::empty())
+            .expect("request");
+        let both = async { tokio::join!(readyz(State(ctx.clone())), metrics(State(ctx), request)) };
+        let (ready, metrics) = tokio::time::timeout(PROBE_LIMIT + Duration::from_secs(2), both)
+            .await
+            .expect("answers soon after the probe limit");
+        assert!(started.elapsed() >= PROBE_LIMIT, "{:?}", started.elapsed());
+
+        assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let ready: Value = serde_json::from_slice(&body_of(ready).await).expect("JSON");
+        let hung = "the Docker engine is unreachable: no answer within 2s";
+        assert_eq!(ready["store"], "ok", "{ready}");
+        assert_eq!(ready["docker"], hung, "{ready}");
+        assert_eq!(
+            ready["message"],
+            format!("not ready: docker: {hung}"),
+            "{ready}"
+        );
+
+        let metrics = metrics.expect("metrics");
+        let text = String::from_utf8(body_of(metrics).await).expect("text");
+        assert!(
+            text.lines().any(|l| l == "node_agent_engine_up 0"),
+            "{text}"
+        );
+    }
 
     #[tokio::test]
     async fn a_panicking_handler_answers_500_and_the_router_serves_on() {
@@ -198,10 +260,7 @@ mod tests {
         };
         let answer = app.clone().oneshot(get("/boom")).await.expect("answer");
         assert_eq!(answer.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        let body = axum::body::to_bytes(answer.into_body(), 1 << 16)
-            .await
-            .expect("body");
-        let body: Value = serde_json::from_slice(&body).expect("JSON");
+        let body: Value = serde_json::from_slice(&body_of(answer).await).expect("JSON");
         assert_eq!(body["error"], "internal_error");
         let answer = app.oneshot(get("/fine")).await.expect("answer");
         assert_eq!(answer.status(), StatusCode::OK);

@@ -59,18 +59,26 @@ pub enum Listener {
     Unix(UnixSocket),
 }
 
-/// A bound Unix socket; its file is removed when this is dropped.
+/// A bound Unix socket; its file is removed when this is dropped, if it is still this socket's.
 #[derive(Debug)]
 pub struct UnixSocket {
     listener: UnixListener,
     path: PathBuf,
+    /// Device and inode of the socket file bound, so that `Drop` never removes a file that has
+    /// since replaced it.
+    file: (u64, u64),
 }
 
 impl UnixSocket {
-    /// Binds `path` with mode 0660 (owner and group may connect). A socket file left by an agent
-    /// that died is replaced; one that a live process still serves, or a file that is not a
-    /// socket, is not touched.
-    pub fn bind(path: &Path) -> std::io::Result<UnixSocket> {
+    /// Binds `path` with mode 0660 (owner and group may connect). A socket file that refuses
+    /// connections (left by an agent that died) is replaced; one that a live process serves, one
+    /// the agent cannot tell about (say, another user's), or a file that is not a socket, is not
+    /// touched.
+    ///
+    /// The socket file is never more open than 0660, not even for an instant: nobody else can
+    /// connect before its mode is right.
+    pub async fn bind(path: &Path) -> std::io::Result<UnixSocket> {
+        use std::os::fd::AsRawFd;
         use std::os::unix::fs::{FileTypeExt, PermissionsExt};
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             if !meta.file_type().is_socket() {
@@ -79,24 +87,70 @@ impl UnixSocket {
                     "the path exists and is not a socket",
                 ));
             }
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::AddrInUse,
-                    "another process serves on this socket",
-                ));
+            // A non-blocking connect: a live server with a full backlog answers "would block"
+            // rather than holding start-up.
+            match tokio::net::UnixStream::connect(path).await {
+                Ok(_) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::AddrInUse,
+                        "another process serves on this socket",
+                    ));
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    std::fs::remove_file(path)?;
+                }
+                Err(err) => {
+                    return Err(std::io::Error::new(
+                        err.kind(),
+                        format!(
+                            "a socket file is there and connecting to it fails ({err}), so it may \
+                             not be stale: remove it if no process serves it"
+                        ),
+                    ));
+                }
             }
-            std::fs::remove_file(path)?;
         }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        let listener = UnixListener::bind(path)?;
-        let socket = UnixSocket {
+        // Linux gives a socket's file the mode of the socket itself, less the umask: set to 0660
+        // before the bind, the file is born no more open than that, whatever the umask.
+        use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+        let socket = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            None,
+        )?;
+        rustix::fs::fchmod(&socket, rustix::fs::Mode::from_raw_mode(0o660))?;
+        // bind() refuses a path that exists: a file that appeared since the check above is left
+        // alone too.
+        rustix::net::bind(&socket, &SocketAddrUnix::new(path)?)?;
+        // Under a umask the file may be narrower than 0660; widen it to exactly that, on the file
+        // just made, never through a symbolic link put in its place.
+        let file = rustix::fs::open(
+            path,
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )?;
+        let stat = rustix::fs::fstat(&file)?;
+        if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::Socket {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "the socket file was replaced while it was being made",
+            ));
+        }
+        std::fs::set_permissions(
+            format!("/proc/self/fd/{}", file.as_raw_fd()),
+            std::fs::Permissions::from_mode(0o660),
+        )?;
+        rustix::net::listen(&socket, 1024)?;
+        let listener = UnixListener::from_std(std::os::unix::net::UnixListener::from(socket))?;
+        Ok(UnixSocket {
             listener,
             path: path.to_owned(),
-        };
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
-        Ok(socket)
+            file: (stat.st_dev, stat.st_ino),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -106,7 +160,12 @@ impl UnixSocket {
 
 impl Drop for UnixSocket {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(meta) = std::fs::symlink_metadata(&self.path)
+            && (meta.dev(), meta.ino()) == self.file
+        {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -193,7 +252,9 @@ pub async fn serve(
                             serve_connection(&builder, watcher, stream, router, transport).await;
                         }
                         Ok(Err(e)) => {
-                            tracing::info!(?transport, error = %e, "TLS handshake refused");
+                            // At debug, as unknown tokens are: anyone who reaches the port can
+                            // fail handshakes, and the client hears why from its own side.
+                            tracing::debug!(?transport, error = %e, "TLS handshake refused");
                         }
                         Err(_) => {
                             tracing::debug!(?transport, "TLS handshake timed out");

@@ -9,15 +9,19 @@ use serde_json::{Value, json};
 
 use super::extract::{AppIdPath, Caller, query_pairs, read_body};
 use super::openapi::{
-    AppListDoc, AppRecordDoc, RegistrationDoc, SignalName, StopBodyDoc, V1Errors,
+    AppIdParam, AppListDoc, AppRecordDoc, RegistrationDoc, SignalName, StopBodyDoc, V1Errors,
 };
 use super::{ApiContext, ApiError};
-use crate::record::AppRecord;
+use crate::record::{AppRecord, as_integer};
 use crate::stop::{Signal, StopRequest, check_timeout, parse_timeout};
+use crate::telemetry::{REFUSED, StopRoute};
 
 /// Items per page of `GET /v1/apps` when the caller gives no `limit`, and the most it may ask.
 const DEFAULT_PAGE_SIZE: usize = 50;
 const MAX_PAGE_SIZE: usize = 500;
+/// The highest page number a caller may ask for (the document's int32); pages past the last are
+/// empty.
+const MAX_PAGE: usize = i32::MAX as usize;
 
 fn record_json(ctx: &ApiContext, record: &AppRecord) -> Value {
     record.to_json(ctx.agent.node())
@@ -27,9 +31,10 @@ fn record_json(ctx: &ApiContext, record: &AppRecord) -> Value {
 #[utoipa::path(
     put,
     path = "/v1/apps/{appId}",
+    operation_id = "put_app",
     tag = "v1",
     description = "Registers or replaces the record of an app this node hosts (operators only).",
-    params(("appId" = String, Path, description = "The app id", pattern = r"^[A-Za-z0-9._-]{1,128}$")),
+    params(AppIdParam),
     request_body(content = RegistrationDoc, content_type = "application/json"),
     responses(
         (status = 201, description = "Registered", body = AppRecordDoc),
@@ -70,9 +75,10 @@ pub async fn put_app(
 #[utoipa::path(
     get,
     path = "/v1/apps/{appId}",
+    operation_id = "get_app",
     tag = "v1",
     description = "The app's record, with `currentResourceMetrics` fresh from Docker while the container runs.",
-    params(("appId" = String, Path, description = "The app id", pattern = r"^[A-Za-z0-9._-]{1,128}$")),
+    params(AppIdParam),
     responses((status = 200, description = "The record", body = AppRecordDoc), V1Errors),
 )]
 pub async fn get_app(
@@ -94,9 +100,10 @@ pub async fn get_app(
 #[utoipa::path(
     delete,
     path = "/v1/apps/{appId}",
+    operation_id = "delete_app",
     tag = "v1",
     description = "Forgets the app's record (operators only); the container is left alone.",
-    params(("appId" = String, Path, description = "The app id", pattern = r"^[A-Za-z0-9._-]{1,128}$")),
+    params(AppIdParam),
     responses((status = 204, description = "Forgotten"), V1Errors),
 )]
 pub async fn delete_app(
@@ -136,10 +143,11 @@ fn page_param(
 #[utoipa::path(
     get,
     path = "/v1/apps",
+    operation_id = "list_apps",
     tag = "v1",
     description = "The records the caller may read, one page at a time.",
     params(
-        ("page" = Option<u64>, Query, description = "Page number, from 1", minimum = 1),
+        ("page" = Option<u32>, Query, description = "Page number, from 1", minimum = 1, maximum = 2147483647),
         ("limit" = Option<u32>, Query, description = "Records per page (default 50)", minimum = 1, maximum = 500),
     ),
     responses((status = 200, description = "One page of records", body = AppListDoc), V1Errors),
@@ -150,7 +158,7 @@ pub async fn list_apps(
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let pairs = query_pairs(query.as_deref(), &["page", "limit"])?;
-    let page = page_param(&pairs, "page", 1, usize::MAX)?;
+    let page = page_param(&pairs, "page", 1, MAX_PAGE)?;
     let limit = page_param(&pairs, "limit", DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
     let records = ctx
         .agent
@@ -231,7 +239,7 @@ fn stop_request(query: Option<&str>, body: &[u8]) -> Result<StopRequest, ApiErro
                 ));
             }
             "timeout" => {
-                let t = value.as_i64().ok_or_else(|| {
+                let t = as_integer(&value).and_then(|t| t.as_i64()).ok_or_else(|| {
                     bad(crate::stop::StopInputError::BadTimeout(value.to_string()))
                 })?;
                 req.timeout = Some(check_timeout(t).map_err(bad)?);
@@ -256,11 +264,13 @@ fn stop_request(query: Option<&str>, body: &[u8]) -> Result<StopRequest, ApiErro
 #[utoipa::path(
     post,
     path = "/v1/apps/{appId}/stop",
+    operation_id = "stop_app",
     tag = "v1",
     description = "Sends the signal, waits up to the timeout, then kills; answers when the container \
-        has stopped, with the record holding the sample taken just before the stop.",
+        has stopped, with the record holding the sample taken just before the stop. `timeout` and \
+        `signal` come from the query or the JSON body; one given in both is refused (400).",
     params(
-        ("appId" = String, Path, description = "The app id", pattern = r"^[A-Za-z0-9._-]{1,128}$"),
+        AppIdParam,
         ("timeout" = Option<u32>, Query, description = "Seconds between the signal and the kill (0 kills at once)", minimum = 0, maximum = 3600),
         ("signal" = Option<SignalName>, Query, description = "The stop signal"),
     ),
@@ -269,20 +279,24 @@ fn stop_request(query: Option<&str>, body: &[u8]) -> Result<StopRequest, ApiErro
 )]
 pub async fn stop_app(
     State(ctx): State<ApiContext>,
-    Caller(caller): Caller,
+    caller: Result<Caller, ApiError>,
     app: Result<AppIdPath, ApiError>,
     RawQuery(query): RawQuery,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    // Refusals the core does not see are logged here; the core logs its own.
+    // Refusals the core does not see are counted and logged here; the core does its own.
+    let Caller(caller) = caller.inspect_err(|_| {
+        ctx.agent.telemetry().stop_ended(StopRoute::V1, REFUSED);
+    })?;
     let parsed = async {
         let AppIdPath(id) = app?;
         let bytes = read_body(&headers, body).await?;
         Ok::<_, ApiError>((id, stop_request(query.as_deref(), &bytes)?))
     };
     let (id, req) = parsed.await.inspect_err(|e| {
+        ctx.agent.telemetry().stop_ended(StopRoute::V1, REFUSED);
         tracing::info!(path = %uri.path(), token = %caller.name, outcome = ?e, "stop refused");
     })?;
     let record = ctx
@@ -331,6 +345,9 @@ mod tests {
                 signal: Some(Signal::Kill)
             }
         );
+        // JSON does not tell 5 from 5.0.
+        let whole = stop_request(None, br#"{"timeout": 5.0}"#).expect("5.0");
+        assert_eq!(whole.timeout, Some(5));
         let mixed = stop_request(Some("timeout=3"), br#"{"signal": "INT"}"#).expect("mixed");
         assert_eq!(
             mixed,

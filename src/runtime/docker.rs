@@ -87,10 +87,16 @@ impl DockerRuntime {
         let version = docker.version().await.map_err(unavailable)?;
         let info = EngineInfo {
             version: version.version.unwrap_or_default(),
-            api_version: docker.client_version().to_string(),
+            api_version: version.api_version.unwrap_or_default(),
+            negotiated_api_version: docker.client_version().to_string(),
             stop_takes_signal: docker.client_version() >= STOP_SIGNAL_API,
         };
-        tracing::info!(engine = %info.version, api = %info.api_version, "connected to the Docker engine");
+        tracing::info!(
+            engine = %info.version,
+            api = %info.api_version,
+            negotiated_api = %info.negotiated_api_version,
+            "connected to the Docker engine"
+        );
         let connected = Connected { docker, info };
         *self.connected.lock().unwrap_or_else(|p| p.into_inner()) = Some(connected.clone());
         Ok(connected)
@@ -213,6 +219,12 @@ impl ContainerRuntime for DockerRuntime {
         let docker = self.client().await?;
         let info = docker.info().await.map_err(|e| self.fail("info", e))?;
         Ok(info.docker_root_dir)
+    }
+
+    fn is_local(&self) -> bool {
+        // A Unix socket puts the engine on this host; a tcp:// engine may be on another, even
+        // behind a loopback address.
+        matches!(self.endpoint, DockerEndpoint::Unix(_))
     }
 
     async fn inspect(&self, container: &str) -> Result<ContainerState, RuntimeError> {

@@ -76,9 +76,33 @@ pub type EventStream =
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineInfo {
     pub version: String,
+    /// The newest API version the engine speaks (`ApiVersion` of `GET /version`).
     pub api_version: String,
+    /// The API version the agent speaks with it: the engine's, capped at the newest the client
+    /// knows.
+    pub negotiated_api_version: String,
     /// Whether `POST /containers/{id}/stop` takes a `signal` (API 1.42 and later).
     pub stop_takes_signal: bool,
+}
+
+/// How long a probe of the engine (readiness, the node report, the metrics' engine gauge) waits
+/// for it: a probe must answer within its caller's own timeout, and the engine's call timeout and
+/// reconnection together take longer.
+pub const PROBE_LIMIT: Duration = Duration::from_secs(2);
+
+/// Runs `call`, an engine probe, for at most [`PROBE_LIMIT`]; an engine that has not answered by
+/// then is unavailable, and the error says for how long it was waited for.
+pub async fn probe<T>(
+    call: impl Future<Output = Result<T, RuntimeError>>,
+) -> Result<T, RuntimeError> {
+    tokio::time::timeout(PROBE_LIMIT, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(RuntimeError::Unavailable(format!(
+                "no answer within {}s",
+                PROBE_LIMIT.as_secs()
+            )))
+        })
 }
 
 /// Why a runtime call failed.
@@ -107,6 +131,9 @@ pub trait ContainerRuntime: Send + Sync + std::fmt::Debug {
     async fn ping(&self) -> Result<(), RuntimeError>;
     /// The directory where the engine keeps images and containers (`DockerRootDir`).
     async fn root_dir(&self) -> Result<Option<String>, RuntimeError>;
+    /// Whether the engine runs on this host, so that the paths it names are this host's paths; a
+    /// remote engine's root directory is on a disk the agent cannot see.
+    fn is_local(&self) -> bool;
     /// The container's state.
     async fn inspect(&self, container: &str) -> Result<ContainerState, RuntimeError>;
     /// A stats reading with a real CPU interval. Waits for the engine's collector: one to two

@@ -386,7 +386,7 @@ impl AgentProcess {
 
     /// Starts the binary and waits for its "listening" line.
     fn spawn(&mut self) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_node-agent"))
+        let mut child = agent_command()
             .arg("--config")
             .arg(self.config_path())
             .env("RUST_LOG", &self.log_filter)
@@ -788,21 +788,59 @@ pub async fn raw_http(base: &str, request: &[u8]) -> (u16, String) {
     (status, body)
 }
 
+/// Removes what systemd tells a service it starts, should the tests themselves run under systemd;
+/// a test that plays the service manager sets these itself, after this.
+fn outside_systemd(command: &mut Command) {
+    for var in [
+        "NOTIFY_SOCKET",
+        "WATCHDOG_USEC",
+        "WATCHDOG_PID",
+        "JOURNAL_STREAM",
+    ] {
+        command.env_remove(var);
+    }
+}
+
+/// The agent binary, to be run as if outside systemd.
+fn agent_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_node-agent"));
+    outside_systemd(&mut command);
+    command
+}
+
 /// Runs the agent binary with `args` until it exits, outside systemd (killing it and failing after
 /// [`PATIENCE`]); returns the exit code, standard output and standard error.
 pub fn run_to_exit(args: &[&str]) -> (Option<i32>, String, String) {
+    let mut command = agent_command();
+    command.args(args);
+    run_command_to_exit(command, args)
+}
+
+/// [`run_to_exit`] as user and group `uid`, with no other groups, through util-linux's `setpriv`.
+pub fn run_to_exit_as(uid: u32, args: &[&str]) -> (Option<i32>, String, String) {
+    let mut command = Command::new("setpriv");
+    outside_systemd(&mut command);
+    command
+        .args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={uid}"),
+            "--clear-groups",
+            env!("CARGO_BIN_EXE_node-agent"),
+        ])
+        .args(args);
+    run_command_to_exit(command, args)
+}
+
+fn run_command_to_exit(mut command: Command, args: &[&str]) -> (Option<i32>, String, String) {
     use std::io::Read;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_node-agent"))
-        .args(args)
+    let mut child = command
         .env("RUST_LOG", "info,node_agent=debug")
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("WATCHDOG_USEC")
         .env_remove("NODE_AGENT__HTTP__LISTEN")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("start node-agent");
+        .unwrap_or_else(|e| panic!("cannot start node-agent {args:?} ({e}); running it as another user needs util-linux's setpriv"));
     let mut stdout = child.stdout.take().unwrap();
     let mut stderr = child.stderr.take().unwrap();
     let out = std::thread::spawn(move || {
