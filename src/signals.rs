@@ -65,8 +65,10 @@ impl Reloadable {
     fn reload(&self) {
         match TokenBook::load(&self.tokens_file) {
             Ok(book) => {
-                tracing::info!(path = %self.tokens_file.display(), tokens = book.len(), "tokens reloaded");
+                // In force before it is said to be: whoever reads the line may rely on it.
+                let count = book.len();
                 self.tokens.replace(book);
+                tracing::info!(path = %self.tokens_file.display(), tokens = count, "tokens reloaded");
             }
             Err(e) => {
                 tracing::error!(error = %e, "tokens file not reloaded; the previous tokens stay in force");
