@@ -54,23 +54,56 @@ enum TokenCommand {
 
 /// Logs go to standard error (journald takes them from there), as text or as JSON lines; `RUST_LOG`,
 /// when set, overrides the configured level.
+///
+/// Plain directives (`info`, `info,node_agent=debug`) filter by target and level alone. Only a
+/// directive that names spans or fields (`[request{id=…}]=debug`) needs `EnvFilter`, which looks
+/// up every span each time a request's future is polled: on a busy node that costs more than the
+/// rest of a refused request's handling.
 fn init_logging(log: &LogConfig) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log.level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match log.format {
-        LogFormat::Human => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::filter::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    type Filter = Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>;
+    type Filtered = tracing_subscriber::layer::Layered<Filter, tracing_subscriber::Registry>;
+
+    let directives = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|d| !d.is_empty() && EnvFilter::try_new(d).is_ok())
+        .or_else(|| Some(log.level.clone()).filter(|d| EnvFilter::try_new(d).is_ok()))
+        .unwrap_or_else(|| "info".to_owned());
+    let filter: Filter = match plain_directives(&directives) {
+        Some(targets) => Box::new(targets),
+        None => Box::new(EnvFilter::new(&directives)),
+    };
+    let output: Box<dyn Layer<Filtered> + Send + Sync> = match log.format {
+        LogFormat::Human => Box::new(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal()),
+        ),
         // `spans` lists every span a line sits in, outermost (the request, with its id) first, so
         // the id stays on the line whatever spans are opened inside the request.
-        LogFormat::Json => builder
-            .json()
-            .with_current_span(true)
-            .with_span_list(true)
-            .init(),
+        LogFormat::Json => Box::new(
+            tracing_subscriber::fmt::layer()
+                .json()
+                .with_current_span(true)
+                .with_span_list(true)
+                .with_writer(std::io::stderr),
+        ),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(output)
+        .init();
+}
+
+/// `directives` as a filter by target and level, unless they name spans or fields.
+fn plain_directives(directives: &str) -> Option<tracing_subscriber::filter::Targets> {
+    if directives.contains(['[', '{']) {
+        return None;
     }
+    directives.parse().ok()
 }
 
 fn main() -> ExitCode {
@@ -240,4 +273,23 @@ fn format_chain(err: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain_directives;
+    use tracing::Level;
+
+    #[test]
+    fn plain_directives_filter_by_target_and_level_and_span_directives_do_not() {
+        let targets = plain_directives("info,node_agent=debug").expect("plain");
+        assert!(targets.would_enable("node_agent::http::trace", &Level::DEBUG));
+        assert!(!targets.would_enable("node_agent::http::trace", &Level::TRACE));
+        assert!(targets.would_enable("hyper::proto", &Level::INFO));
+        assert!(!targets.would_enable("hyper::proto", &Level::DEBUG));
+        let targets = plain_directives("warn").expect("plain");
+        assert!(!targets.would_enable("node_agent", &Level::INFO));
+        assert!(plain_directives("info,[request]=debug").is_none());
+        assert!(plain_directives("info,[request{id=abc}]=trace").is_none());
+    }
 }

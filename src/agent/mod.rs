@@ -257,6 +257,17 @@ impl Agent {
     /// The record of `id`, with metrics fresh from the engine while its container runs.
     pub async fn get(&self, principal: &Principal, id: &AppId) -> Result<AppRecord, AgentError> {
         let record = self.authorized(principal, id, Action::Read).await?;
+        // The engine calls make a future of kilobytes; boxed, so that refusals, the common
+        // cheap answer, do not carry it.
+        Box::pin(self.with_fresh_figures(id, record)).await
+    }
+
+    /// `record` as the engine shows its container now, with fresh figures while it runs.
+    async fn with_fresh_figures(
+        &self,
+        id: &AppId,
+        record: AppRecord,
+    ) -> Result<AppRecord, AgentError> {
         let sighting = self
             .sight(&record)
             .await
