@@ -17,6 +17,33 @@ fn send(states: &[NotifyState<'_>]) {
     }
 }
 
+/// One watchdog ping, sent without waiting: should the service manager's queue be full, this beat
+/// is lost and the next one tries again, rather than a runtime worker blocking until it drains.
+fn ping_watchdog() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sent = (|| {
+        use std::os::linux::net::SocketAddrExt;
+        use std::os::unix::ffi::OsStrExt;
+        use std::os::unix::net::{SocketAddr, UnixDatagram};
+        let addr = match path.as_bytes().strip_prefix(b"@") {
+            Some(name) => SocketAddr::from_abstract_name(name)?,
+            None => SocketAddr::from_pathname(&path)?,
+        };
+        let socket = UnixDatagram::unbound()?;
+        socket.set_nonblocking(true)?;
+        socket.send_to_addr(b"WATCHDOG=1\n", &addr).map(drop)
+    })();
+    match sent {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            tracing::debug!("the service manager's queue is full; this watchdog beat is skipped")
+        }
+        Err(e) => tracing::warn!(error = %e, "could not notify the service manager"),
+    }
+}
+
 /// The agent listens and serves.
 pub fn ready(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(status)]);
@@ -53,7 +80,7 @@ pub fn spawn_watchdog(store: Store) -> Option<tokio::task::JoinHandle<()>> {
         loop {
             ticks.tick().await;
             match tokio::time::timeout(STORE_PING_LIMIT, store.ping()).await {
-                Ok(Ok(())) => send(&[NotifyState::Watchdog]),
+                Ok(Ok(())) => ping_watchdog(),
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "the store does not answer; the watchdog is not fed")
                 }

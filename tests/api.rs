@@ -347,12 +347,7 @@ async fn first_start_creates_a_private_tokens_file_and_shows_the_token_once() {
         no_tokens_file: true,
         ..Default::default()
     });
-    let token = agent
-        .stdout
-        .lines()
-        .find(|l| l.len() == 64 && l.chars().all(|c| c.is_ascii_hexdigit()))
-        .unwrap_or_else(|| panic!("no token printed: {:?}", agent.stdout))
-        .to_owned();
+    let token = agent.wait_stdout(|l| l.len() == 64 && l.chars().all(|c| c.is_ascii_hexdigit()));
     let mode = std::fs::metadata(agent.tokens_path())
         .unwrap()
         .permissions()
@@ -366,9 +361,10 @@ async fn first_start_creates_a_private_tokens_file_and_shows_the_token_once() {
 
     // A second start reuses the file and prints no token.
     assert_eq!(agent.terminate(), Some(0));
-    agent.stdout.clear();
     agent.restart();
-    assert!(!agent.stdout.contains(&token));
+    // The process says what it did on stdout before it listens; give its reader a moment.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(!agent.stdout().contains(&token));
     let mut client = agent.client();
     client.token = token;
     assert_eq!(client.get("/v1/apps").await.status, 200);

@@ -112,12 +112,8 @@ async fn owners_team_owners_and_permitted_members_may_stop_on_both_routes() {
                 }
             }
             assert!(!w.running().await, "{route:?} {user}");
-            assert!(
-                !agent
-                    .logged(&["stopped", &id, &format!("name-{user}")])
-                    .is_empty(),
-                "the accepted stop is logged with the token's name"
-            );
+            // The accepted stop is logged with the token's name.
+            agent.wait_logged(&[": stopped ", &id, &format!("name-{user}")], 1);
         }
     }
     assert!(
@@ -154,14 +150,10 @@ async fn refused_callers_leave_the_container_untouched() {
         }
     }
     assert!(w.running().await, "no refused caller touched the container");
-    let lines = agent.logged(&["stop refused", &id, "name-user-cannot"]);
+    let lines = agent.wait_logged(&["stop refused", &id, "name-user-cannot"], 2);
     assert_eq!(lines.len(), 2, "{lines:?}");
-    assert_eq!(
-        agent
-            .logged(&["stop refused", &id, "name-user-stranger"])
-            .len(),
-        2
-    );
+    let lines = agent.wait_logged(&["stop refused", &id, "name-user-stranger"], 2);
+    assert_eq!(lines.len(), 2, "{lines:?}");
     assert!(
         !agent.log_text().contains("token-of-"),
         "no token is ever logged"

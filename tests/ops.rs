@@ -255,6 +255,8 @@ async fn metrics_count_stops_by_route_and_outcome_answers_and_records() {
         assert!(Instant::now() < deadline, "{record:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The stop is logged once it is counted too.
+    agent.wait_logged(&[": stopped ", &format!("app={id2}")], 1);
 
     let text = metrics(&agent).await;
     assert_has(
@@ -321,8 +323,7 @@ async fn every_answer_carries_a_request_id_and_the_log_lines_of_its_stop_do_too(
         .await;
     assert_eq!(answer.status, 200, "{answer:?}");
     assert_eq!(answer.headers["x-request-id"], given);
-    let lines = agent.logged(&["stopped", given]);
-    assert!(!lines.is_empty(), "{}", agent.log_text());
+    agent.wait_logged(&["stopped", given], 1);
 
     // Without one, or with one unfit for logs, the agent makes its own.
     for header in [None, Some("has space"), Some("\"quoted\"")] {

@@ -10,6 +10,8 @@ use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{AgentOptions, AgentProcess, OPERATOR_TOKEN_NAME, PATIENCE, run_to_exit};
@@ -58,13 +60,22 @@ fn mode_of(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
 }
 
-/// The datagrams the agent sends to `NOTIFY_SOCKET`, as a service manager would receive them.
+/// The datagrams the agent sends to `NOTIFY_SOCKET`, as a service manager would receive them: a
+/// thread reads them as they come, so the socket's queue never fills whatever the test is doing.
 struct Notifications {
-    socket: UnixDatagram,
+    received: std::sync::mpsc::Receiver<String>,
     path: PathBuf,
     _dir: tempfile::TempDir,
-    /// Every message received so far, in order.
+    /// Tells the reading thread to end.
+    closed: Arc<AtomicBool>,
+    /// Every message taken from `received` so far, in order.
     seen: Vec<String>,
+}
+
+impl Drop for Notifications {
+    fn drop(&mut self) {
+        self.closed.store(true, Ordering::Relaxed);
+    }
 }
 
 impl Notifications {
@@ -73,38 +84,51 @@ impl Notifications {
         let path = dir.path().join("notify.sock");
         let socket = UnixDatagram::bind(&path).unwrap();
         socket
-            .set_read_timeout(Some(Duration::from_millis(500)))
+            .set_read_timeout(Some(Duration::from_millis(100)))
             .unwrap();
+        let closed = Arc::new(AtomicBool::new(false));
+        let (tx, received) = std::sync::mpsc::channel();
+        let done = closed.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 4096];
+            while !done.load(Ordering::Relaxed) {
+                match socket.recv(&mut buf) {
+                    Ok(n) => {
+                        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                        if tx.send(msg).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(e) => panic!("reading notifications: {e}"),
+                }
+            }
+        });
         Notifications {
-            socket,
+            received,
             path,
             _dir: dir,
+            closed,
             seen: Vec::new(),
         }
     }
 
     /// The next message; fails the test if none arrives before `deadline`.
     fn next_before(&mut self, deadline: Instant, waiting_for: &str) -> String {
-        let mut buf = vec![0u8; 4096];
-        loop {
-            match self.socket.recv(&mut buf) {
-                Ok(n) => {
-                    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-                    self.seen.push(msg.clone());
-                    return msg;
-                }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(e) => panic!("reading notifications: {e}"),
+        let left = deadline.saturating_duration_since(Instant::now());
+        match self.received.recv_timeout(left) {
+            Ok(msg) => {
+                self.seen.push(msg.clone());
+                msg
             }
-            assert!(
-                Instant::now() < deadline,
+            Err(_) => panic!(
                 "no {waiting_for} within {PATIENCE:?}; the last messages: {:?}",
                 self.recent()
-            );
+            ),
         }
     }
 

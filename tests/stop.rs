@@ -300,18 +300,26 @@ async fn already_stopped_answers_409_with_the_current_record() {
 async fn the_stop_is_not_cancelled_when_the_client_hangs_up() {
     let agent = AgentProcess::start();
     let client = agent.client();
-    let (w, id) = client.running_app("slow=1500").await;
-    // A client that gives up after 300 ms, well before the workload finishes its clean-up.
-    let impatient = reqwest::Client::builder()
-        .timeout(Duration::from_millis(300))
-        .build()
-        .unwrap();
-    let r = impatient
-        .post(client.url(&format!("/v1/apps/{id}/stop")))
-        .bearer_auth(&client.token)
-        .send()
-        .await;
-    assert!(r.is_err(), "the client timed out");
+    let (w, id) = client.running_app("slow=3000").await;
+    // A client that hangs up once the stop has begun (the container got its SIGTERM), well
+    // before the workload finishes its clean-up.
+    let request = tokio::spawn(
+        client
+            .http
+            .post(client.url(&format!("/v1/apps/{id}/stop")))
+            .bearer_auth(&client.token)
+            .send(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !w.logs().await.contains("signal 15") {
+        assert!(Instant::now() < deadline, "the stop never began");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    request.abort();
+    assert!(
+        request.await.is_err_and(|e| e.is_cancelled()),
+        "the client hung up before the answer"
+    );
     // The stop goes on and lands in the record.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

@@ -45,8 +45,8 @@ async fn wait_listed(
 async fn a_container_killed_by_the_oom_killer_updates_its_record() {
     let agent = AgentProcess::start();
     let client = agent.client();
-    // Allocates without end 1.5 s after start, under a 64 MiB limit.
-    let (_w, id) = client.running_app("grow=1500").await;
+    // Allocates without end 5 s after start, under a 64 MiB limit: registered while it runs.
+    let (_w, id) = client.running_app("grow=5000").await;
     assert_eq!(
         listed(&client, &id).await["currentResourceMetrics"]["online"],
         true
@@ -63,8 +63,9 @@ async fn a_persons_docker_stop_and_docker_start_are_followed() {
     let agent = AgentProcess::start();
     let client = agent.client();
     let (w, id) = client.running_app("exit").await;
-    // The agent follows the engine's one-a-second readings from registration on.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // The agent follows the engine's one-a-second readings from registration on; this leaves
+    // the stream several beats, on a busy machine too, to deliver one.
+    tokio::time::sleep(Duration::from_secs(5)).await;
     w.stop_by_hand().await;
     let record = wait_listed(&client, &id, "the stop", |r| {
         r["currentResourceMetrics"]["online"] == false && r["lastExit"].is_object()

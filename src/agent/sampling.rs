@@ -77,10 +77,21 @@ impl Agent {
     }
 
     /// A reading taken less than [`FRESH`] ago over a real CPU interval, if the stream has one.
+    /// Both its arrival and the engine's own `read` time must be that recent: a stream that lags
+    /// under load delivers readings late, and the record shows the engine's time.
     pub(super) fn fresh_reading(&self, container: &str) -> Option<RawStats> {
         let readings = self.readings();
         let l = readings.latest.get(container)?;
-        (l.at.elapsed() < FRESH && !l.stats.is_empty() && l.stats.presystem_total > 0)
+        let read_recently = l.stats.read_at.is_some_and(|read| {
+            chrono::Utc::now()
+                .signed_duration_since(read)
+                .to_std()
+                .map_or(true, |age| age < FRESH)
+        });
+        (l.at.elapsed() < FRESH
+            && read_recently
+            && !l.stats.is_empty()
+            && l.stats.presystem_total > 0)
             .then(|| l.stats.clone())
     }
 

@@ -150,7 +150,6 @@ impl Agent {
         // The task keeps the request's span, so its log lines carry the request id.
         let span = tracing::Span::current();
         let task = async move {
-            let _guard = guard;
             let app = record.id.clone();
             // At the store's precision, so that the intent can be recognised when read back.
             let requested_at = Utc::now().trunc_subsecs(3);
@@ -158,16 +157,21 @@ impl Agent {
                 .run_stop(&caller, requested_at, record, req, known)
                 .await;
             let elapsed_ms = (Utc::now() - requested_at).num_milliseconds();
-            match &outcome {
-                Ok(_) => tracing::info!(%app, token = %caller, elapsed_ms, "stopped"),
-                Err(e) => {
-                    tracing::info!(%app, token = %caller, elapsed_ms, outcome = %e, "stop not done");
-                    agent.close_intent(&app, e).await;
-                }
+            if let Err(e) = &outcome {
+                agent.close_intent(&app, e).await;
             }
+            // The record is settled: the app is free for the next request, the stop is counted,
+            // and only then is it logged, so that a reader of the log may rely on all three.
+            drop(guard);
             let telemetry = agent.telemetry();
             telemetry.stop_ended(route, outcome_of(&outcome));
             telemetry.stop_took(route, elapsed_ms.max(0) as f64 / 1000.0);
+            match &outcome {
+                Ok(_) => tracing::info!(%app, token = %caller, elapsed_ms, "stopped"),
+                Err(e) => {
+                    tracing::info!(%app, token = %caller, elapsed_ms, outcome = %e, "stop not done")
+                }
+            }
             outcome
         };
         self.inner

@@ -100,7 +100,7 @@ async fn a_stop_takes_its_final_sample_from_the_followed_stream_without_waiting(
         .await
         .expect("registered");
     // Two readings make a CPU interval; the stream sends one every 20 ms.
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    wait_for(|| f.agent.fresh_reading("ca").is_some()).await;
     let r = f.stop("a").await.expect("stopped");
     assert!(
         !f.fake.request_calls().iter().any(|c| c == "stats ca"),
@@ -110,6 +110,46 @@ async fn a_stop_takes_its_final_sample_from_the_followed_stream_without_waiting(
     let m = r.metrics.expect("metrics");
     assert_eq!(m.cpu_usage_percent, Some(20.0));
     assert_eq!(m.memory_usage_bytes, Some(4096));
+}
+
+#[tokio::test]
+async fn readings_that_arrive_late_are_not_taken_for_fresh() {
+    let f = fixture(true, &[]).await;
+    // Each reading arrives promptly but was read three seconds before: the stream lags.
+    f.fake.stream_readings_late(chrono::Duration::seconds(3));
+    f.fake.add_running("ca", &["SIGTERM"]);
+    f.agent
+        .register(&operator(), &id("a"), json!({"containerId": "ca"}))
+        .await
+        .expect("registered");
+    wait_for(|| f.agent.followed() == 1).await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(f.agent.fresh_reading("ca").is_none());
+    f.stop("a").await.expect("stopped");
+    assert_eq!(
+        f.fake.request_calls(),
+        // Registration's inspect, then the stop's.
+        [
+            "inspect ca",
+            "inspect ca",
+            "stats ca",
+            "stop ca - t=10",
+            "inspect ca"
+        ],
+        "the final sample is a stats call of its own"
+    );
+}
+
+/// Polls `done` every 10 ms until it holds, for at most ten seconds.
+async fn wait_for(done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the condition never held"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 #[tokio::test]
@@ -211,7 +251,7 @@ async fn an_interrupted_stop_is_made_true_at_the_next_start() {
 async fn containers_changing_behind_the_agents_back_update_their_records() {
     let f = fixture(true, &[("a", json!({"containerId": "ca"}))]).await;
     let watcher = f.agent.spawn_watcher();
-    let wait_for = |want_online: bool| {
+    let wait_online = |want_online: bool| {
         let f = &f;
         async move {
             for _ in 0..200 {
@@ -224,15 +264,15 @@ async fn containers_changing_behind_the_agents_back_update_their_records() {
             panic!("the record never said online = {want_online}");
         }
     };
-    // Let the watcher connect before the world changes.
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    // The watcher listens before the world changes.
+    wait_for(|| f.fake.watchers() == 1).await;
     f.fake.crash("ca", 137, true);
-    let r = wait_for(false).await;
+    let r = wait_online(false).await;
     let exit = r.last_exit.expect("exit");
     assert!(exit.oom_killed);
     assert_eq!(exit.exit_code, 137);
     f.fake.start_by_hand("ca");
-    let r = wait_for(true).await;
+    let r = wait_online(true).await;
     assert!(r.metrics.expect("m").started_at.is_some());
     watcher.abort();
 }
@@ -472,7 +512,7 @@ async fn a_hanging_stop_excludes_only_its_own_app_and_survives_its_caller() {
     f.fake.entered().await;
     f.fake.release();
     assert!(other.await.expect("join").is_ok());
-    for _ in 0..100 {
+    for _ in 0..1000 {
         let r = f
             .agent
             .store()

@@ -37,8 +37,8 @@ struct Script {
     vanish_after: HashMap<&'static str, String>,
     /// Containers whose workload exits on its own right after the next call of an operation.
     exit_after: HashMap<&'static str, String>,
-    /// Whether stats streams send readings.
-    stream_readings: bool,
+    /// Whether stats streams send readings, and how long before its arrival each was read.
+    stream_readings: Option<chrono::Duration>,
     /// `DockerRootDir`.
     root_dir: Option<String>,
     /// Whether the engine is on another host.
@@ -112,7 +112,13 @@ impl FakeRuntime {
 
     /// Stats streams send a reading every 20 ms while their container runs.
     pub fn stream_readings(&self) {
-        self.with(|s| s.stream_readings = true);
+        self.with(|s| s.stream_readings = Some(chrono::Duration::zero()));
+    }
+
+    /// Stats streams send a reading every 20 ms, each read `lag` before it arrives, as a stream
+    /// that has fallen behind on a busy host.
+    pub fn stream_readings_late(&self, lag: chrono::Duration) {
+        self.with(|s| s.stream_readings = Some(lag));
     }
 
     /// Sets a container's restart policy.
@@ -126,6 +132,11 @@ impl FakeRuntime {
 
     /// Its workload exits by itself with `code`, as a crash or an OOM kill would, and the engine
     /// says so on its event stream.
+    /// How many event streams are open now.
+    pub fn watchers(&self) -> usize {
+        self.events.receiver_count()
+    }
+
     pub fn crash(&self, name: &str, code: i64, oom: bool) {
         self.with(|s| {
             if let Some(c) = s.containers.get_mut(name) {
@@ -357,11 +368,11 @@ impl ContainerRuntime for FakeRuntime {
     async fn stats_stream(&self, container: &str) -> Result<StatsStream, RuntimeError> {
         self.enter("stats_stream", format!("stats_stream {container}"))
             .await?;
-        if !self.with(|s| s.stream_readings) {
+        let Some(lag) = self.with(|s| s.stream_readings) else {
             // Unless asked for, the stream sends nothing: stops then take their sample with a
             // stats call, at a fixed point that tests can script.
             return Ok(Box::pin(futures_util::stream::pending()));
-        }
+        };
         let (fake, name) = (self.clone(), container.to_owned());
         // A reading every 20 ms while the container runs, with a real CPU interval.
         Ok(Box::pin(futures_util::stream::unfold((), move |()| {
@@ -373,7 +384,7 @@ impl ContainerRuntime for FakeRuntime {
                         .get(&name)
                         .filter(|c| c.state.running)
                         .map(|c| RawStats {
-                            read_at: Some(Utc::now()),
+                            read_at: Some(Utc::now() - lag),
                             ..c.stats.clone()
                         })
                 })?;

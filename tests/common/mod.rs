@@ -301,7 +301,8 @@ pub struct AgentProcess {
     pub dir: tempfile::TempDir,
     pub base: String,
     pub token: String,
-    pub stdout: String,
+    /// What the running process has printed on standard output, a line each.
+    stdout: Arc<Mutex<Vec<String>>>,
     log_filter: String,
     env: Vec<(String, String)>,
     /// Every line the agent has logged so far.
@@ -376,7 +377,7 @@ impl AgentProcess {
             dir,
             base: String::new(),
             token,
-            stdout: String::new(),
+            stdout: Arc::default(),
             log: Arc::default(),
             child: None,
         };
@@ -401,8 +402,9 @@ impl AgentProcess {
         let log = self.log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[agent] {line}");
+                // Kept before it is echoed: the echo may block on a slow terminal or pipe.
                 log.lock().unwrap().push(line.clone());
+                eprintln!("[agent] {line}");
                 if line.contains("listening") {
                     // Human logs say addr=…; JSON logs say "addr":"…".
                     if let Some(addr) = line.split("addr=").nth(1) {
@@ -413,10 +415,12 @@ impl AgentProcess {
                 }
             }
         });
-        let (out_tx, out_rx) = mpsc::channel::<String>();
+        // A new process: what the previous one printed is not its.
+        let printed = Arc::new(Mutex::new(Vec::new()));
+        self.stdout = printed.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = out_tx.send(line);
+                printed.lock().unwrap().push(line);
             }
         });
         let addr = rx
@@ -424,11 +428,27 @@ impl AgentProcess {
             .expect("node-agent did not start listening within 30 s");
         self.base = format!("http://{addr}");
         self.child = Some(child);
-        // Whatever the agent printed on stdout before listening (the created token, if any).
-        std::thread::sleep(Duration::from_millis(50));
-        while let Ok(line) = out_rx.try_recv() {
-            self.stdout.push_str(&line);
-            self.stdout.push('\n');
+    }
+
+    /// What the running process has printed on standard output so far.
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().join("\n")
+    }
+
+    /// Waits until the running process has printed a line on standard output that satisfies
+    /// `wanted` (failing after [`PATIENCE`]); returns it.
+    pub fn wait_stdout(&self, wanted: impl Fn(&str) -> bool) -> String {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(line) = self.stdout.lock().unwrap().iter().find(|l| wanted(l)) {
+                return line.clone();
+            }
+            assert!(
+                start.elapsed() < PATIENCE,
+                "no such line on standard output within {PATIENCE:?}: {:?}",
+                self.stdout()
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
