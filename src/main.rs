@@ -98,12 +98,21 @@ fn init_logging(log: &LogConfig) {
         .init();
 }
 
-/// `directives` as a filter by target and level, unless they name spans or fields.
+/// `directives` as a filter by target and level, unless they name spans or fields. Read as
+/// `EnvFilter` reads them: blanks around a directive and empty directives are ignored.
 fn plain_directives(directives: &str) -> Option<tracing_subscriber::filter::Targets> {
     if directives.contains(['[', '{']) {
         return None;
     }
-    directives.parse().ok()
+    let parts: Vec<&str> = directives
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect();
+    if parts.is_empty() {
+        return None;
+    }
+    parts.join(",").parse().ok()
 }
 
 fn main() -> ExitCode {
@@ -289,6 +298,11 @@ mod tests {
         assert!(!targets.would_enable("hyper::proto", &Level::DEBUG));
         let targets = plain_directives("warn").expect("plain");
         assert!(!targets.would_enable("node_agent", &Level::INFO));
+        let targets = plain_directives(" info , node_agent=debug,").expect("plain");
+        assert!(targets.would_enable("node_agent::agent", &Level::DEBUG));
+        assert!(targets.would_enable("hyper::proto", &Level::INFO));
+        assert!(!targets.would_enable("hyper::proto", &Level::DEBUG));
+        assert!(plain_directives("").is_none(), "left to EnvFilter");
         assert!(plain_directives("info,[request]=debug").is_none());
         assert!(plain_directives("info,[request{id=abc}]=trace").is_none());
     }

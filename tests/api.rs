@@ -362,8 +362,9 @@ async fn first_start_creates_a_private_tokens_file_and_shows_the_token_once() {
     // A second start reuses the file and prints no token.
     assert_eq!(agent.terminate(), Some(0));
     agent.restart();
-    // The process says what it did on stdout before it listens; give its reader a moment.
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    // A created file is logged before "listening", which `restart` waited for: once, at the
+    // first start.
+    assert_eq!(agent.logged(&["created a tokens file"]).len(), 1);
     assert!(!agent.stdout().contains(&token));
     let mut client = agent.client();
     client.token = token;

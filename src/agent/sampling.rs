@@ -23,8 +23,32 @@ pub(super) struct Readings {
 struct Latest {
     stats: RawStats,
     at: Instant,
+    /// How much later than the stream's most prompt reading this one came, judged by the engine's
+    /// `read` time against this host's clock at arrival. The engine's clock may differ from this
+    /// host's by a constant (a remote engine): only the excess over the stream's best counts.
+    late: Duration,
+    /// The least (arrival − `read`) seen on this stream, the two clocks' offset plus the least
+    /// delivery time.
+    best_offset: Option<chrono::Duration>,
     /// Whether the engine's stream for it is open.
     streaming: bool,
+}
+
+impl Latest {
+    /// Takes a reading that has just arrived.
+    fn note(&mut self, stats: RawStats) {
+        self.late = Duration::ZERO;
+        if let Some(read) = stats.read_at {
+            let offset = chrono::Utc::now() - read;
+            let best = *self.best_offset.get_or_insert(offset);
+            if offset < best {
+                self.best_offset = Some(offset);
+            }
+            self.late = (offset - best).to_std().unwrap_or(Duration::ZERO);
+        }
+        self.stats = stats;
+        self.at = Instant::now();
+    }
 }
 
 impl Agent {
@@ -46,6 +70,8 @@ impl Agent {
                 .or_insert(Latest {
                     stats: RawStats::default(),
                     at: Instant::now(),
+                    late: Duration::ZERO,
+                    best_offset: None,
                     streaming: false,
                 });
             if entry.streaming {
@@ -63,8 +89,7 @@ impl Agent {
                             break;
                         }
                         if let Some(l) = agent.readings().latest.get_mut(&container) {
-                            l.stats = stats;
-                            l.at = Instant::now();
+                            l.note(stats);
                         }
                     }
                 }
@@ -77,22 +102,22 @@ impl Agent {
     }
 
     /// A reading taken less than [`FRESH`] ago over a real CPU interval, if the stream has one.
-    /// Both its arrival and the engine's own `read` time must be that recent: a stream that lags
-    /// under load delivers readings late, and the record shows the engine's time.
+    /// Its age counts from its arrival plus how late it came: a stream that falls behind on a busy
+    /// host delivers readings the engine took well before.
     pub(super) fn fresh_reading(&self, container: &str) -> Option<RawStats> {
         let readings = self.readings();
         let l = readings.latest.get(container)?;
-        let read_recently = l.stats.read_at.is_some_and(|read| {
-            chrono::Utc::now()
-                .signed_duration_since(read)
-                .to_std()
-                .map_or(true, |age| age < FRESH)
-        });
-        (l.at.elapsed() < FRESH
-            && read_recently
-            && !l.stats.is_empty()
-            && l.stats.presystem_total > 0)
+        (l.at.elapsed() + l.late < FRESH && !l.stats.is_empty() && l.stats.presystem_total > 0)
             .then(|| l.stats.clone())
+    }
+
+    /// Whether the stream of `container` has delivered a reading, fresh or not.
+    #[cfg(test)]
+    pub(super) fn has_reading(&self, container: &str) -> bool {
+        self.readings()
+            .latest
+            .get(container)
+            .is_some_and(|l| !l.stats.is_empty())
     }
 
     /// The last reading of a container that has stopped, taken at or after `since` (its last

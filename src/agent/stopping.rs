@@ -160,12 +160,13 @@ impl Agent {
             if let Err(e) = &outcome {
                 agent.close_intent(&app, e).await;
             }
-            // The record is settled: the app is free for the next request, the stop is counted,
-            // and only then is it logged, so that a reader of the log may rely on all three.
-            drop(guard);
+            // The record is settled: the stop is counted (before its guard goes, so that a scrape
+            // never misses it), the app is free for the next request, and only then is the stop
+            // logged, so that a reader of the log may rely on all three.
             let telemetry = agent.telemetry();
             telemetry.stop_ended(route, outcome_of(&outcome));
             telemetry.stop_took(route, elapsed_ms.max(0) as f64 / 1000.0);
+            drop(guard);
             match &outcome {
                 Ok(_) => tracing::info!(%app, token = %caller, elapsed_ms, "stopped"),
                 Err(e) => {

@@ -92,13 +92,7 @@ async fn a_stop_records_final_metrics_and_exit() {
 
 #[tokio::test]
 async fn a_stop_takes_its_final_sample_from_the_followed_stream_without_waiting() {
-    let f = fixture(true, &[]).await;
-    f.fake.stream_readings();
-    f.fake.add_running("ca", &["SIGTERM"]);
-    f.agent
-        .register(&operator(), &id("a"), json!({"containerId": "ca"}))
-        .await
-        .expect("registered");
+    let f = followed_app(|fake| fake.stream_readings()).await;
     // Two readings make a CPU interval; the stream sends one every 20 ms.
     wait_for(|| f.agent.fresh_reading("ca").is_some()).await;
     let r = f.stop("a").await.expect("stopped");
@@ -114,17 +108,10 @@ async fn a_stop_takes_its_final_sample_from_the_followed_stream_without_waiting(
 
 #[tokio::test]
 async fn readings_that_arrive_late_are_not_taken_for_fresh() {
-    let f = fixture(true, &[]).await;
-    // Each reading arrives promptly but was read three seconds before: the stream lags.
-    f.fake.stream_readings_late(chrono::Duration::seconds(3));
-    f.fake.add_running("ca", &["SIGTERM"]);
-    f.agent
-        .register(&operator(), &id("a"), json!({"containerId": "ca"}))
-        .await
-        .expect("registered");
-    wait_for(|| f.agent.followed() == 1).await;
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    assert!(f.agent.fresh_reading("ca").is_none());
+    // The first reading comes on time; every later one was read three seconds before it arrives.
+    let f = followed_app(|fake| fake.stream_readings_late(chrono::Duration::seconds(3))).await;
+    wait_for(|| f.agent.has_reading("ca")).await;
+    wait_for(|| f.agent.fresh_reading("ca").is_none()).await;
     f.stop("a").await.expect("stopped");
     assert_eq!(
         f.fake.request_calls(),
@@ -138,6 +125,35 @@ async fn readings_that_arrive_late_are_not_taken_for_fresh() {
         ],
         "the final sample is a stats call of its own"
     );
+}
+
+#[tokio::test]
+async fn an_engine_clock_behind_this_hosts_does_not_make_readings_stale() {
+    // A remote engine whose clock is three seconds behind, delivering on time.
+    let f = followed_app(|fake| fake.stream_readings_skewed(chrono::Duration::seconds(3))).await;
+    wait_for(|| f.agent.fresh_reading("ca").is_some()).await;
+    // Several readings later, still fresh.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(f.agent.fresh_reading("ca").is_some());
+    f.stop("a").await.expect("stopped");
+    assert!(
+        !f.fake.request_calls().iter().any(|c| c == "stats ca"),
+        "{:?}",
+        f.fake.calls()
+    );
+}
+
+/// App `a` registered on running container `ca` (which exits on SIGTERM), its stats stream set up
+/// by `streams` first.
+async fn followed_app(streams: impl FnOnce(&FakeRuntime)) -> Fixture {
+    let f = fixture(true, &[]).await;
+    streams(&f.fake);
+    f.fake.add_running("ca", &["SIGTERM"]);
+    f.agent
+        .register(&operator(), &id("a"), json!({"containerId": "ca"}))
+        .await
+        .expect("registered");
+    f
 }
 
 /// Polls `done` every 10 ms until it holds, for at most ten seconds.

@@ -37,8 +37,9 @@ struct Script {
     vanish_after: HashMap<&'static str, String>,
     /// Containers whose workload exits on its own right after the next call of an operation.
     exit_after: HashMap<&'static str, String>,
-    /// Whether stats streams send readings, and how long before its arrival each was read.
-    stream_readings: Option<chrono::Duration>,
+    /// Whether stats streams send readings: how far the engine's clock is behind, and how late
+    /// every reading after the first arrives.
+    stream_readings: Option<(chrono::Duration, chrono::Duration)>,
     /// `DockerRootDir`.
     root_dir: Option<String>,
     /// Whether the engine is on another host.
@@ -112,13 +113,20 @@ impl FakeRuntime {
 
     /// Stats streams send a reading every 20 ms while their container runs.
     pub fn stream_readings(&self) {
-        self.with(|s| s.stream_readings = Some(chrono::Duration::zero()));
+        let zero = chrono::Duration::zero();
+        self.with(|s| s.stream_readings = Some((zero, zero)));
     }
 
-    /// Stats streams send a reading every 20 ms, each read `lag` before it arrives, as a stream
-    /// that has fallen behind on a busy host.
+    /// Stats streams send a reading every 20 ms: the first on time, every later one read `lag`
+    /// before it arrives, as a stream that has fallen behind on a busy host.
     pub fn stream_readings_late(&self, lag: chrono::Duration) {
-        self.with(|s| s.stream_readings = Some(lag));
+        self.with(|s| s.stream_readings = Some((chrono::Duration::zero(), lag)));
+    }
+
+    /// Stats streams send a reading every 20 ms, on time, from an engine whose clock is `skew`
+    /// behind this host's (as a remote engine's may be).
+    pub fn stream_readings_skewed(&self, skew: chrono::Duration) {
+        self.with(|s| s.stream_readings = Some((skew, chrono::Duration::zero())));
     }
 
     /// Sets a container's restart policy.
@@ -130,13 +138,13 @@ impl FakeRuntime {
         });
     }
 
-    /// Its workload exits by itself with `code`, as a crash or an OOM kill would, and the engine
-    /// says so on its event stream.
     /// How many event streams are open now.
     pub fn watchers(&self) -> usize {
         self.events.receiver_count()
     }
 
+    /// Its workload exits by itself with `code`, as a crash or an OOM kill would, and the engine
+    /// says so on its event stream.
     pub fn crash(&self, name: &str, code: i64, oom: bool) {
         self.with(|s| {
             if let Some(c) = s.containers.get_mut(name) {
@@ -368,15 +376,16 @@ impl ContainerRuntime for FakeRuntime {
     async fn stats_stream(&self, container: &str) -> Result<StatsStream, RuntimeError> {
         self.enter("stats_stream", format!("stats_stream {container}"))
             .await?;
-        let Some(lag) = self.with(|s| s.stream_readings) else {
+        let Some((skew, lag)) = self.with(|s| s.stream_readings) else {
             // Unless asked for, the stream sends nothing: stops then take their sample with a
             // stats call, at a fixed point that tests can script.
             return Ok(Box::pin(futures_util::stream::pending()));
         };
         let (fake, name) = (self.clone(), container.to_owned());
         // A reading every 20 ms while the container runs, with a real CPU interval.
-        Ok(Box::pin(futures_util::stream::unfold((), move |()| {
+        Ok(Box::pin(futures_util::stream::unfold(true, move |first| {
             let (fake, name) = (fake.clone(), name.clone());
+            let late = if first { chrono::Duration::zero() } else { lag };
             async move {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 let reading = fake.with(|s| {
@@ -384,11 +393,11 @@ impl ContainerRuntime for FakeRuntime {
                         .get(&name)
                         .filter(|c| c.state.running)
                         .map(|c| RawStats {
-                            read_at: Some(Utc::now() - lag),
+                            read_at: Some(Utc::now() - skew - late),
                             ..c.stats.clone()
                         })
                 })?;
-                Some((Ok(reading), ()))
+                Some((Ok(reading), false))
             }
         })))
     }
