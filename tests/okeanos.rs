@@ -304,11 +304,7 @@ async fn both_routes_share_one_exclusion_per_app() {
         tokio::spawn(async move { client.stop(&id).await })
     };
     // Wait until the /v1 stop has begun: the container received its SIGTERM.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !w.logs().await.contains("signal 15") {
-        assert!(Instant::now() < deadline, "the /v1 stop never began");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    w.wait_logs("signal 15", Duration::from_secs(10)).await;
     let a = lod_stop(&client, &client.token, &id, Some(NODE_ID)).await;
     assert_lod_error(
         &a,

@@ -310,11 +310,7 @@ async fn the_stop_is_not_cancelled_when_the_client_hangs_up() {
             .bearer_auth(&client.token)
             .send(),
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !w.logs().await.contains("signal 15") {
-        assert!(Instant::now() < deadline, "the stop never began");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    w.wait_logs("signal 15", Duration::from_secs(20)).await;
     request.abort();
     assert!(
         request.await.is_err_and(|e| e.is_cancelled()),

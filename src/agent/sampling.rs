@@ -40,10 +40,8 @@ impl Latest {
         self.late = Duration::ZERO;
         if let Some(read) = stats.read_at {
             let offset = chrono::Utc::now() - read;
-            let best = *self.best_offset.get_or_insert(offset);
-            if offset < best {
-                self.best_offset = Some(offset);
-            }
+            let best = self.best_offset.map_or(offset, |best| best.min(offset));
+            self.best_offset = Some(best);
             self.late = (offset - best).to_std().unwrap_or(Duration::ZERO);
         }
         self.stats = stats;

@@ -168,6 +168,19 @@ impl Workload {
         panic!("workload {} never said ready", self.name);
     }
 
+    /// Waits until the workload has logged `needle`, failing after `within`.
+    pub async fn wait_logs(&self, needle: &str, within: Duration) {
+        let deadline = std::time::Instant::now() + within;
+        while !self.logs().await.contains(needle) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "workload {} did not log {needle:?} within {within:?}",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn logs(&self) -> String {
         let docker = docker().await;
         let options = bollard::query_parameters::LogsOptions {
@@ -293,6 +306,20 @@ pub struct AgentOptions {
     pub http_extra: String,
     /// More sections, appended to the configuration as written.
     pub extra_config: String,
+}
+
+/// Polls `found` until it finds something, failing after [`PATIENCE`] with `failure`'s words.
+fn patiently<T>(mut found: impl FnMut() -> Option<T>, failure: impl FnOnce() -> String) -> T {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(it) = found() {
+            return it;
+        }
+        if start.elapsed() >= PATIENCE {
+            panic!("{} (waited {PATIENCE:?})", failure());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// The real agent binary, serving on a free loopback port from a private directory.
@@ -438,18 +465,17 @@ impl AgentProcess {
     /// Waits until the running process has printed a line on standard output that satisfies
     /// `wanted` (failing after [`PATIENCE`]); returns it.
     pub fn wait_stdout(&self, wanted: impl Fn(&str) -> bool) -> String {
-        let start = std::time::Instant::now();
-        loop {
-            if let Some(line) = self.stdout.lock().unwrap().iter().find(|l| wanted(l)) {
-                return line.clone();
-            }
-            assert!(
-                start.elapsed() < PATIENCE,
-                "no such line on standard output within {PATIENCE:?}: {:?}",
-                self.stdout()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        patiently(
+            || {
+                self.stdout
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .find(|l| wanted(l))
+                    .cloned()
+            },
+            || format!("no such line on standard output: {:?}", self.stdout()),
+        )
     }
 
     /// The lines logged so far that contain every one of `needles`.
@@ -466,19 +492,15 @@ impl AgentProcess {
     /// Waits until the agent has logged at least `count` lines containing every one of `needles`
     /// (failing after [`PATIENCE`]); returns them.
     pub fn wait_logged(&self, needles: &[&str], count: usize) -> Vec<String> {
-        let start = std::time::Instant::now();
-        loop {
-            let lines = self.logged(needles);
-            if lines.len() >= count {
-                return lines;
-            }
-            assert!(
-                start.elapsed() < PATIENCE,
-                "fewer than {count} log lines with {needles:?} within {PATIENCE:?}; the log:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        patiently(
+            || Some(self.logged(needles)).filter(|lines| lines.len() >= count),
+            || {
+                format!(
+                    "fewer than {count} log lines with {needles:?}; the log:\n{}",
+                    self.log_text()
+                )
+            },
+        )
     }
 
     /// Everything logged so far, as one text.
