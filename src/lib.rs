@@ -20,6 +20,7 @@ pub mod host;
 pub mod http;
 pub mod metrics;
 pub mod notify;
+pub mod operation;
 pub mod policy;
 pub mod record;
 pub mod runtime;

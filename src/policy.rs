@@ -10,7 +10,8 @@ use crate::record::AppRecord;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     Read,
-    Stop,
+    /// Stop, start or restart the app.
+    ChangeStatus,
     Register,
     Delete,
 }
@@ -70,8 +71,8 @@ pub fn authorize(principal: &Principal, record: &AppRecord, action: Action) -> R
     match (action, relation(record, user_id)) {
         (_, Relation::None) => Err(Denial::Hidden),
         (Action::Register | Action::Delete, _) => Err(Denial::Forbidden),
-        (Action::Read, _) | (Action::Stop, Relation::Owner) => Ok(()),
-        (Action::Stop, Relation::Member { may_change_status }) => {
+        (Action::Read, _) | (Action::ChangeStatus, Relation::Owner) => Ok(()),
+        (Action::ChangeStatus, Relation::Member { may_change_status }) => {
             if may_change_status {
                 Ok(())
             } else {
@@ -100,6 +101,7 @@ mod tests {
             metrics: None,
             last_exit: None,
             last_stop: None,
+            last_start: None,
             updated_at: Utc::now(),
         }
     }
@@ -118,7 +120,12 @@ mod tests {
             access: Access::Operator,
         };
         let r = record(json!({"containerId": "c"}));
-        for a in [Action::Read, Action::Stop, Action::Register, Action::Delete] {
+        for a in [
+            Action::Read,
+            Action::ChangeStatus,
+            Action::Register,
+            Action::Delete,
+        ] {
             assert_eq!(authorize(&op, &r, a), Ok(()));
         }
     }
@@ -134,7 +141,11 @@ mod tests {
             ]},
         }));
         for who in ["owner", "lead", "can"] {
-            assert_eq!(authorize(&user(who), &r, Action::Stop), Ok(()), "{who}");
+            assert_eq!(
+                authorize(&user(who), &r, Action::ChangeStatus),
+                Ok(()),
+                "{who}"
+            );
             assert_eq!(authorize(&user(who), &r, Action::Read), Ok(()), "{who}");
             assert_eq!(
                 authorize(&user(who), &r, Action::Delete),
@@ -144,7 +155,7 @@ mod tests {
         }
         for who in ["cannot", "bare"] {
             assert_eq!(
-                authorize(&user(who), &r, Action::Stop),
+                authorize(&user(who), &r, Action::ChangeStatus),
                 Err(Denial::Forbidden),
                 "{who}"
             );
@@ -155,7 +166,7 @@ mod tests {
             Err(Denial::Hidden)
         );
         assert_eq!(
-            authorize(&user("stranger"), &r, Action::Stop),
+            authorize(&user("stranger"), &r, Action::ChangeStatus),
             Err(Denial::Hidden)
         );
     }
@@ -164,9 +175,9 @@ mod tests {
     fn team_as_id_or_null_leaves_only_the_owner() {
         for team in [json!("t1"), Value::Null] {
             let r = record(json!({"containerId": "c", "userId": "owner", "teamId": team}));
-            assert_eq!(authorize(&user("owner"), &r, Action::Stop), Ok(()));
+            assert_eq!(authorize(&user("owner"), &r, Action::ChangeStatus), Ok(()));
             assert_eq!(
-                authorize(&user("t1"), &r, Action::Stop),
+                authorize(&user("t1"), &r, Action::ChangeStatus),
                 Err(Denial::Hidden)
             );
         }

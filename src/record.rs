@@ -159,6 +159,46 @@ pub struct LastStop {
     pub previous_restart_policy: Option<String>,
 }
 
+/// Where the agent's last start of the app stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StartOutcome {
+    /// Accepted and under way: the intent, written before the engine is touched.
+    Starting,
+    /// The engine started the container and it was running when the start ended.
+    Started,
+    /// The engine started the container, but it exited at once (a crash at boot); `lastExit` says how.
+    Exited,
+    /// The start failed; `error` says why, and the container's state is in the metrics.
+    Failed,
+    /// The agent itself died during the start; at its next start the record was made true again.
+    Interrupted,
+}
+
+/// `lastStart`: the agent's last start of this app (by `/start`, or as the second half of a
+/// `/restart`) and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LastStart {
+    pub outcome: StartOutcome,
+    /// The token name that asked for it.
+    pub by: String,
+    #[serde(with = "rfc3339_millis")]
+    pub requested_at: DateTime<Utc>,
+    #[serde(
+        with = "rfc3339_millis::option",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Why the start failed; or, beside `started`, what it could not do (give a restart policy back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The restart policy the start gave back to the container (the one the last stop set aside).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_restart_policy: Option<String>,
+}
+
 /// An application record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AppRecord {
@@ -168,15 +208,17 @@ pub struct AppRecord {
     pub metrics: Option<ResourceMetrics>,
     pub last_exit: Option<LastExit>,
     pub last_stop: Option<LastStop>,
+    pub last_start: Option<LastStart>,
     pub updated_at: DateTime<Utc>,
 }
 
 /// Keys whose values the agent owns; a registration may carry them but they are replaced.
-const AGENT_OWNED: [&str; 5] = [
+const AGENT_OWNED: [&str; 6] = [
     "workerNodeId",
     "currentResourceMetrics",
     "lastExit",
     "lastStop",
+    "lastStart",
     "updatedAt",
 ];
 
@@ -394,6 +436,27 @@ impl AppRecord {
             .is_some_and(|s| s.outcome == StopOutcome::Stopping)
     }
 
+    /// Whether a start by the agent is recorded as under way: the intent of a start that has not ended.
+    pub fn start_pending(&self) -> bool {
+        self.last_start
+            .as_ref()
+            .is_some_and(|s| s.outcome == StartOutcome::Starting)
+    }
+
+    /// The restart policy the last stop set aside, while no start has given it back since.
+    pub fn restart_policy_set_aside(&self) -> Option<&str> {
+        let stop = self.last_stop.as_ref()?;
+        let given_back = self.last_start.as_ref().is_some_and(|s| {
+            s.requested_at >= stop.requested_at && s.restored_restart_policy.is_some()
+        });
+        if given_back {
+            return None;
+        }
+        stop.previous_restart_policy
+            .as_deref()
+            .filter(|p| !p.is_empty() && *p != "no")
+    }
+
     /// Whether the agent's own stop ended the container's current exit: the record says offline, the
     /// agent's last stop succeeded, and the container has not been started since.
     pub fn stopped_by_agent(&self) -> bool {
@@ -444,6 +507,9 @@ impl AppRecord {
         }
         if let Some(s) = &self.last_stop {
             out.insert("lastStop".into(), json_of(s));
+        }
+        if let Some(s) = &self.last_start {
+            out.insert("lastStart".into(), json_of(s));
         }
         out.insert(
             "updatedAt".into(),
@@ -673,6 +739,7 @@ mod tests {
             id,
             registered: reg.registered,
             last_stop: None,
+            last_start: None,
             metrics: Some(ResourceMetrics {
                 timestamp: t,
                 online: false,

@@ -16,11 +16,11 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Map, Value};
 
 use crate::record::{
-    AppId, AppRecord, LastExit, LastStop, Registration, ResourceMetrics, format_time,
+    AppId, AppRecord, LastExit, LastStart, LastStop, Registration, ResourceMetrics, format_time,
 };
 
 /// Schema version written to `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -52,13 +52,15 @@ pub struct Store {
 }
 
 /// What the agent saw of an app's container, to be written to its record.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Observation {
     pub metrics: ResourceMetrics,
     /// How its last run ended; `None` keeps the recorded one.
     pub last_exit: Option<LastExit>,
     /// Where the agent's stop of it stands; `None` keeps the recorded one.
     pub last_stop: Option<LastStop>,
+    /// Where the agent's start of it stands; `None` keeps the recorded one.
+    pub last_start: Option<LastStart>,
 }
 
 impl Observation {
@@ -68,6 +70,7 @@ impl Observation {
             metrics,
             last_exit: None,
             last_stop: None,
+            last_start: None,
         }
     }
 }
@@ -130,6 +133,15 @@ impl Store {
                 "BEGIN;
                  ALTER TABLE apps ADD COLUMN last_stop TEXT;
                  PRAGMA user_version = 2;
+                 COMMIT;",
+            )?;
+        }
+        if version < 3 {
+            // The agent's last start of each app: its intent while under way, then its outcome.
+            conn.execute_batch(
+                "BEGIN;
+                 ALTER TABLE apps ADD COLUMN last_start TEXT;
+                 PRAGMA user_version = 3;
                  COMMIT;",
             )?;
         }
@@ -213,9 +225,9 @@ impl Store {
             let same_container = existing
                 .as_ref()
                 .is_some_and(|r| r.container_id() == registration.container_id());
-            let (metrics, last_exit, last_stop) = match existing {
-                Some(r) if same_container => (r.metrics, r.last_exit, r.last_stop),
-                _ => (None, None, None),
+            let (metrics, last_exit, last_stop, last_start) = match existing {
+                Some(r) if same_container => (r.metrics, r.last_exit, r.last_stop, r.last_start),
+                _ => (None, None, None, None),
             };
             let record = AppRecord {
                 id: id.clone(),
@@ -223,19 +235,22 @@ impl Store {
                 metrics,
                 last_exit,
                 last_stop,
+                last_start,
                 updated_at: now,
             };
             tx.execute(
-                "INSERT INTO apps (id, registered, metrics, last_exit, last_stop, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                "INSERT INTO apps (id, registered, metrics, last_exit, last_stop, last_start, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT(id) DO UPDATE SET
-                     registered = ?2, metrics = ?3, last_exit = ?4, last_stop = ?5, updated_at = ?6",
+                     registered = ?2, metrics = ?3, last_exit = ?4, last_stop = ?5,
+                     last_start = ?6, updated_at = ?7",
                 params![
                     id.as_str(),
                     Value::Object(record.registered.clone()).to_string(),
                     to_json_text(&record.metrics),
                     to_json_text(&record.last_exit),
                     to_json_text(&record.last_stop),
+                    to_json_text(&record.last_start),
                     format_time(now),
                 ],
             )?;
@@ -299,15 +314,20 @@ impl Store {
             if observation.last_stop.is_some() {
                 record.last_stop = observation.last_stop;
             }
+            if observation.last_start.is_some() {
+                record.last_start = observation.last_start;
+            }
             record.updated_at = now;
             tx.execute(
-                "UPDATE apps SET metrics = ?2, last_exit = ?3, last_stop = ?4, updated_at = ?5
+                "UPDATE apps SET metrics = ?2, last_exit = ?3, last_stop = ?4, last_start = ?5,
+                     updated_at = ?6
                  WHERE id = ?1",
                 params![
                     id.as_str(),
                     to_json_text(&record.metrics),
                     to_json_text(&record.last_exit),
                     to_json_text(&record.last_stop),
+                    to_json_text(&record.last_start),
                     format_time(now),
                 ],
             )?;
@@ -367,6 +387,7 @@ struct RawRow {
     metrics: Option<String>,
     last_exit: Option<String>,
     last_stop: Option<String>,
+    last_start: Option<String>,
     updated_at: String,
 }
 
@@ -377,7 +398,8 @@ fn raw_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
         metrics: r.get(2)?,
         last_exit: r.get(3)?,
         last_stop: r.get(4)?,
-        updated_at: r.get(5)?,
+        last_start: r.get(5)?,
+        updated_at: r.get(6)?,
     })
 }
 
@@ -393,6 +415,8 @@ impl RawRow {
         let metrics = optional_json(self.metrics.as_deref(), "metrics").map_err(corrupt)?;
         let last_exit = optional_json(self.last_exit.as_deref(), "last_exit").map_err(corrupt)?;
         let last_stop = optional_json(self.last_stop.as_deref(), "last_stop").map_err(corrupt)?;
+        let last_start =
+            optional_json(self.last_start.as_deref(), "last_start").map_err(corrupt)?;
         let updated_at = DateTime::parse_from_rfc3339(&self.updated_at)
             .map_err(|e| corrupt(format!("updated_at: {e}")))?
             .with_timezone(&Utc);
@@ -402,6 +426,7 @@ impl RawRow {
             metrics,
             last_exit,
             last_stop,
+            last_start,
             updated_at,
         })
     }
@@ -419,7 +444,7 @@ fn optional_json<T: serde::de::DeserializeOwned>(
 
 fn load_all(c: &Connection) -> Result<BTreeMap<AppId, AppRecord>, StoreError> {
     let mut stmt = c.prepare(
-        "SELECT id, registered, metrics, last_exit, last_stop, updated_at FROM apps ORDER BY id",
+        "SELECT id, registered, metrics, last_exit, last_stop, last_start, updated_at FROM apps ORDER BY id",
     )?;
     let rows = stmt.query_map([], raw_row)?;
     let mut out = BTreeMap::new();
@@ -438,7 +463,7 @@ fn load_all(c: &Connection) -> Result<BTreeMap<AppId, AppRecord>, StoreError> {
 
 fn select_one(c: &Connection, id: &AppId) -> Result<Option<AppRecord>, StoreError> {
     let mut stmt = c.prepare_cached(
-        "SELECT id, registered, metrics, last_exit, last_stop, updated_at FROM apps WHERE id = ?1",
+        "SELECT id, registered, metrics, last_exit, last_stop, last_start, updated_at FROM apps WHERE id = ?1",
     )?;
     let raw = stmt.query_row([id.as_str()], raw_row).optional()?;
     raw.map(RawRow::decode).transpose()

@@ -1,4 +1,5 @@
-//! The agent's own figures for Prometheus: stops by route and outcome, stop durations, the age of
+//! The agent's own figures for Prometheus: stops, starts and restarts by route and outcome, their
+//! durations, the age of
 //! final samples, HTTP answers by status, engine reachability and records. Counters are bumped where
 //! things happen; gauges that describe the present are set when `/metrics` is scraped.
 
@@ -12,20 +13,22 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-/// The route a stop came through.
+use crate::operation::Operation;
+
+/// The route an operation came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StopRoute {
-    /// `POST /v1/apps/{appId}/stop`, answered when the stop is done.
+pub enum Route {
+    /// `POST /v1/apps/{appId}/stop` (`/start`, `/restart`), answered when the operation is done.
     V1,
-    /// `POST /api/apps/{id}/stop/`, answered at once and stopped in the background.
+    /// `POST /api/apps/{id}/stop/` (`/start/`), answered at once and done in the background.
     Okeanos,
 }
 
-impl StopRoute {
+impl Route {
     fn label(self) -> &'static str {
         match self {
-            StopRoute::V1 => "v1",
-            StopRoute::Okeanos => "okeanos",
+            Route::V1 => "v1",
+            Route::Okeanos => "okeanos",
         }
     }
 }
@@ -43,18 +46,50 @@ pub const REFUSED: &str = "refused";
 pub const ENGINE_UNAVAILABLE: &str = "engine_unavailable";
 /// The engine refused, or the store or the agent failed.
 pub const FAILED: &str = "failed";
+/// A start (or a restart's start) left the container running:
+pub const STARTED: &str = "started";
+/// The container runs already (a start).
+pub const ALREADY_RUNNING: &str = "already_running";
+/// The container no longer exists (a start or a restart).
+pub const CONTAINER_MISSING: &str = "container_missing";
+/// The engine started the container, and it exited at once.
+pub const EXITED: &str = "exited";
 
-const STOP_OUTCOMES: [&str; 6] = [
-    STOPPED,
-    ALREADY_STOPPED,
-    IN_PROGRESS,
-    REFUSED,
-    ENGINE_UNAVAILABLE,
-    FAILED,
-];
+/// The outcomes each operation is counted under; every series exists from the start.
+fn outcomes(op: Operation) -> &'static [&'static str] {
+    match op {
+        Operation::Stop => &[
+            STOPPED,
+            ALREADY_STOPPED,
+            IN_PROGRESS,
+            REFUSED,
+            ENGINE_UNAVAILABLE,
+            FAILED,
+        ],
+        Operation::Start => &[
+            STARTED,
+            EXITED,
+            ALREADY_RUNNING,
+            CONTAINER_MISSING,
+            IN_PROGRESS,
+            REFUSED,
+            ENGINE_UNAVAILABLE,
+            FAILED,
+        ],
+        Operation::Restart => &[
+            STARTED,
+            EXITED,
+            CONTAINER_MISSING,
+            IN_PROGRESS,
+            REFUSED,
+            ENGINE_UNAVAILABLE,
+            FAILED,
+        ],
+    }
+}
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StopLabels {
+struct OutcomeLabels {
     route: &'static str,
     outcome: &'static str,
 }
@@ -74,8 +109,8 @@ struct StateLabels {
     state: &'static str,
 }
 
-/// Upper bounds of the stop duration buckets, in seconds: a SIGKILL takes a fraction of a second,
-/// a stop that waits out its grace period takes that period, up to an hour.
+/// Upper bounds of the duration buckets, in seconds: a start or a SIGKILL takes a fraction of a
+/// second, a stop that waits out its grace period takes that period, up to an hour.
 const STOP_BUCKETS: [f64; 14] = [
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 600.0, 3600.0,
 ];
@@ -87,8 +122,9 @@ const AGE_BUCKETS: [f64; 9] = [0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0, 10.0];
 #[derive(Debug)]
 pub struct Telemetry {
     registry: Registry,
-    stops: Family<StopLabels, Counter>,
-    stop_seconds: Family<RouteLabels, Histogram>,
+    /// By operation, in the order of [`Operation::ALL`].
+    counts: [Family<OutcomeLabels, Counter>; 3],
+    seconds: [Family<RouteLabels, Histogram>; 3],
     sample_age: Histogram,
     http: Family<StatusLabels, Counter>,
     engine_up: Gauge,
@@ -107,28 +143,45 @@ impl Default for Telemetry {
 impl Telemetry {
     pub fn new() -> Telemetry {
         let mut registry = Registry::with_prefix("node_agent");
-        let stops = Family::<StopLabels, Counter>::default();
-        // Every series exists from the start, at 0, so that rates and alerts see the first stop.
-        for route in [StopRoute::V1, StopRoute::Okeanos] {
-            for outcome in STOP_OUTCOMES {
-                let _created = stops.get_or_create(&StopLabels {
-                    route: route.label(),
-                    outcome,
-                });
+        let counts = Operation::ALL.map(|op| {
+            let family = Family::<OutcomeLabels, Counter>::default();
+            // Every series exists from the start, at 0, so that rates and alerts see the first one.
+            for route in [Route::V1, Route::Okeanos] {
+                if op == Operation::Restart && route == Route::Okeanos {
+                    continue;
+                }
+                for outcome in outcomes(op) {
+                    let _created = family.get_or_create(&OutcomeLabels {
+                        route: route.label(),
+                        outcome,
+                    });
+                }
             }
-        }
-        registry.register(
-            "stops",
-            "Stop requests, by route and outcome (stopped, already_stopped, in_progress, refused, engine_unavailable, failed)",
-            stops.clone(),
-        );
-        let stop_seconds =
-            Family::<RouteLabels, Histogram>::new_with_constructor(|| Histogram::new(STOP_BUCKETS));
-        registry.register(
-            "stop_duration_seconds",
-            "Time from a stop's admission to its recorded end (stops refused at admission are not timed)",
-            stop_seconds.clone(),
-        );
+            registry.register(
+                format!("{}s", op.verb()),
+                format!(
+                    "{} requests, by route and outcome ({})",
+                    capitalized(op.verb()),
+                    outcomes(op).join(", ")
+                ),
+                family.clone(),
+            );
+            family
+        });
+        let seconds = Operation::ALL.map(|op| {
+            let family = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
+                Histogram::new(STOP_BUCKETS)
+            });
+            registry.register(
+                format!("{}_duration_seconds", op.verb()),
+                format!(
+                    "Time from a {0}'s admission to its recorded end ({0}s refused at admission are not timed)",
+                    op.verb()
+                ),
+                family.clone(),
+            );
+            family
+        });
         let sample_age = Histogram::new(AGE_BUCKETS);
         registry.register(
             "final_sample_age_seconds",
@@ -167,8 +220,8 @@ impl Telemetry {
         );
         Telemetry {
             registry,
-            stops,
-            stop_seconds,
+            counts,
+            seconds,
             sample_age,
             http,
             engine_up,
@@ -179,19 +232,19 @@ impl Telemetry {
         }
     }
 
-    /// A stop request ended, in the outcome named.
-    pub fn stop_ended(&self, route: StopRoute, outcome: &'static str) {
-        self.stops
-            .get_or_create(&StopLabels {
+    /// A request for `op` ended, in the outcome named.
+    pub fn ended(&self, op: Operation, route: Route, outcome: &'static str) {
+        self.counts[index(op)]
+            .get_or_create(&OutcomeLabels {
                 route: route.label(),
                 outcome,
             })
             .inc();
     }
 
-    /// An admitted stop took this long, from admission to its recorded end.
-    pub fn stop_took(&self, route: StopRoute, seconds: f64) {
-        self.stop_seconds
+    /// An admitted `op` took this long, from admission to its recorded end.
+    pub fn took(&self, op: Operation, route: Route, seconds: f64) {
+        self.seconds[index(op)]
             .get_or_create(&RouteLabels {
                 route: route.label(),
             })
@@ -237,6 +290,22 @@ impl Telemetry {
     }
 }
 
+fn index(op: Operation) -> usize {
+    match op {
+        Operation::Stop => 0,
+        Operation::Start => 1,
+        Operation::Restart => 2,
+    }
+}
+
+fn capitalized(word: &str) -> String {
+    let mut chars = word.chars();
+    chars
+        .next()
+        .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
+        .unwrap_or_default()
+}
+
 /// What `/metrics` reports about the present moment.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Present {
@@ -253,9 +322,12 @@ mod tests {
     #[test]
     fn renders_every_family_in_prometheus_text() {
         let t = Telemetry::new();
-        t.stop_ended(StopRoute::V1, "stopped");
-        t.stop_ended(StopRoute::Okeanos, "refused");
-        t.stop_took(StopRoute::V1, 0.3);
+        t.ended(Operation::Stop, Route::V1, "stopped");
+        t.ended(Operation::Stop, Route::Okeanos, "refused");
+        t.took(Operation::Stop, Route::V1, 0.3);
+        t.ended(Operation::Start, Route::Okeanos, STARTED);
+        t.ended(Operation::Restart, Route::V1, EXITED);
+        t.took(Operation::Restart, Route::V1, 1.2);
         t.final_sample_age(0.8);
         t.http_answered(200);
         t.http_answered(401);
@@ -271,6 +343,10 @@ mod tests {
             "node_agent_stops_total{route=\"okeanos\",outcome=\"refused\"} 1",
             "node_agent_stop_duration_seconds_bucket{le=\"0.5\",route=\"v1\"} 1",
             "node_agent_stop_duration_seconds_count{route=\"v1\"} 1",
+            "node_agent_starts_total{route=\"okeanos\",outcome=\"started\"} 1",
+            "node_agent_starts_total{route=\"v1\",outcome=\"already_running\"} 0",
+            "node_agent_restarts_total{route=\"v1\",outcome=\"exited\"} 1",
+            "node_agent_restart_duration_seconds_bucket{le=\"2.5\",route=\"v1\"} 1",
             "node_agent_final_sample_age_seconds_count 1",
             "node_agent_http_requests_total{code=\"401\"} 2",
             "node_agent_engine_up 1",

@@ -1,10 +1,11 @@
-//! The core: registering, reading and stopping apps. It decides how an app is stopped and what its
-//! record says afterwards, and knows neither HTTP nor bollard.
+//! The core: registering, reading, stopping, starting and restarting apps. It decides how an app is
+//! stopped or started and what its record says afterwards, and knows neither HTTP nor bollard.
 //!
-//! Stops of one app exclude each other; stops of different apps run in parallel ([`stopping`]). A
-//! watcher keeps records true when containers change behind the agent's back ([`watch`]).
+//! Operations on one app exclude each other; those on different apps run in parallel
+//! ([`operation`], with the engine calls in [`stopping`] and [`starting`]). A watcher keeps records
+//! true when containers change behind the agent's back ([`watch`]).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use chrono::{SubsecRound, Utc};
@@ -13,6 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Principal;
 use crate::metrics::{RawStats, final_metrics, last_exit, running_metrics};
+use crate::operation::Operation;
 use crate::policy::{Action, Denial, authorize, may_manage_records};
 use crate::record::{AppId, AppRecord, RecordError, Registration, ResourceMetrics, WorkerNode};
 use crate::runtime::{ContainerRuntime, ContainerState, RuntimeError};
@@ -34,8 +36,20 @@ pub enum AgentError {
         how: AlreadyStopped,
         record: Box<AppRecord>,
     },
-    #[error("a stop of app {0:?} is already under way")]
-    StopInProgress(AppId),
+    #[error("a {} of app {id:?} is already under way", under_way.verb())]
+    InProgress {
+        id: AppId,
+        under_way: Operation,
+        record: Box<AppRecord>,
+    },
+    #[error("app {id:?} is already running{}", match how { AlreadyRunning::Known => "", AlreadyRunning::Unnoticed => " (started without the agent)" })]
+    AlreadyRunning {
+        id: AppId,
+        how: AlreadyRunning,
+        record: Box<AppRecord>,
+    },
+    #[error("the container of app {id:?} no longer exists on this node")]
+    ContainerMissing { id: AppId, record: Box<AppRecord> },
     #[error("{0}")]
     DockerUnavailable(String),
     #[error("{0}")]
@@ -47,17 +61,34 @@ pub enum AgentError {
 }
 
 impl AgentError {
-    /// The outcome label of a stop that ended in this error, for the agent's metrics.
-    pub fn stop_outcome(&self) -> &'static str {
-        use crate::telemetry::{ALREADY_STOPPED, ENGINE_UNAVAILABLE, FAILED, IN_PROGRESS, REFUSED};
+    /// The outcome label of `op` ended in this error, for the agent's metrics.
+    pub fn outcome(&self, op: Operation) -> &'static str {
+        use crate::telemetry::{
+            ALREADY_RUNNING, ALREADY_STOPPED, CONTAINER_MISSING, ENGINE_UNAVAILABLE, FAILED,
+            IN_PROGRESS, REFUSED,
+        };
         match self {
-            AgentError::AlreadyStopped { .. } => ALREADY_STOPPED,
-            AgentError::StopInProgress(_) => IN_PROGRESS,
+            AgentError::AlreadyStopped { .. } if op == Operation::Stop => ALREADY_STOPPED,
+            AgentError::AlreadyStopped { .. } => CONTAINER_MISSING,
+            AgentError::AlreadyRunning { .. } => ALREADY_RUNNING,
+            AgentError::ContainerMissing { .. } => CONTAINER_MISSING,
+            AgentError::InProgress { .. } => IN_PROGRESS,
             AgentError::BadRequest(_) | AgentError::NotFound(_) | AgentError::Forbidden(_) => {
                 REFUSED
             }
             AgentError::DockerUnavailable(_) => ENGINE_UNAVAILABLE,
             AgentError::Engine(_) | AgentError::Store(_) | AgentError::Internal(_) => FAILED,
+        }
+    }
+
+    /// The outcome label of `op` that succeeded with `record`: a start whose container exited at
+    /// once is counted apart.
+    pub(super) fn success_outcome(op: Operation, record: &AppRecord) -> &'static str {
+        use crate::telemetry::{EXITED, STARTED, STOPPED};
+        match op {
+            Operation::Stop => STOPPED,
+            Operation::Start | Operation::Restart if record.online() => STARTED,
+            Operation::Start | Operation::Restart => EXITED,
         }
     }
 
@@ -83,6 +114,15 @@ pub enum AlreadyStopped {
     Unnoticed,
 }
 
+/// How a container that a start found running came to be so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlreadyRunning {
+    /// The record says it runs (the agent started it, or saw it start).
+    Known,
+    /// The record said offline, but the container runs: started without the agent.
+    Unnoticed,
+}
+
 /// The agent's shared state: a cheap-clone handle.
 #[derive(Debug, Clone)]
 pub struct Agent {
@@ -95,19 +135,20 @@ struct Inner {
     store: Store,
     node: WorkerNode,
     default_timeout: Option<u32>,
-    stopping: Mutex<HashSet<AppId>>,
-    /// Every stop task, so that shutdown can let them finish.
-    stops: TaskTracker,
+    /// The operation under way on each app, if any.
+    operations: Mutex<HashMap<AppId, operation::UnderWay>>,
+    /// Every operation's task, so that shutdown can let them finish.
+    tasks: TaskTracker,
     /// The latest stats reading of each running app.
     readings: Mutex<sampling::Readings>,
     telemetry: Telemetry,
 }
 
-/// Who settles a record: a read, or the stop that holds the app's guard.
+/// Who settles a record: a read, or the operation that holds the app's guard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Settler {
     Read,
-    Stop,
+    Op,
 }
 
 /// The outcome of registering an app.
@@ -130,8 +171,8 @@ impl Agent {
                 store,
                 node,
                 default_timeout,
-                stopping: Mutex::new(HashSet::new()),
-                stops: TaskTracker::new(),
+                operations: Mutex::new(HashMap::new()),
+                tasks: TaskTracker::new(),
                 readings: Mutex::default(),
                 telemetry: Telemetry::new(),
             }),
@@ -157,16 +198,18 @@ impl Agent {
     /// Stops under way at this moment.
     pub fn stops_in_progress(&self) -> usize {
         self.inner
-            .stopping
+            .operations
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .len()
+            .values()
+            .filter(|u| u.op == Operation::Stop)
+            .count()
     }
 
-    /// Waits until every stop under way, in the foreground or the background, has finished.
+    /// Waits until every operation under way, in the foreground or the background, has finished.
     pub async fn drain_stops(&self) {
-        self.inner.stops.close();
-        self.inner.stops.wait().await;
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
     }
 
     /// The record of `id`, as stored.
@@ -178,26 +221,21 @@ impl Agent {
             .ok_or_else(|| AgentError::NotFound(id.clone()))
     }
 
-    /// The record of `id` if `principal` may do `action` on it.
+    /// The record of `id` if `principal` may do `action` on it; `verb` names it in a refusal.
     async fn authorized(
         &self,
         principal: &Principal,
         id: &AppId,
         action: Action,
+        verb: &str,
     ) -> Result<AppRecord, AgentError> {
         let record = self.record_of(id).await?;
         match authorize(principal, &record, action) {
             Ok(()) => Ok(record),
             Err(Denial::Hidden) => Err(AgentError::NotFound(id.clone())),
             Err(Denial::Forbidden) => Err(AgentError::Forbidden(format!(
-                "token {:?} may not {} app {id:?}",
+                "token {:?} may not {verb} app {id:?}",
                 principal.name,
-                match action {
-                    Action::Read => "read",
-                    Action::Stop => "stop",
-                    Action::Register => "register",
-                    Action::Delete => "delete",
-                }
             ))),
         }
     }
@@ -256,7 +294,7 @@ impl Agent {
 
     /// The record of `id`, with metrics fresh from the engine while its container runs.
     pub async fn get(&self, principal: &Principal, id: &AppId) -> Result<AppRecord, AgentError> {
-        let record = self.authorized(principal, id, Action::Read).await?;
+        let record = self.authorized(principal, id, Action::Read, "read").await?;
         // The engine calls make a future of kilobytes; boxed, so that refusals, the common
         // cheap answer, do not carry it.
         Box::pin(self.with_fresh_figures(id, record)).await
@@ -311,8 +349,8 @@ impl Agent {
     /// Makes the stored record say what `sighting` saw: running, with the figures of this run kept;
     /// or not running (`None`: gone), with its exit and its last sample. Writes only what changes.
     /// For [`Settler::Read`] (reads, events, reconciliation, registration) the decision is taken in
-    /// the store transaction: it never writes over a stop under way, nor over anything written
-    /// after the sighting.
+    /// the store transaction: it never writes over an operation under way (which then looks again
+    /// once it ends), nor over anything written after the sighting.
     pub(super) async fn record_sighting(
         &self,
         record: AppRecord,
@@ -336,12 +374,7 @@ impl Agent {
             .store
             .observe(&record.id, record.container_id(), now, move |stored| {
                 if settler == Settler::Read
-                    && (stored.updated_at > at
-                        || inner
-                            .stopping
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .contains(&stored.id))
+                    && (inner.under_way(&stored.id, true) || stored.updated_at > at)
                 {
                     return None;
                 }
@@ -430,13 +463,15 @@ fn exited_observation(
     Some(Observation {
         metrics,
         last_exit: exit,
-        last_stop: None,
+        ..Observation::default()
     })
 }
 
 mod node;
 pub use node::NodeReport;
+mod operation;
 mod sampling;
+mod starting;
 mod stopping;
 mod watch;
 

@@ -1,92 +1,47 @@
-//! The stop of an app, shared by both routes: admission (authorization, then the app's guard), the
-//! intent written before the engine is touched, the engine calls, and the final record.
+//! The stop of an app, shared by both routes and by the restart: the intent written before the
+//! engine is touched, the final sample, the engine calls, and the final record. Admission and the
+//! task it runs in are the operation core's ([`super::operation`]).
 //!
-//! A stop runs in a task of its own, tracked for shutdown, so a client that disconnects does not
-//! cancel it half-way. Every path out of a stop whose intent was written records how it ended.
+//! Every path out of a stop whose intent was written records how it ended.
 
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, Utc};
 use tokio::task::JoinHandle;
 
-use super::{Agent, AgentError, AlreadyStopped, Inner, Settler, Sighting};
+use super::operation::OpGuard;
+use super::{Agent, AgentError, AlreadyStopped, Settler, Sighting};
 use crate::auth::Principal;
 use crate::metrics::{RawStats, final_metrics, last_exit, running_metrics};
-use crate::policy::Action;
-use crate::record::{AppId, AppRecord, LastStop, StopOutcome};
+use crate::operation::Operation;
+use crate::record::{AppId, AppRecord, LastStart, LastStop, StartOutcome, StopOutcome};
 use crate::runtime::{ContainerState, RuntimeError};
 use crate::stop::{StopRequest, effective_grace, halt};
 use crate::store::{Observation, StoreError};
-use crate::telemetry::StopRoute;
+use crate::telemetry::Route;
 
 /// How much earlier than the stop call an exit may be stamped and still count as caused by it: the
 /// engine's times are truncated to milliseconds.
 const EXIT_CLOCK_SLACK: chrono::Duration = chrono::Duration::milliseconds(5);
 
-/// Marks a stop of one app as under way; dropping it ends the mark.
-#[derive(Debug)]
-pub(super) struct StopGuard {
-    agent: std::sync::Arc<Inner>,
-    id: AppId,
+/// Who asked for a stop and when; for a restart, its start is recorded as intended too, so that an
+/// agent dying between the two halves leaves an intent that says the start never came.
+#[derive(Debug, Clone)]
+pub(super) struct StopIntent {
+    pub by: String,
+    pub requested_at: DateTime<Utc>,
+    pub restart: bool,
 }
 
-impl Drop for StopGuard {
-    fn drop(&mut self) {
-        self.agent
-            .stopping
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.id);
-    }
-}
-
-fn log_refusal(principal: &Principal, id: &AppId, err: &AgentError) {
-    tracing::info!(app = %id, token = %principal.name, outcome = %err, "stop refused");
-}
-
-fn outcome_of<T>(result: &Result<T, AgentError>) -> &'static str {
-    match result {
-        Ok(_) => crate::telemetry::STOPPED,
-        Err(e) => e.stop_outcome(),
+impl StopIntent {
+    pub fn new(by: &str, requested_at: DateTime<Utc>, restart: bool) -> StopIntent {
+        StopIntent {
+            by: by.to_owned(),
+            requested_at,
+            restart,
+        }
     }
 }
 
 impl Agent {
-    pub(super) fn stop_under_way(&self, id: &AppId) -> bool {
-        self.inner
-            .stopping
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(id)
-    }
-
-    fn begin_stop(&self, id: &AppId) -> Result<StopGuard, AgentError> {
-        let mut stopping = self
-            .inner
-            .stopping
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if !stopping.insert(id.clone()) {
-            return Err(AgentError::StopInProgress(id.clone()));
-        }
-        Ok(StopGuard {
-            agent: self.inner.clone(),
-            id: id.clone(),
-        })
-    }
-
-    /// Admits a stop of `id` by `principal`: the caller may stop it, and no other stop of it is under
-    /// way. The record is read again under the guard, since a stop that just ended may have
-    /// rewritten it.
-    async fn admit(
-        &self,
-        principal: &Principal,
-        id: &AppId,
-    ) -> Result<(AppRecord, StopGuard), AgentError> {
-        self.authorized(principal, id, Action::Stop).await?;
-        let guard = self.begin_stop(id)?;
-        let record = self.record_of(id).await?;
-        Ok((record, guard))
-    }
-
     /// Stops the app's container and answers with the updated record. The work runs in a task of its
     /// own: dropping this future (a client that hangs up) does not cancel the stop.
     pub async fn stop(
@@ -95,11 +50,11 @@ impl Agent {
         id: &AppId,
         req: StopRequest,
     ) -> Result<AppRecord, AgentError> {
-        let (record, guard) = self.admit(principal, id).await.inspect_err(|e| {
-            log_refusal(principal, id, e);
-            self.telemetry().stop_ended(StopRoute::V1, e.stop_outcome());
-        })?;
-        self.launch(principal, record, guard, req, None, StopRoute::V1)
+        let (record, guard) = self
+            .admit(principal, id, Operation::Stop)
+            .await
+            .inspect_err(|e| self.refused(Operation::Stop, Route::V1, principal, id, e))?;
+        self.launch_stop(principal, record, guard, req, None, Route::V1)
             .await
             .map_err(|e| AgentError::Internal(format!("the stop task failed: {e}")))?
     }
@@ -113,76 +68,50 @@ impl Agent {
         req: StopRequest,
     ) -> Result<(), AgentError> {
         let admitted = async {
-            let (record, guard) = self.admit(principal, id).await?;
+            let (record, guard) = self.admit(principal, id, Operation::Stop).await?;
             let (record, state) = self.running_state(record).await?;
             Ok::<_, AgentError>((record, state, guard))
         };
-        let (record, state, guard) = admitted.await.inspect_err(|e| {
-            log_refusal(principal, id, e);
-            self.telemetry()
-                .stop_ended(StopRoute::Okeanos, e.stop_outcome());
-        })?;
-        tracing::info!(app = %id, token = %principal.name, "stop accepted");
-        drop(self.launch(
-            principal,
-            record,
-            guard,
-            req,
-            Some(state),
-            StopRoute::Okeanos,
-        ));
+        let (record, state, guard) = admitted
+            .await
+            .inspect_err(|e| self.refused(Operation::Stop, Route::Okeanos, principal, id, e))?;
+        tracing::info!(app = %id, token = %principal.name, "{}", Operation::Stop.accepted());
+        drop(self.launch_stop(principal, record, guard, req, Some(state), Route::Okeanos));
         Ok(())
     }
 
     /// Runs a stop in a task of the agent's tracker. `known` is the container's state if the caller
     /// just inspected it.
-    fn launch(
+    fn launch_stop(
         &self,
         caller: &Principal,
         record: AppRecord,
-        guard: StopGuard,
+        guard: OpGuard,
         req: StopRequest,
         known: Option<ContainerState>,
-        route: StopRoute,
+        route: Route,
     ) -> JoinHandle<Result<AppRecord, AgentError>> {
-        let agent = self.clone();
-        let caller = caller.name.clone();
-        // The task keeps the request's span, so its log lines carry the request id.
-        let span = tracing::Span::current();
-        let task = async move {
-            let app = record.id.clone();
-            // At the store's precision, so that the intent can be recognised when read back.
-            let requested_at = Utc::now().trunc_subsecs(3);
-            let outcome = agent
-                .run_stop(&caller, requested_at, record, req, known)
-                .await;
-            let elapsed_ms = (Utc::now() - requested_at).num_milliseconds();
-            if let Err(e) = &outcome {
-                agent.close_intent(&app, e).await;
-            }
-            // The record is settled: the stop is counted (before its guard goes, so that a scrape
-            // never misses it), the app is free for the next request, and only then is the stop
-            // logged, so that a reader of the log may rely on all three.
-            let telemetry = agent.telemetry();
-            telemetry.stop_ended(route, outcome_of(&outcome));
-            telemetry.stop_took(route, elapsed_ms.max(0) as f64 / 1000.0);
-            drop(guard);
-            match &outcome {
-                Ok(_) => tracing::info!(%app, token = %caller, elapsed_ms, "stopped"),
-                Err(e) => {
-                    tracing::info!(%app, token = %caller, elapsed_ms, outcome = %e, "stop not done")
+        let app = record.id.clone();
+        self.launch(
+            Operation::Stop,
+            route,
+            caller,
+            app.clone(),
+            guard,
+            move |agent, caller, requested_at| async move {
+                let intent = StopIntent::new(&caller, requested_at, false);
+                let outcome = agent.run_stop(&intent, record, req, known).await;
+                if let Err(e) = &outcome {
+                    agent.close_intent(&app, e).await;
                 }
-            }
-            outcome
-        };
-        self.inner
-            .stops
-            .spawn(tracing::Instrument::instrument(task, span))
+                outcome
+            },
+        )
     }
 
     /// The container's state if it runs; otherwise the record is settled and the answer says how the
     /// container came to be stopped. Called with the app's guard held.
-    async fn running_state(
+    pub(super) async fn running_state(
         &self,
         record: AppRecord,
     ) -> Result<(AppRecord, ContainerState), AgentError> {
@@ -195,7 +124,7 @@ impl Agent {
     }
 
     /// Settles the record of a container found not running (`None`: gone), and says so.
-    async fn already_stopped(
+    pub(super) async fn already_stopped(
         &self,
         record: AppRecord,
         state: Option<&ContainerState>,
@@ -210,7 +139,7 @@ impl Agent {
             at: Utc::now(),
             state: state.cloned(),
         };
-        match self.record_sighting(record, sighting, Settler::Stop).await {
+        match self.record_sighting(record, sighting, Settler::Op).await {
             Ok(record) => AgentError::AlreadyStopped {
                 id,
                 how,
@@ -224,7 +153,7 @@ impl Agent {
     /// made true: the engine may have acted before the error (a stop that worked, then an inspect
     /// that failed), so the container is looked at again. If it still runs, the restart policy the
     /// stop took away is given back.
-    async fn close_intent(&self, id: &AppId, err: &AgentError) {
+    pub(super) async fn close_intent(&self, id: &AppId, err: &AgentError) {
         let Ok(Some(record)) = self.inner.store.get(id).await else {
             return;
         };
@@ -242,10 +171,14 @@ impl Agent {
         let record = match self.sight(&record).await {
             Ok(sighting) => {
                 if sighting.state.as_ref().is_some_and(|s| s.running) {
-                    self.give_back_restart_policy(&record, &pending).await;
+                    self.give_back_restart_policy(
+                        &record,
+                        pending.previous_restart_policy.as_deref(),
+                    )
+                    .await;
                 }
                 match self
-                    .record_sighting(record.clone(), sighting, Settler::Stop)
+                    .record_sighting(record.clone(), sighting, Settler::Op)
                     .await
                 {
                     Ok(r) => r,
@@ -264,10 +197,9 @@ impl Agent {
         }
     }
 
-    async fn run_stop(
+    pub(super) async fn run_stop(
         &self,
-        caller: &str,
-        requested_at: DateTime<Utc>,
+        intent: &StopIntent,
         record: AppRecord,
         req: StopRequest,
         known: Option<ContainerState>,
@@ -302,7 +234,7 @@ impl Agent {
             }
         };
         let record = self
-            .write_intent(record, &state, reading.as_ref(), caller, requested_at)
+            .write_intent(record, &state, reading.as_ref(), intent)
             .await?;
         if state.may_restart_itself() {
             // A stopped app must stay stopped: no restart policy may bring it back, not even when
@@ -384,8 +316,7 @@ impl Agent {
         record: AppRecord,
         state: &ContainerState,
         reading: Option<&RawStats>,
-        caller: &str,
-        requested_at: DateTime<Utc>,
+        intent: &StopIntent,
     ) -> Result<AppRecord, AgentError> {
         let now = Utc::now();
         let observation = Observation {
@@ -393,14 +324,22 @@ impl Agent {
             last_exit: None,
             last_stop: Some(LastStop {
                 outcome: StopOutcome::Stopping,
-                by: caller.to_owned(),
-                requested_at,
+                by: intent.by.clone(),
+                requested_at: intent.requested_at,
                 finished_at: None,
                 error: None,
                 previous_restart_policy: state
                     .may_restart_itself()
                     .then(|| state.restart_policy.clone())
                     .flatten(),
+            }),
+            last_start: intent.restart.then(|| LastStart {
+                outcome: StartOutcome::Starting,
+                by: intent.by.clone(),
+                requested_at: intent.requested_at,
+                finished_at: None,
+                error: None,
+                restored_restart_policy: None,
             }),
         };
         let written = self
@@ -435,6 +374,7 @@ impl Agent {
                     metrics: final_metrics(&state, reading.as_ref(), stored.metrics.as_ref(), now),
                     last_exit: exit,
                     last_stop: stop,
+                    last_start: None,
                 })
             }
         };

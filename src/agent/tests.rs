@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::auth::Access;
+use crate::operation::Operation;
 use crate::record::StopOutcome;
 use crate::runtime::PROBE_LIMIT;
 use crate::runtime::fake::FakeRuntime;
@@ -513,7 +514,13 @@ async fn a_hanging_stop_excludes_only_its_own_app_and_survives_its_caller() {
     f.fake.entered().await;
     let second = f.stop("a").await;
     assert!(
-        matches!(second, Err(AgentError::StopInProgress(_))),
+        matches!(
+            second,
+            Err(AgentError::InProgress {
+                under_way: Operation::Stop,
+                ..
+            })
+        ),
         "{second:?}"
     );
     // The caller of the first stop goes away; the stop itself goes on.

@@ -1,5 +1,6 @@
 //! Keeping records true when the world changes behind the agent's back: reconciling every record
-//! against the engine, and following the engine's event stream (reconnecting by itself).
+//! against the engine (closing the intents of stops and starts the agent died in), and following
+//! the engine's event stream (reconnecting by itself).
 //!
 //! Events say only that something happened; the order the engine reports them in is not
 //! guaranteed, so every event is answered by inspecting the container as it is now.
@@ -10,7 +11,7 @@ use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 
 use super::{Agent, AgentError, Settler};
-use crate::record::{AppRecord, LastStop, StopOutcome};
+use crate::record::{AppRecord, LastStop, StartOutcome, StopOutcome};
 use crate::runtime::ContainerEvent;
 use crate::store::Observation;
 
@@ -24,7 +25,7 @@ impl Agent {
     pub async fn reconcile_all(&self) -> Result<usize, AgentError> {
         let mut changed = 0;
         for record in self.inner.store.list().await? {
-            if self.stop_under_way(&record.id) {
+            if self.operation_under_way(&record.id) {
                 continue;
             }
             let before = record.clone();
@@ -40,36 +41,50 @@ impl Agent {
         Ok(changed)
     }
 
-    /// Brings one record in line with its container, and closes the intent of a stop that never
-    /// ended (the agent died during it) as interrupted.
+    /// Brings one record in line with its container, and closes the intent of a stop or a start
+    /// that never ended (the agent died during it) as interrupted. A container found running gets
+    /// back the restart policy a stop set aside: either the stop did not happen, or the start did.
     async fn reconcile(&self, record: AppRecord) -> Result<AppRecord, AgentError> {
         let sighting = self
             .sight(&record)
             .await
             .map_err(AgentError::from_runtime)?;
-        let pending = record
+        let pending_stop = record
             .last_stop
             .clone()
             .filter(|s| s.outcome == StopOutcome::Stopping);
-        let record = self
+        let pending_start = record.start_pending();
+        let mut record = self
             .record_sighting(record, sighting, Settler::Read)
             .await?;
-        let Some(pending) = pending else {
+        if pending_stop.is_none() && !pending_start {
             return Ok(record);
-        };
-        let running = record.online();
-        tracing::warn!(app = %record.id, online = running, "a stop was under way when the agent last ended; record made true");
-        if running {
-            self.give_back_restart_policy(&record, &pending).await;
         }
-        self.close_stop(&record, &pending, StopOutcome::Interrupted, None)
-            .await
+        let running = record.online();
+        let what = if pending_start { "a start" } else { "a stop" };
+        tracing::warn!(app = %record.id, online = running, "{what} was under way when the agent last ended; record made true");
+        if running {
+            let policy = record.restart_policy_set_aside().map(str::to_owned);
+            self.give_back_restart_policy(&record, policy.as_deref())
+                .await;
+        }
+        if let Some(pending) = pending_stop {
+            record = self
+                .close_stop(&record, &pending, StopOutcome::Interrupted, None)
+                .await?;
+        }
+        if pending_start {
+            record = self
+                .close_start(&record, StartOutcome::Interrupted, None)
+                .await?;
+        }
+        Ok(record)
     }
 
-    /// Gives a container that still runs the restart policy the stop `pending` took away from it:
-    /// the stop did not happen, so nothing guarantees it any more.
-    pub(super) async fn give_back_restart_policy(&self, record: &AppRecord, pending: &LastStop) {
-        let Some(policy) = pending.previous_restart_policy.as_deref() else {
+    /// Gives a container the restart policy a stop took away from it: the stop did not happen, or
+    /// a start brought the container back, so nothing calls for `no` any more.
+    pub(super) async fn give_back_restart_policy(&self, record: &AppRecord, policy: Option<&str>) {
+        let Some(policy) = policy else {
             return;
         };
         if let Err(e) = self
@@ -100,23 +115,19 @@ impl Agent {
                 let stop = stored.last_stop.clone()?;
                 let ours =
                     stop.outcome == StopOutcome::Stopping && stop.requested_at == requested_at;
-                let live = inner
-                    .stopping
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .contains(&stored.id);
+                let live = inner.under_way(&stored.id, false);
                 if !ours || (live && outcome == StopOutcome::Interrupted) {
                     return None;
                 }
                 Some(Observation {
                     metrics: stored.metrics.clone().unwrap_or_default(),
-                    last_exit: None,
                     last_stop: Some(LastStop {
                         outcome,
                         finished_at: Some(now),
                         error,
                         ..stop
                     }),
+                    ..Observation::default()
                 })
             })
             .await?;

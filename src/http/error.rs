@@ -1,4 +1,5 @@
-//! Errors as `/v1` answers them: `{"status", "error", "message"}` (and `"app"` on a stop's 409). The
+//! Errors as `/v1` answers them: `{"status", "error", "message"}` (and `"app"` on the 409 of a stop,
+//! start or restart). The
 //! one place where a core error becomes a status code.
 
 use axum::Json;
@@ -7,7 +8,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use crate::agent::AgentError;
-use crate::record::WorkerNode;
+use crate::operation::Operation;
+use crate::record::{AppRecord, WorkerNode};
 
 /// An error answer of the `/v1` family.
 #[derive(Debug)]
@@ -64,6 +66,14 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
     }
 
+    /// The answer carries the app's record, as every 409 of an operation does.
+    fn with_app(self, record: &AppRecord, node: &WorkerNode) -> ApiError {
+        ApiError {
+            app: Some(record.to_json(node)),
+            ..self
+        }
+    }
+
     /// Maps a core error; `node` renders the record a 409 carries.
     pub fn from_agent(err: AgentError, node: &WorkerNode) -> ApiError {
         let message = err.to_string();
@@ -71,12 +81,25 @@ impl ApiError {
             AgentError::BadRequest(_) => Self::bad_request(message),
             AgentError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, "app_not_found", message),
             AgentError::Forbidden(_) => Self::forbidden(message),
-            AgentError::AlreadyStopped { record, .. } => ApiError {
-                app: Some(record.to_json(node)),
-                ..Self::new(StatusCode::CONFLICT, "already_stopped", message)
-            },
-            AgentError::StopInProgress(_) => {
-                Self::new(StatusCode::CONFLICT, "stop_in_progress", message)
+            AgentError::AlreadyStopped { record, .. } => {
+                Self::new(StatusCode::CONFLICT, "already_stopped", message).with_app(&record, node)
+            }
+            AgentError::InProgress {
+                under_way, record, ..
+            } => {
+                let code = match under_way {
+                    Operation::Stop => "stop_in_progress",
+                    Operation::Start => "start_in_progress",
+                    Operation::Restart => "restart_in_progress",
+                };
+                Self::new(StatusCode::CONFLICT, code, message).with_app(&record, node)
+            }
+            AgentError::AlreadyRunning { record, .. } => {
+                Self::new(StatusCode::CONFLICT, "already_running", message).with_app(&record, node)
+            }
+            AgentError::ContainerMissing { record, .. } => {
+                Self::new(StatusCode::CONFLICT, "container_missing", message)
+                    .with_app(&record, node)
             }
             AgentError::DockerUnavailable(cause) => {
                 tracing::warn!(%cause, "Docker engine unavailable");

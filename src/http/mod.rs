@@ -36,7 +36,7 @@ pub struct ApiContext {
 
 /// Every route: its path in axum's syntax and its handlers. The API document describes exactly
 /// these paths and methods (`openapi::tests`).
-fn routes() -> [(&'static str, MethodRouter<ApiContext>); 10] {
+fn routes() -> [(&'static str, MethodRouter<ApiContext>); 14] {
     [
         ("/v1/apps", get(v1::list_apps)),
         (
@@ -44,8 +44,12 @@ fn routes() -> [(&'static str, MethodRouter<ApiContext>); 10] {
             get(v1::get_app).put(v1::put_app).delete(v1::delete_app),
         ),
         ("/v1/apps/{app_id}/stop", post(v1::stop_app)),
+        ("/v1/apps/{app_id}/start", post(v1::start_app)),
+        ("/v1/apps/{app_id}/restart", post(v1::restart_app)),
         ("/api/apps/{app_id}/stop/", post(okeanos::stop_app)),
         ("/api/apps/{app_id}/stop", post(okeanos::stop_app)),
+        ("/api/apps/{app_id}/start/", post(okeanos::start_app)),
+        ("/api/apps/{app_id}/start", post(okeanos::start_app)),
         ("/healthz", get(ops::healthz)),
         ("/readyz", get(ops::readyz)),
         ("/v1/node", get(ops::node)),

@@ -1,5 +1,5 @@
-//! The ~okeanos Lambda on Demand route: `POST /api/apps/{application-id}/stop/`, which checks in the
-//! LoD server's order, answers 202 at once and stops in the background. Errors are
+//! The ~okeanos Lambda on Demand routes: `POST /api/apps/{application-id}/stop/` and `/start/`,
+//! which check in the LoD server's order, answer 202 at once and act in the background. Errors are
 //! `{"errors": [{"status", "detail"}]}` with the LoD texts.
 
 use std::convert::Infallible;
@@ -16,12 +16,14 @@ use serde_json::{Value, json};
 use super::ApiContext;
 use super::extract::{BodyError, identify, read_body};
 use super::openapi::{LodAccepted, LodErrors, LodStopForm};
-use crate::agent::{AgentError, AlreadyStopped};
+use crate::agent::{AgentError, AlreadyRunning, AlreadyStopped};
+use crate::operation::Operation;
 use crate::record::AppId;
 use crate::stop::StopRequest;
-use crate::telemetry::{REFUSED, StopRoute};
+use crate::telemetry::{REFUSED, Route};
 
-const ACCEPTED: &str = "Your request to stop the specified application has been accepted";
+const STOP_ACCEPTED: &str = "Your request to stop the specified application has been accepted";
+const START_ACCEPTED: &str = "Your request to start the specified application has been accepted";
 const UNAUTHORIZED: &str = "Unauthorized. Request failed because user provided an invalid token.";
 const NO_INSTANCE_ID: &str = "No lambda instance id provided.";
 const NO_INSTANCE: &str = "The specified lambda instance doesn't exist.";
@@ -31,8 +33,9 @@ const NOT_DEPLOYED: &str =
 const ALREADY_STOPPED: &str =
     "The specified application on the specified lambda instance has already been stopped.";
 const SLOT_FREE: &str = "The job slot of the specified application on the specified lambda instance is free: the application is not running.";
-const IN_PROGRESS: &str =
-    "A stop of the specified application on the specified lambda instance is already in progress.";
+const ALREADY_STARTED: &str =
+    "The specified application on the specified lambda instance has already been started.";
+const SLOT_OCCUPIED: &str = "The job slot of the specified application on the specified lambda instance is occupied: the application is already running.";
 const FORBIDDEN: &str = "You do not have permission to perform this action.";
 
 /// The form field, JSON key or query parameter naming the lambda instance.
@@ -53,8 +56,10 @@ impl LodError {
         }
     }
 
-    /// Maps a core error: the one place where this route turns one into a status and a LoD text.
-    fn from_agent(err: AgentError) -> LodError {
+    /// Maps a core error of `op`: the one place where these routes turn one into a status and a
+    /// LoD text.
+    fn from_agent(err: AgentError, op: Operation) -> LodError {
+        let verb = op.verb();
         match err {
             AgentError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, NO_APPLICATION),
             AgentError::Forbidden(_) => Self::new(StatusCode::FORBIDDEN, FORBIDDEN),
@@ -63,7 +68,18 @@ impl LodError {
                 AlreadyStopped::ByTheAgent => Self::new(StatusCode::CONFLICT, ALREADY_STOPPED),
                 AlreadyStopped::Unnoticed => Self::new(StatusCode::CONFLICT, SLOT_FREE),
             },
-            AgentError::StopInProgress(_) => Self::new(StatusCode::CONFLICT, IN_PROGRESS),
+            AgentError::AlreadyRunning { how, .. } => match how {
+                AlreadyRunning::Known => Self::new(StatusCode::CONFLICT, ALREADY_STARTED),
+                AlreadyRunning::Unnoticed => Self::new(StatusCode::CONFLICT, SLOT_OCCUPIED),
+            },
+            AgentError::ContainerMissing { .. } => Self::new(StatusCode::NOT_FOUND, NOT_DEPLOYED),
+            AgentError::InProgress { under_way, .. } => Self::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "A {} of the specified application on the specified lambda instance is already in progress.",
+                    under_way.verb()
+                ),
+            ),
             AgentError::BadRequest(e) => Self::new(StatusCode::BAD_REQUEST, e.to_string()),
             AgentError::DockerUnavailable(cause) => {
                 tracing::warn!(%cause, "Docker engine unavailable");
@@ -76,7 +92,7 @@ impl LodError {
                 tracing::error!(%cause, "Docker engine error");
                 Self::new(
                     StatusCode::BAD_GATEWAY,
-                    format!("The Docker engine refused the stop: {cause}"),
+                    format!("The Docker engine refused the {verb}: {cause}"),
                 )
             }
             AgentError::Store(err) => {
@@ -232,19 +248,57 @@ pub async fn stop_app(
     app: Result<Path<String>, PathRejection>,
     request: Request,
 ) -> Result<Response, LodError> {
+    act(Operation::Stop, ctx, app, request).await
+}
+
+/// `POST /api/apps/{application-id}/start/`.
+#[utoipa::path(
+    post,
+    path = "/api/apps/{id}/start/",
+    operation_id = "okeanos_start_app",
+    tag = "okeanos",
+    description = "Checks in the LoD order, answers 202 at once, and starts in the background; the \
+        outcome shows in `GET /v1/apps/{id}` (`lastStart`). The trailing slash is optional. \
+        `lambda_instance_id` is required, in the body or in the query; given in both, the two must \
+        agree (else 400).",
+    params(
+        ("id" = String, Path, description = "The application id"),
+        ("lambda_instance_id" = Option<String>, Query, description = "This node's id, if not in the body", pattern = r"\S"),
+    ),
+    request_body(
+        description = "`lambda_instance_id`, as a multipart or url-encoded form field or a JSON key",
+        content(
+            (LodStopForm = "multipart/form-data"),
+            (LodStopForm = "application/x-www-form-urlencoded"),
+            (LodStopForm = "application/json"),
+        ),
+    ),
+    responses((status = 202, description = "Accepted", body = LodAccepted), LodErrors),
+)]
+pub async fn start_app(
+    State(ctx): State<ApiContext>,
+    app: Result<Path<String>, PathRejection>,
+    request: Request,
+) -> Result<Response, LodError> {
+    act(Operation::Start, ctx, app, request).await
+}
+
+/// Both routes: the checks in the LoD order, then the core's background stop or start.
+async fn act(
+    op: Operation,
+    ctx: ApiContext,
+    app: Result<Path<String>, PathRejection>,
+    request: Request,
+) -> Result<Response, LodError> {
     let (parts, body) = request.into_parts();
     let uri = &parts.uri;
     let headers = &parts.headers;
     let query = parts.uri.query();
     // 1. The token.
-    let refused = || {
-        ctx.agent
-            .telemetry()
-            .stop_ended(StopRoute::Okeanos, REFUSED)
-    };
+    let refused = || ctx.agent.telemetry().ended(op, Route::Okeanos, REFUSED);
     let principal = identify(&parts, &ctx).map_err(|_| {
         refused();
-        tracing::info!(path = %uri.path(), "stop refused: unauthorized");
+        tracing::info!(path = %uri.path(), "{}: unauthorized", op.refused());
         LodError::new(StatusCode::UNAUTHORIZED, UNAUTHORIZED)
     })?;
     let path = uri.path();
@@ -277,14 +331,23 @@ pub async fn stop_app(
     };
     let id = checked.await.inspect_err(|e| {
         refused();
-        tracing::info!(path, token = %principal.name, outcome = %e.detail, "stop refused");
+        tracing::info!(path, token = %principal.name, outcome = %e.detail, "{}", op.refused());
     })?;
-    // 4. to 7. The application, the caller's right to stop it, its container, and its state.
-    ctx.agent
-        .stop_in_background(&principal, &id, StopRequest::default())
-        .await
-        .map_err(LodError::from_agent)?;
-    let body = json!({"status": {"short-description": ACCEPTED, "code": 202}});
+    // 4. to 7. The application, the caller's right to act on it, its container, and its state.
+    let (done, accepted) = match op {
+        Operation::Start => (
+            ctx.agent.start_in_background(&principal, &id).await,
+            START_ACCEPTED,
+        ),
+        _ => (
+            ctx.agent
+                .stop_in_background(&principal, &id, StopRequest::default())
+                .await,
+            STOP_ACCEPTED,
+        ),
+    };
+    done.map_err(|e| LodError::from_agent(e, op))?;
+    let body = json!({"status": {"short-description": accepted, "code": 202}});
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 

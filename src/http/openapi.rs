@@ -16,7 +16,8 @@ use utoipa::{IntoParams, IntoResponses, Modify, OpenApi, PartialSchema, ToSchema
 
 use crate::agent::NodeReport;
 use crate::record::{
-    DOCUMENTED, LastExit, LastStop, ResourceMetrics, Shape, StopOutcome, WorkerNode,
+    DOCUMENTED, LastExit, LastStart, LastStop, ResourceMetrics, Shape, StartOutcome, StopOutcome,
+    WorkerNode,
 };
 
 /// App ids: `[A-Za-z0-9._-]{1,128}`, except `.` and `..` (URL dot-segments, which clients
@@ -121,7 +122,7 @@ impl PartialSchema for RegistrationDoc {
         documented_keys(
             "The app's record in the CamposCloud shape. `containerId` is required; an `_id`, if \
              given, must equal the path's app id; the keys the agent owns (`workerNodeId`, \
-             `currentResourceMetrics`, `lastExit`, `lastStop`, `updatedAt`) are ignored; every \
+             `currentResourceMetrics`, `lastExit`, `lastStop`, `lastStart`, `updatedAt`) are ignored; every \
              other key is kept as given, and the documented ones must have their documented types.",
         )
         .into()
@@ -142,6 +143,7 @@ impl PartialSchema for AppRecordDoc {
             ("currentResourceMetrics", ResourceMetrics::name(), true),
             ("lastExit", LastExit::name(), false),
             ("lastStop", LastStop::name(), false),
+            ("lastStart", LastStart::name(), false),
         ];
         let mut object = documented_keys(
             "An app record: the keys the control plane registered, as given and in order, and \
@@ -173,6 +175,7 @@ impl ToSchema for AppRecordDoc {
         add::<ResourceMetrics>(schemas);
         add::<LastExit>(schemas);
         add::<LastStop>(schemas);
+        add::<LastStart>(schemas);
     }
 }
 
@@ -252,15 +255,21 @@ pub struct ApiErrorDoc {
     /// The HTTP status, repeated.
     pub status: u16,
     /// A stable code: `bad_request`, `unauthorized`, `forbidden`, `app_not_found`, `not_found`,
-    /// `already_stopped`, `stop_in_progress`, `request_timeout`, `payload_too_large`,
+    /// `already_stopped`, `already_running`, `container_missing`, `stop_in_progress`,
+    /// `start_in_progress`, `restart_in_progress`, `request_timeout`, `payload_too_large`,
     /// `docker_unavailable`, `docker_error`, `store_error`, `internal_error`, `not_ready`…
     pub error: String,
     /// What went wrong, for a person.
     pub message: String,
-    /// On a stop's 409: the record as it stands.
+    /// On the 409 of a stop, start or restart: the record as it stands.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub app: Option<AppRecordDoc>,
 }
+
+/// A start's optional body: nothing, `{}` or `null`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmptyBodyDoc {}
 
 /// The errors of the authenticated `/v1` routes.
 #[derive(Debug, IntoResponses)]
@@ -280,7 +289,8 @@ pub enum V1Errors {
     /// The body did not arrive in time.
     #[response(status = 408)]
     RequestTimeout(ApiErrorDoc),
-    /// The app's container is not running, or a stop of it is under way.
+    /// A stop of a container that is not running, a start of one that runs, a container that no
+    /// longer exists, or another stop, start or restart of the app under way.
     #[response(status = 409)]
     Conflict(ApiErrorDoc),
     /// The body is over 1 MiB.
@@ -323,7 +333,7 @@ pub struct LodErrorItem {
     pub detail: String,
 }
 
-/// The errors of the ~okeanos stop route, with the LoD texts.
+/// The errors of the ~okeanos stop and start routes, with the LoD texts.
 #[derive(Debug, IntoResponses)]
 pub enum LodErrors {
     /// No `lambda_instance_id`, or a body that cannot be read.
@@ -332,7 +342,7 @@ pub enum LodErrors {
     /// No token, or one this node does not know.
     #[response(status = 401)]
     Unauthorized(LodErrorDoc),
-    /// The caller may not stop this app.
+    /// The caller may not stop or start this app.
     #[response(status = 403)]
     Forbidden(LodErrorDoc),
     /// No such instance, application, or deployment on this instance.
@@ -341,7 +351,8 @@ pub enum LodErrors {
     /// The body did not arrive in time.
     #[response(status = 408)]
     RequestTimeout(LodErrorDoc),
-    /// Already stopped, not running, or a stop under way.
+    /// Already stopped (or started), its job slot free (or occupied), or another stop or start
+    /// under way.
     #[response(status = 409)]
     Conflict(LodErrorDoc),
     /// The body is over 1 MiB.
@@ -374,7 +385,7 @@ pub struct LodAcceptedStatus {
     pub code: u16,
 }
 
-/// The ~okeanos stop's form: multipart (`curl -F`), url-encoded, or JSON (an object).
+/// The ~okeanos stop's and start's form: multipart (`curl -F`), url-encoded, or JSON (an object).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct LodStopForm {
     /// Must be this node's `node.id`; required here or in the query.
@@ -431,7 +442,10 @@ pub struct Unready {
         super::v1::put_app,
         super::v1::delete_app,
         super::v1::stop_app,
+        super::v1::start_app,
+        super::v1::restart_app,
         super::okeanos::stop_app,
+        super::okeanos::start_app,
         super::ops::node,
         super::ops::healthz,
         super::ops::readyz,
@@ -443,16 +457,18 @@ pub struct Unready {
         RegistrationDoc,
         AppListDoc,
         StopBodyDoc,
+        EmptyBodyDoc,
         ApiErrorDoc,
         LodErrorDoc,
         NodeReport,
         StopOutcome,
+        StartOutcome,
     )),
     modifiers(&Security, &OkeanosRoute, &ResponseHeaders),
     security(("bearer" = [])),
     tags(
-        (name = "v1", description = "CamposCloud-compatible app records and stops"),
-        (name = "okeanos", description = "~okeanos Lambda on Demand stop"),
+        (name = "v1", description = "CamposCloud-compatible app records, stops, starts and restarts"),
+        (name = "okeanos", description = "~okeanos Lambda on Demand stop and start"),
         (name = "operations", description = "Health, readiness, the node, metrics, this document"),
     ),
 )]
@@ -515,28 +531,30 @@ impl Modify for ResponseHeaders {
     }
 }
 
-/// The ~okeanos route: its body is optional (the instance id may come in the query), and it
-/// answers with and without its trailing slash, so the document has both paths, each with an
+/// The ~okeanos routes: their body is optional (the instance id may come in the query), and they
+/// answer with and without the trailing slash, so the document has both paths, each with an
 /// operation id of its own.
 struct OkeanosRoute;
 
 impl Modify for OkeanosRoute {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let with = "/api/apps/{id}/stop/";
-        let Some(item) = openapi.paths.paths.get_mut(with) else {
-            return;
-        };
-        if let Some(body) = item.post.as_mut().and_then(|op| op.request_body.as_mut()) {
-            body.required = Some(utoipa::openapi::Required::False);
+        for verb in ["stop", "start"] {
+            let with = format!("/api/apps/{{id}}/{verb}/");
+            let Some(item) = openapi.paths.paths.get_mut(&with) else {
+                continue;
+            };
+            if let Some(body) = item.post.as_mut().and_then(|op| op.request_body.as_mut()) {
+                body.required = Some(utoipa::openapi::Required::False);
+            }
+            let mut without = item.clone();
+            if let Some(op) = without.post.as_mut() {
+                op.operation_id = Some(format!("okeanos_{verb}_app_without_slash"));
+            }
+            openapi
+                .paths
+                .paths
+                .insert(with.trim_end_matches('/').to_owned(), without);
         }
-        let mut without = item.clone();
-        if let Some(op) = without.post.as_mut() {
-            op.operation_id = Some("okeanos_stop_app_without_slash".to_owned());
-        }
-        openapi
-            .paths
-            .paths
-            .insert(with.trim_end_matches('/').to_owned(), without);
     }
 }
 

@@ -1,4 +1,5 @@
-//! The CamposCloud-compatible `/v1` routes: register, read, list, forget and stop apps.
+//! The CamposCloud-compatible `/v1` routes: register, read, list and forget apps; stop, start and
+//! restart them.
 
 use axum::Json;
 use axum::body::Body;
@@ -9,12 +10,14 @@ use serde_json::{Value, json};
 
 use super::extract::{AppIdPath, Caller, query_pairs, read_body};
 use super::openapi::{
-    AppIdParam, AppListDoc, AppRecordDoc, RegistrationDoc, SignalName, StopBodyDoc, V1Errors,
+    AppIdParam, AppListDoc, AppRecordDoc, EmptyBodyDoc, RegistrationDoc, SignalName, StopBodyDoc,
+    V1Errors,
 };
 use super::{ApiContext, ApiError};
+use crate::operation::Operation;
 use crate::record::{AppRecord, as_integer};
 use crate::stop::{Signal, StopRequest, check_timeout, parse_timeout};
-use crate::telemetry::{REFUSED, StopRoute};
+use crate::telemetry::{REFUSED, Route};
 
 /// Items per page of `GET /v1/apps` when the caller gives no `limit`, and the most it may ask.
 const DEFAULT_PAGE_SIZE: usize = 50;
@@ -260,6 +263,65 @@ fn stop_request(query: Option<&str>, body: &[u8]) -> Result<StopRequest, ApiErro
     Ok(req)
 }
 
+/// Reads the parameters of `op`: a stop's and a restart's `timeout` and `signal`; a start takes
+/// none, and an empty body, `{}` or `null` (what the SDK sends) is all it accepts.
+fn op_request(op: Operation, query: Option<&str>, body: &[u8]) -> Result<StopRequest, ApiError> {
+    if op != Operation::Start {
+        return stop_request(query, body);
+    }
+    query_pairs(query, &[])?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(StopRequest::default());
+    }
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
+    match value {
+        Value::Null => Ok(StopRequest::default()),
+        Value::Object(fields) if fields.is_empty() => Ok(StopRequest::default()),
+        Value::Object(fields) => Err(ApiError::bad_request(format!(
+            "unknown body key {:?}; a start takes no parameters",
+            fields.keys().next().map(String::as_str).unwrap_or_default()
+        ))),
+        _ => Err(ApiError::bad_request(
+            "the body of a start must be empty, {} or null",
+        )),
+    }
+}
+
+/// The shared body of the three operation handlers: refusals the core does not see are counted and
+/// logged here (the core does its own), then one call of the core.
+#[allow(clippy::too_many_arguments)]
+async fn operate(
+    op: Operation,
+    ctx: ApiContext,
+    caller: Result<Caller, ApiError>,
+    app: Result<AppIdPath, ApiError>,
+    query: Option<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let telemetry = ctx.agent.telemetry();
+    let Caller(caller) = caller.inspect_err(|_| telemetry.ended(op, Route::V1, REFUSED))?;
+    let parsed = async {
+        let AppIdPath(id) = app?;
+        let bytes = read_body(&headers, body).await?;
+        Ok::<_, ApiError>((id, op_request(op, query.as_deref(), &bytes)?))
+    };
+    let (id, req) = parsed.await.inspect_err(|e| {
+        telemetry.ended(op, Route::V1, REFUSED);
+        tracing::info!(path = %uri.path(), token = %caller.name, outcome = ?e, "{}", op.refused());
+    })?;
+    let agent = &ctx.agent;
+    let record = match op {
+        Operation::Stop => agent.stop(&caller, &id, req).await,
+        Operation::Start => agent.start(&caller, &id).await,
+        Operation::Restart => agent.restart(&caller, &id, req).await,
+    }
+    .map_err(|e| ApiError::from_agent(e, agent.node()))?;
+    Ok(Json(record_json(&ctx, &record)))
+}
+
 /// `POST /v1/apps/{appId}/stop`: stops the container and answers with the updated record.
 #[utoipa::path(
     post,
@@ -286,25 +348,84 @@ pub async fn stop_app(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    // Refusals the core does not see are counted and logged here; the core does its own.
-    let Caller(caller) = caller.inspect_err(|_| {
-        ctx.agent.telemetry().stop_ended(StopRoute::V1, REFUSED);
-    })?;
-    let parsed = async {
-        let AppIdPath(id) = app?;
-        let bytes = read_body(&headers, body).await?;
-        Ok::<_, ApiError>((id, stop_request(query.as_deref(), &bytes)?))
-    };
-    let (id, req) = parsed.await.inspect_err(|e| {
-        ctx.agent.telemetry().stop_ended(StopRoute::V1, REFUSED);
-        tracing::info!(path = %uri.path(), token = %caller.name, outcome = ?e, "stop refused");
-    })?;
-    let record = ctx
-        .agent
-        .stop(&caller, &id, req)
-        .await
-        .map_err(|e| ApiError::from_agent(e, ctx.agent.node()))?;
-    Ok(Json(record_json(&ctx, &record)))
+    operate(Operation::Stop, ctx, caller, app, query, uri, headers, body).await
+}
+
+/// `POST /v1/apps/{appId}/start`: starts the container and answers with the updated record.
+#[utoipa::path(
+    post,
+    path = "/v1/apps/{appId}/start",
+    operation_id = "start_app",
+    tag = "v1",
+    description = "Gives the container back the restart policy the last stop set aside, starts it, \
+        and answers once the engine says it runs, without waiting for a stats sample (figures \
+        without a reading are left out). A container that exits at once is answered as offline, \
+        with `lastStart.outcome` `exited` and its `lastExit`. Takes no parameters; an empty body \
+        is valid.",
+    params(AppIdParam),
+    request_body(content = Option<EmptyBodyDoc>, content_type = "application/json", description = "Optional; empty, {} or null"),
+    responses((status = 200, description = "Started (or exited at once); the updated record", body = AppRecordDoc), V1Errors),
+)]
+pub async fn start_app(
+    State(ctx): State<ApiContext>,
+    caller: Result<Caller, ApiError>,
+    app: Result<AppIdPath, ApiError>,
+    RawQuery(query): RawQuery,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    operate(
+        Operation::Start,
+        ctx,
+        caller,
+        app,
+        query,
+        uri,
+        headers,
+        body,
+    )
+    .await
+}
+
+/// `POST /v1/apps/{appId}/restart`: stops the container as `/stop` does, then starts it.
+#[utoipa::path(
+    post,
+    path = "/v1/apps/{appId}/restart",
+    operation_id = "restart_app",
+    tag = "v1",
+    description = "Stops the container exactly as `/stop` does (same `timeout` and `signal`, the old \
+        run's final sample and exit), then starts it as `/start` does, as one operation. A stopped \
+        app is just started. If the stop fails nothing is started; if the start fails the record \
+        says stopped, with the error in `lastStart`.",
+    params(
+        AppIdParam,
+        ("timeout" = Option<u32>, Query, description = "Seconds between the signal and the kill (0 kills at once)", minimum = 0, maximum = 3600),
+        ("signal" = Option<SignalName>, Query, description = "The stop signal"),
+    ),
+    request_body(content = Option<StopBodyDoc>, content_type = "application/json", description = "Optional; an empty body is valid"),
+    responses((status = 200, description = "Restarted; the updated record of the new run", body = AppRecordDoc), V1Errors),
+)]
+pub async fn restart_app(
+    State(ctx): State<ApiContext>,
+    caller: Result<Caller, ApiError>,
+    app: Result<AppIdPath, ApiError>,
+    RawQuery(query): RawQuery,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    operate(
+        Operation::Restart,
+        ctx,
+        caller,
+        app,
+        query,
+        uri,
+        headers,
+        body,
+    )
+    .await
 }
 
 #[cfg(test)]
@@ -355,6 +476,33 @@ mod tests {
                 timeout: Some(3),
                 signal: Some(Signal::Int)
             }
+        );
+    }
+
+    #[test]
+    fn a_start_takes_no_parameters() {
+        for body in [&b""[..], b" ", b"{}", b"null"] {
+            assert_eq!(
+                op_request(Operation::Start, None, body).expect("empty"),
+                StopRequest::default()
+            );
+        }
+        for (query, body) in [
+            (Some("timeout=1"), &b""[..]),
+            (None, br#"{"signal": "TERM"}"#),
+            (None, b"[]"),
+            (None, b"{"),
+        ] {
+            assert!(
+                op_request(Operation::Start, query, body).is_err(),
+                "{query:?}"
+            );
+        }
+        assert_eq!(
+            op_request(Operation::Restart, Some("timeout=1"), b"")
+                .expect("restart")
+                .timeout,
+            Some(1)
         );
     }
 

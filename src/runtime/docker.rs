@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use bollard::errors::Error as BollardError;
 use bollard::models::{ContainerUpdateBody, RestartPolicy, RestartPolicyNameEnum};
 use bollard::query_parameters::{
-    EventsOptions, InspectContainerOptions, KillContainerOptions, StatsOptions,
-    StopContainerOptions, WaitContainerOptions,
+    EventsOptions, InspectContainerOptions, KillContainerOptions, StartContainerOptions,
+    StatsOptions, StopContainerOptions, WaitContainerOptions,
 };
 use bollard::{API_DEFAULT_VERSION, ClientVersion, Docker};
 use chrono::{DateTime, SubsecRound, Utc};
@@ -299,6 +299,14 @@ impl ContainerRuntime for DockerRuntime {
         };
         docker
             .stop_container(container, Some(options))
+            .await
+            .map_err(|e| self.fail(container, e))
+    }
+
+    async fn start(&self, container: &str) -> Result<(), RuntimeError> {
+        let docker = self.client().await?;
+        docker
+            .start_container(container, None::<StartContainerOptions>)
             .await
             .map_err(|e| self.fail(container, e))
     }

@@ -20,6 +20,8 @@ struct FakeContainer {
     /// Signals on which the workload exits cleanly (code 0).
     exits_on: HashSet<String>,
     stats: RawStats,
+    /// The exit code with which the workload dies as soon as it is started (a crash at boot).
+    boot_exit: Option<i64>,
 }
 
 #[derive(Debug, Default)]
@@ -106,6 +108,7 @@ impl FakeRuntime {
                         network_tx: 22,
                         ..Default::default()
                     },
+                    boot_exit: None,
                 },
             );
         });
@@ -153,6 +156,15 @@ impl FakeRuntime {
             }
         });
         self.emit(name, EventKind::Died);
+    }
+
+    /// From now on the container's workload dies with `code` as soon as it is started.
+    pub fn crash_at_boot(&self, name: &str, code: i64) {
+        self.with(|s| {
+            if let Some(c) = s.containers.get_mut(name) {
+                c.boot_exit = Some(code);
+            }
+        });
     }
 
     /// Someone starts the container by hand.
@@ -427,6 +439,28 @@ impl ContainerRuntime for FakeRuntime {
         });
         self.leave("stop");
         r.and_then(|()| self.fault_after("stop"))
+    }
+
+    async fn start(&self, container: &str) -> Result<(), RuntimeError> {
+        self.enter("start", format!("start {container}")).await?;
+        let r = self.with_container(container, |c| {
+            if !c.state.running {
+                c.state.running = true;
+                c.state.started_at = Some(engine_now());
+                c.state.finished_at = None;
+                c.state.exit_code = None;
+                c.state.oom_killed = false;
+                if let Some(code) = c.boot_exit {
+                    Self::exit(c, code);
+                }
+            }
+            Ok(())
+        });
+        self.leave("start");
+        if r.is_ok() {
+            self.emit(container, EventKind::Started);
+        }
+        r.and_then(|()| self.fault_after("start"))
     }
 
     async fn kill(&self, container: &str, signal: &str) -> Result<(), RuntimeError> {

@@ -149,6 +149,9 @@ pub trait ContainerRuntime: Send + Sync + std::fmt::Debug {
         signal: Option<&str>,
         grace: u32,
     ) -> Result<(), RuntimeError>;
+    /// The engine's start. Returns once the engine has started the container's process, which may
+    /// already have exited; a container that runs already is left as it is.
+    async fn start(&self, container: &str) -> Result<(), RuntimeError>;
     /// Sends `signal` to the container's main process.
     async fn kill(&self, container: &str, signal: &str) -> Result<(), RuntimeError>;
     /// Waits until the container is not running, at most `limit`; true when it exited.

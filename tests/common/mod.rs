@@ -679,17 +679,35 @@ impl Client {
     }
 
     pub async fn stop_query(&self, id: &str, query: &str) -> Answer {
-        self.send(
-            self.authed(reqwest::Method::POST, &format!("/v1/apps/{id}/stop{query}"))
-                .header("Content-Type", "application/json"),
-        )
-        .await
+        self.operate(id, "stop", query).await
     }
 
     pub async fn stop_body(&self, id: &str, body: Value) -> Answer {
         self.send(
             self.authed(reqwest::Method::POST, &format!("/v1/apps/{id}/stop"))
                 .json(&body),
+        )
+        .await
+    }
+
+    /// `POST /v1/apps/{id}/start` exactly as the CamposCloud SDK sends it: JSON content type, no body.
+    pub async fn start(&self, id: &str) -> Answer {
+        self.operate(id, "start", "").await
+    }
+
+    /// `POST /v1/apps/{id}/restart` exactly as the CamposCloud SDK sends it.
+    pub async fn restart(&self, id: &str) -> Answer {
+        self.operate(id, "restart", "").await
+    }
+
+    /// `POST /v1/apps/{id}/{verb}{query}` as the SDK sends it (`verb` is stop, start or restart).
+    pub async fn operate(&self, id: &str, verb: &str, query: &str) -> Answer {
+        self.send(
+            self.authed(
+                reqwest::Method::POST,
+                &format!("/v1/apps/{id}/{verb}{query}"),
+            )
+            .header("Content-Type", "application/json"),
         )
         .await
     }

@@ -10,6 +10,9 @@
  *   spin      exit at once on SIGTERM, and keep one CPU busy meanwhile
  *   grow=MS   exit at once on SIGTERM, and MS milliseconds after start allocate memory without
  *             end, so that the kernel's OOM killer ends it under a memory limit
+ *   once      the first run behaves as `exit`; every later start of the same container exits at
+ *             once with code 3 (a crash at boot), told apart by a file the first run leaves in the
+ *             container's own filesystem
  * Every other handled signal (SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2) exits at once with code
  * 64 + the signal's number, so a test can tell which signal arrived. Each signal received is
  * written to standard output as "signal N". ALLOC_MB megabytes are allocated and touched at start
@@ -59,6 +62,14 @@ int main(int argc, char **argv) {
         spin = 1;
     } else if (strncmp(mode, "grow=", 5) == 0) {
         grow_ms = atoi(mode + 5);
+    } else if (strcmp(mode, "once") == 0) {
+        if (access("/booted", F_OK) == 0) return 3;
+        FILE *f = fopen("/booted", "w");
+        if (!f) {
+            fprintf(stderr, "cannot write /booted\n");
+            return 2;
+        }
+        fclose(f);
     } else if (strcmp(mode, "exit") != 0) {
         fprintf(stderr, "unknown mode %s\n", mode);
         return 2;

@@ -1,0 +1,211 @@
+//! The operation core shared by stop, start and restart: admission (authorization, then the app's
+//! guard), the task an admitted operation runs in, and how its end is counted, logged and followed
+//! up. Each operation's engine calls live beside it (`stopping`, `starting`).
+//!
+//! One guard per app covers all three operations: while one is under way, another is refused with
+//! the one under way named, and observations from reads and events do not write over it. Guards of
+//! different apps are independent, so apps never wait on each other.
+
+use std::future::Future;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use tokio::task::JoinHandle;
+
+use super::{Agent, AgentError, Inner};
+use crate::auth::Principal;
+use crate::operation::Operation;
+use crate::policy::Action;
+use crate::record::{AppId, AppRecord};
+use crate::telemetry::Route;
+
+/// An operation under way on one app.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct UnderWay {
+    pub op: Operation,
+    /// An observation (a read, an engine event, reconciliation) was held back while it ran; the
+    /// container is looked at again once it ends.
+    pub missed: bool,
+}
+
+/// Marks an operation on one app as under way; dropping it ends the mark.
+#[derive(Debug)]
+pub(super) struct OpGuard {
+    agent: std::sync::Arc<Inner>,
+    id: AppId,
+}
+
+impl OpGuard {
+    /// Ends the mark; true when an observation was held back meanwhile.
+    fn release(self) -> bool {
+        let missed = self.agent.remove_guard(&self.id);
+        std::mem::forget(self);
+        missed
+    }
+}
+
+impl Drop for OpGuard {
+    fn drop(&mut self) {
+        self.agent.remove_guard(&self.id);
+    }
+}
+
+impl Inner {
+    fn remove_guard(&self, id: &AppId) -> bool {
+        self.operations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id)
+            .is_some_and(|u| u.missed)
+    }
+
+    /// Whether an operation on `id` is under way; if so, and `hold_back` is set, notes that an
+    /// observation was held back, so that the container is looked at again when it ends.
+    pub(super) fn under_way(&self, id: &AppId, hold_back: bool) -> bool {
+        let mut ops = self.operations.lock().unwrap_or_else(|p| p.into_inner());
+        match ops.get_mut(id) {
+            Some(u) => {
+                u.missed |= hold_back;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+fn outcome_of(op: Operation, result: &Result<AppRecord, AgentError>) -> &'static str {
+    match result {
+        Ok(record) => AgentError::success_outcome(op, record),
+        Err(e) => e.outcome(op),
+    }
+}
+
+impl Agent {
+    /// Whether any operation on `id` is under way.
+    pub(super) fn operation_under_way(&self, id: &AppId) -> bool {
+        self.inner.under_way(id, false)
+    }
+
+    fn begin(&self, id: &AppId, op: Operation, record: &AppRecord) -> Result<OpGuard, AgentError> {
+        let mut ops = self
+            .inner
+            .operations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(u) = ops.get(id) {
+            return Err(AgentError::InProgress {
+                id: id.clone(),
+                under_way: u.op,
+                record: Box::new(record.clone()),
+            });
+        }
+        ops.insert(id.clone(), UnderWay { op, missed: false });
+        Ok(OpGuard {
+            agent: self.inner.clone(),
+            id: id.clone(),
+        })
+    }
+
+    /// Admits `op` on `id` by `principal`: the caller may change whether the app runs, and no other
+    /// operation on it is under way. The record is read again under the guard, since an operation
+    /// that just ended may have rewritten it.
+    pub(super) async fn admit(
+        &self,
+        principal: &Principal,
+        id: &AppId,
+        op: Operation,
+    ) -> Result<(AppRecord, OpGuard), AgentError> {
+        let record = self
+            .authorized(principal, id, Action::ChangeStatus, op.verb())
+            .await?;
+        let guard = self.begin(id, op, &record)?;
+        let record = self.record_of(id).await?;
+        Ok((record, guard))
+    }
+
+    /// Counts and logs a refusal of `op` that came before its task.
+    pub(super) fn refused(
+        &self,
+        op: Operation,
+        route: Route,
+        principal: &Principal,
+        id: &AppId,
+        err: &AgentError,
+    ) {
+        self.telemetry().ended(op, route, err.outcome(op));
+        tracing::info!(app = %id, token = %principal.name, outcome = %err, "{}", op.refused());
+    }
+
+    /// Runs an admitted operation in a task of the agent's tracker, so that dropping the request
+    /// (a client that hangs up) never cancels it half-way, and shutdown waits for it. `work` is
+    /// given the request time, at the store's precision, so that intents can be recognised when
+    /// read back.
+    pub(super) fn launch<F, W>(
+        &self,
+        op: Operation,
+        route: Route,
+        caller: &Principal,
+        app: AppId,
+        guard: OpGuard,
+        work: W,
+    ) -> JoinHandle<Result<AppRecord, AgentError>>
+    where
+        W: FnOnce(Agent, String, DateTime<Utc>) -> F,
+        F: Future<Output = Result<AppRecord, AgentError>> + Send + 'static,
+    {
+        let agent = self.clone();
+        let caller = caller.name.clone();
+        let requested_at = Utc::now().trunc_subsecs(3);
+        let work = work(agent.clone(), caller.clone(), requested_at);
+        // The task keeps the request's span, so its log lines carry the request id.
+        let span = tracing::Span::current();
+        let task = async move {
+            let outcome = work.await;
+            let elapsed_ms = (Utc::now() - requested_at).num_milliseconds();
+            // The record is settled: the operation is counted (before its guard goes, so that a
+            // scrape never misses it), the app is free for the next request, and only then is it
+            // logged, so that a reader of the log may rely on all three.
+            let telemetry = agent.telemetry();
+            telemetry.ended(op, route, outcome_of(op, &outcome));
+            telemetry.took(op, route, elapsed_ms.max(0) as f64 / 1000.0);
+            if guard.release() {
+                // Off the answer's path: the engine's own event of this very operation is the
+                // usual reason, and it rarely changes anything.
+                let again = agent.clone();
+                let app = app.clone();
+                agent
+                    .inner
+                    .tasks
+                    .spawn(async move { again.look_again(&app).await });
+            }
+            match &outcome {
+                Ok(r) => {
+                    tracing::info!(%app, token = %caller, elapsed_ms, online = r.online(), "{}", op.done())
+                }
+                Err(e) => {
+                    tracing::info!(%app, token = %caller, elapsed_ms, outcome = %e, "{}", op.not_done())
+                }
+            }
+            outcome
+        };
+        self.inner
+            .tasks
+            .spawn(tracing::Instrument::instrument(task, span))
+    }
+
+    /// Looks at the container of `id` again, for an observation held back while an operation ran.
+    async fn look_again(&self, id: &AppId) {
+        let Ok(record) = self.record_of(id).await else {
+            return;
+        };
+        let outcome = match self.sight(&record).await {
+            Ok(sighting) => {
+                self.record_sighting(record, sighting, super::Settler::Read)
+                    .await
+            }
+            Err(e) => Err(AgentError::from_runtime(e)),
+        };
+        if let Err(e) = outcome {
+            tracing::warn!(app = %id, error = %e, "could not look at the container again; left for the watcher");
+        }
+    }
+}
