@@ -3,7 +3,7 @@
 use super::*;
 use crate::auth::Access;
 use crate::operation::Operation;
-use crate::record::StopOutcome;
+use crate::record::{StartOutcome, StopOutcome};
 use crate::runtime::PROBE_LIMIT;
 use crate::runtime::fake::FakeRuntime;
 use crate::stop::{Signal, StopRequest};
@@ -649,4 +649,359 @@ async fn the_node_report_measures_the_root_dir_of_a_local_engine_only() {
     f.fake
         .set_root_dir(Some(root.path().join("absent").display().to_string()));
     assert_eq!(f.agent.node_report().await.docker_disk, None);
+}
+
+impl Fixture {
+    /// A registered app whose container the agent has stopped; `policy` is its restart policy
+    /// before the stop.
+    async fn stopped(&self, app: &str, policy: Option<&str>) {
+        let container = format!("c{app}");
+        if let Some(policy) = policy {
+            self.fake.set_restart_policy(&container, policy);
+        }
+        self.stop(app).await.expect("stopped");
+        self.fake.clear_calls();
+    }
+
+    async fn start(&self, app: &str) -> Result<AppRecord, AgentError> {
+        self.agent.start(&operator(), &id(app)).await
+    }
+}
+
+#[tokio::test]
+async fn a_start_runs_the_container_and_gives_its_restart_policy_back() {
+    let f = fixture(true, &[("a", json!({"containerId": "ca"}))]).await;
+    f.stopped("a", Some("always")).await;
+    assert_eq!(f.fake.state("ca").restart_policy.as_deref(), Some("no"));
+    let before = f.stored("a").await.expect("record");
+    let r = f.start("a").await.expect("started");
+    assert!(r.online());
+    let m = r.metrics.as_ref().expect("metrics");
+    assert!(m.started_at > before.metrics.as_ref().expect("m").started_at);
+    assert_eq!(m.memory_usage_bytes, None, "no reading of the new run yet");
+    let start = r.last_start.as_ref().expect("lastStart");
+    assert_eq!(start.outcome, StartOutcome::Started);
+    assert_eq!(start.by, "op");
+    assert_eq!(start.restored_restart_policy.as_deref(), Some("always"));
+    assert_eq!(start.error, None);
+    assert_eq!(f.fake.state("ca").restart_policy.as_deref(), Some("always"));
+    // The old run's stop and exit stay on the record.
+    assert_eq!(r.last_stop, before.last_stop);
+    assert_eq!(r.last_exit, before.last_exit);
+    assert_eq!(f.stored("a").await.as_ref(), Some(&r));
+    // A second start after another stop gives nothing back twice, and a start without a set-aside
+    // policy calls no update.
+    f.stopped("a", None).await;
+    f.start("a").await.expect("started again");
+    assert!(
+        f.fake
+            .calls()
+            .iter()
+            .any(|c| c == "update ca restart=always"),
+        "the second stop set `always` aside again: {:?}",
+        f.fake.calls()
+    );
+}
+
+#[tokio::test]
+async fn a_start_that_cannot_give_the_policy_back_says_so() {
+    let f = fixture(true, &[("a", json!({"containerId": "ca"}))]).await;
+    f.stopped("a", Some("unless-stopped")).await;
+    f.fake
+        .fail_next("update", RuntimeError::Engine("update refused".into()));
+    let r = f.start("a").await.expect("started");
+    assert!(r.online());
+    let start = r.last_start.expect("lastStart");
+    assert_eq!(start.outcome, StartOutcome::Started);
+    assert_eq!(start.restored_restart_policy, None);
+    let why = start.error.expect("the error is told");
+    assert!(
+        why.contains("unless-stopped") && why.contains("update refused"),
+        "{why}"
+    );
+}
+
+#[tokio::test]
+async fn a_crash_at_boot_is_never_reported_as_running() {
+    let f = fixture(true, &[("a", json!({"containerId": "ca"}))]).await;
+    f.stopped("a", None).await;
+    f.fake.crash_at_boot("ca", 3);
+    let r = f.start("a").await.expect("answered");
+    assert!(!r.online());
+    assert_eq!(
+        r.last_start.as_ref().expect("lastStart").outcome,
+        StartOutcome::Exited
+    );
+    assert_eq!(r.last_exit.as_ref().expect("exit").exit_code, 3);
+    assert_eq!(
+        r.metrics.as_ref().expect("m").memory_usage_bytes,
+        None,
+        "the figures of the run before are not this run's"
+    );
+}
+
+#[tokio::test]
+async fn starts_refused_for_running_missing_and_busy_apps() {
+    let f = fixture(
+        true,
+        &[
+            ("a", json!({"containerId": "ca"})),
+            ("b", json!({"containerId": "cb"})),
+        ],
+    )
+    .await;
+    let running = f.start("a").await;
+    assert!(
+        matches!(
+            running,
+            Err(AgentError::AlreadyRunning {
+                how: AlreadyRunning::Known,
+                ..
+            })
+        ),
+        "{running:?}"
+    );
+    f.fake.vanish_after("stats", "cb");
+    f.stop("b").await.ok();
+    let missing = f.start("b").await;
+    assert!(
+        matches!(missing, Err(AgentError::ContainerMissing { .. })),
+        "{missing:?}"
+    );
+    let restart = f
+        .agent
+        .restart(&operator(), &id("b"), StopRequest::default())
+        .await;
+    assert!(
+        matches!(restart, Err(AgentError::ContainerMissing { .. })),
+        "{restart:?}"
+    );
+    assert!(
+        !f.fake.calls().iter().any(|c| c.starts_with("start")),
+        "{:?}",
+        f.fake.calls()
+    );
+    // One guard covers every operation: a start while a stop is under way is refused, naming it.
+    f.fake.gate("stop");
+    let agent = f.agent.clone();
+    let stop = tokio::spawn(async move {
+        agent
+            .stop(&operator(), &id("a"), StopRequest::default())
+            .await
+    });
+    f.fake.entered().await;
+    for (op, busy) in [
+        ("start", f.start("a").await),
+        (
+            "restart",
+            f.agent
+                .restart(&operator(), &id("a"), StopRequest::default())
+                .await,
+        ),
+    ] {
+        assert!(
+            matches!(
+                &busy,
+                Err(AgentError::InProgress {
+                    under_way: Operation::Stop,
+                    record,
+                    ..
+                }) if record.stop_pending()
+            ),
+            "{op}: {busy:?}"
+        );
+    }
+    f.fake.release();
+    stop.await.expect("task").expect("stopped");
+}
+
+#[tokio::test]
+async fn a_restart_stops_then_starts_under_one_guard() {
+    let f = fixture(true, &[("a", json!({"containerId": "ca"}))]).await;
+    f.fake.set_restart_policy("ca", "always");
+    let before = f.stored("a").await.expect("record");
+    let req = StopRequest {
+        timeout: Some(0),
+        signal: None,
+    };
+    let r = f
+        .agent
+        .restart(&operator(), &id("a"), req)
+        .await
+        .expect("restarted");
+    assert!(r.online());
+    assert_eq!(
+        r.last_stop.as_ref().expect("stop").outcome,
+        StopOutcome::Stopped
+    );
+    assert_eq!(r.last_exit.as_ref().expect("exit").exit_code, 137);
+    let start = r.last_start.as_ref().expect("start");
+    assert_eq!(start.outcome, StartOutcome::Started);
+    assert_eq!(
+        start.requested_at,
+        r.last_stop.as_ref().expect("s").requested_at
+    );
+    assert_eq!(start.restored_restart_policy.as_deref(), Some("always"));
+    assert!(r.metrics.expect("m").started_at > before.metrics.expect("m").started_at);
+    let calls = f.fake.calls();
+    let stop = calls
+        .iter()
+        .position(|c| c.starts_with("stop"))
+        .expect("stop");
+    let started = calls
+        .iter()
+        .position(|c| c.starts_with("start"))
+        .expect("start");
+    assert!(stop < started, "{calls:?}");
+    // A restart of a stopped app starts it.
+    f.stopped("a", None).await;
+    let r = f
+        .agent
+        .restart(&operator(), &id("a"), StopRequest::default())
+        .await
+        .expect("restarted");
+    assert!(r.online());
+    assert!(
+        !f.fake.calls().iter().any(|c| c.starts_with("stop")),
+        "{:?}",
+        f.fake.calls()
+    );
+}
+
+#[tokio::test]
+async fn a_restart_whose_stop_fails_starts_nothing() {
+    let f = fixture(true, &[("a", json!({"containerId": "ca"}))]).await;
+    f.fake
+        .fail_next("stop", RuntimeError::Engine("stop refused".into()));
+    let err = f
+        .agent
+        .restart(&operator(), &id("a"), StopRequest::default())
+        .await;
+    assert!(matches!(err, Err(AgentError::Engine(_))), "{err:?}");
+    assert!(
+        !f.fake.calls().iter().any(|c| c.starts_with("start")),
+        "{:?}",
+        f.fake.calls()
+    );
+    let r = f.stored("a").await.expect("record");
+    assert!(r.online());
+    assert_eq!(r.last_stop.expect("stop").outcome, StopOutcome::Failed);
+    let start = r.last_start.expect("start");
+    assert_eq!(start.outcome, StartOutcome::Failed);
+    assert!(start.error.expect("why").contains("stop refused"));
+}
+
+#[tokio::test]
+async fn a_restart_whose_start_fails_leaves_the_record_stopped_with_the_error() {
+    let f = fixture(true, &[("a", json!({"containerId": "ca"}))]).await;
+    f.fake
+        .fail_next("start", RuntimeError::Engine("no such image layer".into()));
+    let err = f
+        .agent
+        .restart(&operator(), &id("a"), StopRequest::default())
+        .await;
+    assert!(matches!(err, Err(AgentError::Engine(_))), "{err:?}");
+    let r = f.stored("a").await.expect("record");
+    assert!(!r.online());
+    assert_eq!(r.last_stop.expect("stop").outcome, StopOutcome::Stopped);
+    let start = r.last_start.expect("start");
+    assert_eq!(start.outcome, StartOutcome::Failed);
+    assert!(start.error.expect("why").contains("no such image layer"));
+}
+
+#[tokio::test]
+async fn an_interrupted_start_is_made_true_at_the_next_start() {
+    let f = fixture(
+        true,
+        &[
+            ("a", json!({"containerId": "ca"})),
+            ("b", json!({"containerId": "cb"})),
+        ],
+    )
+    .await;
+    f.stopped("a", Some("always")).await;
+    f.stopped("b", Some("always")).await;
+    // The agent dies during both starts: "a" after the engine started it, "b" before.
+    f.fake.gate("start");
+    for app in ["a", "b"] {
+        let agent = f.agent.clone();
+        tokio::spawn(async move { agent.start(&operator(), &id(app)).await });
+        f.fake.entered().await;
+        assert!(
+            f.stored(app).await.expect("record").start_pending(),
+            "intent first"
+        );
+    }
+    f.fake.start_by_hand("ca");
+    let restarted = Agent::new(
+        Arc::new(f.fake.clone()),
+        f.agent.store().clone(),
+        f.agent.node().clone(),
+        None,
+    );
+    restarted.reconcile_all().await.expect("reconciled");
+    let a = f.stored("a").await.expect("a");
+    assert!(a.online());
+    assert_eq!(
+        a.last_start.as_ref().expect("start").outcome,
+        StartOutcome::Interrupted
+    );
+    assert_eq!(f.fake.state("ca").restart_policy.as_deref(), Some("always"));
+    let b = f.stored("b").await.expect("b");
+    assert!(!b.online());
+    assert_eq!(
+        b.last_start.as_ref().expect("start").outcome,
+        StartOutcome::Interrupted
+    );
+    assert_eq!(
+        f.fake.state("cb").restart_policy.as_deref(),
+        Some("no"),
+        "a stopped app keeps `no`"
+    );
+    f.fake.release();
+}
+
+#[tokio::test]
+async fn an_event_held_back_during_a_start_is_looked_at_once_it_ends() {
+    let f = fixture(true, &[("a", json!({"containerId": "ca"}))]).await;
+    f.stopped("a", Some("always")).await;
+    let watcher = f.agent.spawn_watcher();
+    wait_for(|| f.fake.watchers() > 0).await;
+    // The start is held while it gives the restart policy back: the container runs.
+    f.fake.gate("update");
+    let agent = f.agent.clone();
+    let start = tokio::spawn(async move { agent.start(&operator(), &id("a")).await });
+    f.fake.entered().await;
+    // An event comes meanwhile; the watcher's observation of it is held back.
+    f.fake.start_by_hand("ca");
+    let missed = || {
+        f.agent
+            .inner
+            .operations
+            .lock()
+            .expect("lock")
+            .get(&id("a"))
+            .is_some_and(|u| u.missed)
+    };
+    wait_for(missed).await;
+    // Let the watcher finish with both start events (the start's own and the one by hand).
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // The container dies right after the start's last look at it, and no event says so.
+    f.fake.exit_after("inspect", "ca");
+    f.fake.release();
+    let r = start.await.expect("task").expect("started");
+    assert!(r.online(), "the start saw it running");
+    // Once the start ends, the held-back observation is made: the record says what the engine says.
+    wait_for(|| !f.fake.state("ca").running).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let r = f.stored("a").await.expect("record");
+        if !r.online() {
+            assert_eq!(r.last_exit.expect("exit").exit_code, 1);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{r:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    watcher.abort();
 }
