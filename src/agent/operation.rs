@@ -16,6 +16,7 @@ use crate::auth::Principal;
 use crate::operation::Operation;
 use crate::policy::Action;
 use crate::record::{AppId, AppRecord};
+use crate::runtime::ContainerState;
 use crate::telemetry::Route;
 
 /// An operation under way on one app.
@@ -120,6 +121,39 @@ impl Agent {
         let guard = self.begin(id, op, &record)?;
         let record = self.record_of(id).await?;
         Ok((record, guard))
+    }
+
+    /// Admits `op` on `id` for the background (the ~okeanos routes): admission, then the container
+    /// must be in the state the operation needs (running for a stop, not running for a start), all
+    /// before the 202. Refusals are counted and logged here.
+    pub(super) async fn admit_for_background(
+        &self,
+        principal: &Principal,
+        id: &AppId,
+        op: Operation,
+    ) -> Result<(AppRecord, ContainerState, OpGuard), AgentError> {
+        let admitted = async {
+            let (record, guard) = self.admit(principal, id, op).await?;
+            let (record, state) = match op {
+                Operation::Stop => self.running_state(record).await?,
+                Operation::Start | Operation::Restart => self.stopped_state(record).await?,
+            };
+            Ok::<_, AgentError>((record, state, guard))
+        };
+        let admitted = admitted
+            .await
+            .inspect_err(|e| self.refused(op, Route::Okeanos, principal, id, e))?;
+        tracing::info!(app = %id, token = %principal.name, "{}", op.accepted());
+        Ok(admitted)
+    }
+
+    /// The answer of an operation's task, once it has ended.
+    pub(super) async fn answer(
+        op: Operation,
+        task: JoinHandle<Result<AppRecord, AgentError>>,
+    ) -> Result<AppRecord, AgentError> {
+        task.await
+            .map_err(|e| AgentError::Internal(format!("the {} task failed: {e}", op.verb())))?
     }
 
     /// Counts and logs a refusal of `op` that came before its task.

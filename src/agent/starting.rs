@@ -36,9 +36,8 @@ impl Agent {
             .admit(principal, id, Operation::Start)
             .await
             .inspect_err(|e| self.refused(Operation::Start, Route::V1, principal, id, e))?;
-        self.launch_start(principal, record, guard, None, Route::V1)
-            .await
-            .map_err(|e| AgentError::Internal(format!("the start task failed: {e}")))?
+        let task = self.launch_start(principal, record, guard, None, Route::V1);
+        Agent::answer(Operation::Start, task).await
     }
 
     /// Checks that the app's container exists and is not running, then starts it in the background
@@ -48,15 +47,9 @@ impl Agent {
         principal: &Principal,
         id: &AppId,
     ) -> Result<(), AgentError> {
-        let admitted = async {
-            let (record, guard) = self.admit(principal, id, Operation::Start).await?;
-            let (record, state) = self.stopped_state(record).await?;
-            Ok::<_, AgentError>((record, state, guard))
-        };
-        let (record, state, guard) = admitted
-            .await
-            .inspect_err(|e| self.refused(Operation::Start, Route::Okeanos, principal, id, e))?;
-        tracing::info!(app = %id, token = %principal.name, "{}", Operation::Start.accepted());
+        let (record, state, guard) = self
+            .admit_for_background(principal, id, Operation::Start)
+            .await?;
         drop(self.launch_start(principal, record, guard, Some(state), Route::Okeanos));
         Ok(())
     }
@@ -74,7 +67,7 @@ impl Agent {
             .await
             .inspect_err(|e| self.refused(Operation::Restart, Route::V1, principal, id, e))?;
         let app = record.id.clone();
-        self.launch(
+        let task = self.launch(
             Operation::Restart,
             Route::V1,
             principal,
@@ -83,9 +76,8 @@ impl Agent {
             move |agent, caller, requested_at| async move {
                 agent.run_restart(&caller, requested_at, record, req).await
             },
-        )
-        .await
-        .map_err(|e| AgentError::Internal(format!("the restart task failed: {e}")))?
+        );
+        Agent::answer(Operation::Restart, task).await
     }
 
     fn launch_start(
@@ -181,7 +173,7 @@ impl Agent {
 
     /// The container's state if it exists and does not run; otherwise the record is settled and
     /// the answer says why the start cannot go ahead. Called with the app's guard held.
-    async fn stopped_state(
+    pub(super) async fn stopped_state(
         &self,
         record: AppRecord,
     ) -> Result<(AppRecord, ContainerState), AgentError> {

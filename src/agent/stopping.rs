@@ -54,9 +54,8 @@ impl Agent {
             .admit(principal, id, Operation::Stop)
             .await
             .inspect_err(|e| self.refused(Operation::Stop, Route::V1, principal, id, e))?;
-        self.launch_stop(principal, record, guard, req, None, Route::V1)
-            .await
-            .map_err(|e| AgentError::Internal(format!("the stop task failed: {e}")))?
+        let task = self.launch_stop(principal, record, guard, req, None, Route::V1);
+        Agent::answer(Operation::Stop, task).await
     }
 
     /// Checks that the app's container exists and runs, then stops it in the background and returns
@@ -67,15 +66,9 @@ impl Agent {
         id: &AppId,
         req: StopRequest,
     ) -> Result<(), AgentError> {
-        let admitted = async {
-            let (record, guard) = self.admit(principal, id, Operation::Stop).await?;
-            let (record, state) = self.running_state(record).await?;
-            Ok::<_, AgentError>((record, state, guard))
-        };
-        let (record, state, guard) = admitted
-            .await
-            .inspect_err(|e| self.refused(Operation::Stop, Route::Okeanos, principal, id, e))?;
-        tracing::info!(app = %id, token = %principal.name, "{}", Operation::Stop.accepted());
+        let (record, state, guard) = self
+            .admit_for_background(principal, id, Operation::Stop)
+            .await?;
         drop(self.launch_stop(principal, record, guard, req, Some(state), Route::Okeanos));
         Ok(())
     }
