@@ -1,7 +1,8 @@
 //! The agent beside the raw Docker Engine API, in one run, on like containers, alternating which
-//! goes first: one stop, a fleet of concurrent stops, rejections under load (`wrk`, against a bare
-//! axum server answering the same route), resident memory, and start-up time. Prints medians,
-//! p90s and ratios. Run with `cargo bench --bench stop-bench` (needs a Docker engine, gcc and wrk).
+//! goes first: one stop, a fleet of concurrent stops, one start, one restart, a fleet of
+//! concurrent starts, rejections under load (`wrk`, against a bare axum server answering the same
+//! route), resident memory, and start-up time. Prints medians, p90s and ratios. Run with
+//! `cargo bench --bench stop-bench` (needs a Docker engine, gcc and wrk).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,18 +10,30 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bollard::query_parameters::StopContainerOptions;
+use bollard::query_parameters::{
+    EventsOptions, InspectContainerOptions, StartContainerOptions, StopContainerOptions,
+};
 use common::{AgentOptions, AgentProcess, Client, Workload, app_id};
+use futures_util::StreamExt;
 use futures_util::future::join_all;
 use serde_json::Value;
 
 const PAIRS: usize = 20;
 const FLEET: usize = 40;
 const FLEET_ROUNDS: usize = 3;
+/// Rounds of the fleet of starts (its containers serve every round, so rounds are cheap).
+const FLEET_START_ROUNDS: usize = 5;
 const MEMORY_APPS: usize = 100;
 const STARTS: usize = 7;
+/// The grace period of every stop, raw (`t=`) and the agent's (`timeout=`): the workload exits at
+/// once on SIGTERM, so it is never reached.
+const STOP_TIMEOUT: i32 = 10;
+/// Pause after each timed start or restart of the one-at-a-time phases, so that the engine events
+/// and stats streams a start sets off do not land in the next measurement, whichever side it is.
+const SETTLE: Duration = Duration::from_millis(300);
 /// wrk runs per server and answer, alternating which server goes first.
 const REJECT_RUNS: usize = 5;
 /// `MALLOC_ARENA_MAX` as `systemd/node-agent.service` sets it.
@@ -87,7 +100,7 @@ async fn raw_stop(name: &str) -> f64 {
         .stop_container(
             name,
             Some(StopContainerOptions {
-                t: Some(10),
+                t: Some(STOP_TIMEOUT),
                 signal: None,
             }),
         )
@@ -104,6 +117,229 @@ async fn agent_stop(client: &Client, id: &str) -> (f64, Value) {
     (ms, a.body)
 }
 
+async fn raw_start(name: &str) -> f64 {
+    let docker = common::docker().await;
+    let started = Instant::now();
+    docker
+        .start_container(name, None::<StartContainerOptions>)
+        .await
+        .unwrap();
+    started.elapsed().as_secs_f64() * 1000.0
+}
+
+/// A restart done by hand on the raw API: stop (same grace period as the agent's), then start.
+async fn raw_restart(name: &str) -> f64 {
+    let started = Instant::now();
+    raw_stop(name).await;
+    raw_start(name).await;
+    started.elapsed().as_secs_f64() * 1000.0
+}
+
+async fn raw_inspect(name: &str) -> f64 {
+    let docker = common::docker().await;
+    let started = Instant::now();
+    docker
+        .inspect_container(name, None::<InspectContainerOptions>)
+        .await
+        .unwrap();
+    started.elapsed().as_secs_f64() * 1000.0
+}
+
+/// `POST /v1/apps/{id}/{verb}{query}` (start or restart), which must answer 200 with the app
+/// running.
+async fn agent_run(client: &Client, id: &str, verb: &str, query: &str) -> f64 {
+    let started = Instant::now();
+    let a = client.operate(id, verb, query).await;
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    assert_eq!(a.status, 200, "{verb} {id}: {a:?}");
+    assert_eq!(
+        a.body["currentResourceMetrics"]["online"], true,
+        "{verb} {id}: {a:?}"
+    );
+    ms
+}
+
+/// The `elapsed_ms` of the agent's own log line `message` about app `id` (the operation's task,
+/// from its request time to its record written: no HTTP, no admission).
+fn logged_ms(agent: &AgentProcess, id: &str, message: &str) -> Option<f64> {
+    let (what, app) = (format!(": {message} "), format!("app={id} "));
+    agent
+        .logged(&[&what, &app, "elapsed_ms="])
+        .iter()
+        .rev()
+        .find_map(|l| {
+            l.split("elapsed_ms=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+}
+
+/// Wall-clock nanoseconds, the clock the engine stamps its events with (same host).
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64
+}
+
+/// One timed operation on one container: when it was asked for and when it was answered.
+#[derive(Debug)]
+struct Op {
+    container: String,
+    asked: i64,
+    answered: i64,
+}
+
+/// Runs `f`, timing it both ways: milliseconds for the figures, wall-clock instants to set beside
+/// the engine's events.
+async fn timed<F: std::future::Future<Output = f64>>(
+    ops: &mut Vec<Op>,
+    container: &str,
+    f: F,
+) -> f64 {
+    let asked = now_ns();
+    let ms = f.await;
+    ops.push(Op {
+        container: container.to_owned(),
+        asked,
+        answered: now_ns(),
+    });
+    ms
+}
+
+/// The engine's own account of the bench's containers, from its event stream: (container name,
+/// action, wall-clock ns). It cuts an operation's time where the engine acted, so that the
+/// agent's extra time can be placed before, between or after the engine's work.
+#[derive(Debug)]
+struct Timeline {
+    events: Arc<Mutex<Vec<(String, String, i64)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Timeline {
+    async fn follow() -> Timeline {
+        let docker = common::docker().await;
+        let filters = [
+            ("type".to_owned(), vec!["container".to_owned()]),
+            ("label".to_owned(), vec![common::TEST_LABEL.to_owned()]),
+        ]
+        .into_iter()
+        .collect();
+        let mut stream = docker.events(Some(EventsOptions {
+            filters: Some(filters),
+            ..Default::default()
+        }));
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = events.clone();
+        let task = tokio::spawn(async move {
+            while let Some(Ok(e)) = stream.next().await {
+                let name = e
+                    .actor
+                    .and_then(|a| a.attributes)
+                    .and_then(|mut a| a.remove("name"));
+                if let (Some(name), Some(action), Some(t)) = (name, e.action, e.time_nano) {
+                    sink.lock().unwrap().push((name, action, t));
+                }
+            }
+        });
+        // The subscription is made once the stream is first polled.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Timeline { events, task }
+    }
+
+    /// The first `action` of `container` at or after `since`.
+    fn first(&self, container: &str, action: &str, since: i64) -> Option<i64> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(c, a, t)| c == container && a == action && *t >= since)
+            .map(|(_, _, t)| *t)
+            .min()
+    }
+
+    /// Each operation cut at the engine's `actions`, in order: one list of milliseconds per segment
+    /// (asked → first action → … → answered). Operations missing an event are left out.
+    fn cut(&self, ops: &[Op], actions: &[&str]) -> Vec<Vec<f64>> {
+        let mut segments = vec![Vec::new(); actions.len() + 1];
+        for op in ops {
+            let mut points = vec![op.asked];
+            for action in actions {
+                match self.first(&op.container, action, *points.last().unwrap()) {
+                    Some(t) => points.push(t),
+                    None => break,
+                }
+            }
+            if points.len() != actions.len() + 1 {
+                continue;
+            }
+            points.push(op.answered.max(*points.last().unwrap()));
+            for (i, w) in points.windows(2).enumerate() {
+                segments[i].push((w[1] - w[0]) as f64 / 1e6);
+            }
+        }
+        segments
+    }
+}
+
+impl Drop for Timeline {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The median of the ratios within pairs (agent over raw, pair by pair): the two of a pair ran
+/// seconds apart, so it is less moved by the machine's slow and fast spells than the ratio of
+/// the medians is.
+fn pair_ratio_row(agent: &[f64], raw: &[f64]) {
+    let ratios: Vec<f64> = agent.iter().zip(raw).map(|(a, r)| a / r).collect();
+    let (m50, m90) = stats(ratios);
+    println!("| … median of the per-pair ratios | | | | | {m50:.3} (p90 {m90:.3}) | |");
+}
+
+/// The medians of one segment of the agent's operations and the raw ones, and their difference.
+fn segment_row(what: &str, agent: Vec<f64>, raw: Vec<f64>) {
+    if agent.is_empty() || raw.is_empty() {
+        println!("| … {what} | (no engine events) | | | | | |");
+        return;
+    }
+    let (a50, a90) = stats(agent);
+    let (r50, r90) = stats(raw);
+    println!(
+        "| … {what} | {a50:.1} ms | {a90:.1} ms | {r50:.1} ms | {r90:.1} ms | Δ {:+.1} ms | |",
+        a50 - r50
+    );
+}
+
+/// Segment rows for the operations of both sides cut at `actions`; `names` has one more entry.
+fn segment_rows(timeline: &Timeline, agent: &[Op], raw: &[Op], actions: &[&str], names: &[&str]) {
+    let a = timeline.cut(agent, actions);
+    let r = timeline.cut(raw, actions);
+    for ((name, a), r) in names.iter().zip(a).zip(r) {
+        segment_row(name, a, r);
+    }
+}
+
+/// Stops the agent's apps through the agent and the raw containers on the raw API, all at once,
+/// then lets the engine's events and the agent's reactions to them settle. An app already stopped
+/// (a start of the round before that failed) is left as it is.
+async fn stop_all(client: &Client, ids: &[String], raw: &[Workload]) {
+    let answers = join_all(ids.iter().map(|id| client.stop(id))).await;
+    for a in &answers {
+        assert!(
+            a.status == 200 || a.body["error"] == "already_stopped",
+            "stop: {} {}",
+            a.status,
+            a.body
+        );
+    }
+    join_all(raw.iter().map(|w| raw_stop(&w.name))).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
 /// Seconds from the final sample to the stop's request: how old the sample was when the stop began.
 fn sample_age(record: &Value) -> f64 {
     let t = |v: &Value| chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap();
@@ -113,7 +349,8 @@ fn sample_age(record: &Value) -> f64 {
 }
 
 /// Whether a phase runs: all by default, or those named in `STOP_BENCH_PHASES` (comma-separated:
-/// one, fleet, reject, memory, start).
+/// one, fleet, one-start, one-restart, fleet-start, reject, memory, start; `start` is the agent's
+/// own start-up time, `one-start` the start of an app).
 fn phase(name: &str) -> bool {
     std::env::var("STOP_BENCH_PHASES").map_or(true, |p| p.split(',').any(|x| x.trim() == name))
 }
@@ -274,6 +511,222 @@ async fn bench() {
         println!(
             "| final sample age at the stop | {age50:.2} s | {age90:.2} s | | | max {max_age:.2} s | ≤ ~1 s |"
         );
+    }
+
+    // One start: stopped containers (each run once and stopped, the agent's by the agent), started
+    // through the agent and on the raw API, alternating which goes first.
+    if phase("one-start") {
+        let ws = workloads(2 * PAIRS).await;
+        let (agent_ws, raw_ws) = ws.split_at(PAIRS);
+        let ids = register_all(&client, agent_ws).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        stop_all(&client, &ids, raw_ws).await;
+        // Where a start's time may go: the engine's inspect of a stopped container (the agent
+        // inspects before the start, and again after its boot check).
+        let mut inspect_stopped = Vec::new();
+        for w in raw_ws.iter().chain(agent_ws) {
+            inspect_stopped.push(raw_inspect(&w.name).await);
+        }
+        let timeline = Timeline::follow().await;
+        let (mut a_ops, mut r_ops) = (Vec::new(), Vec::new());
+        let (mut a_ms, mut r_ms) = (Vec::new(), Vec::new());
+        for i in 0..PAIRS {
+            let (a, r) = (&agent_ws[i].name, &raw_ws[i].name);
+            let agent_first = i % 2 == 0;
+            if agent_first {
+                let run = agent_run(&client, &ids[i], "start", "");
+                a_ms.push(timed(&mut a_ops, a, run).await);
+                tokio::time::sleep(SETTLE).await;
+            }
+            r_ms.push(timed(&mut r_ops, r, raw_start(r)).await);
+            if !agent_first {
+                tokio::time::sleep(SETTLE).await;
+                let run = agent_run(&client, &ids[i], "start", "");
+                a_ms.push(timed(&mut a_ops, a, run).await);
+            }
+            tokio::time::sleep(SETTLE).await;
+        }
+        let mut inspect_running = Vec::new();
+        for w in raw_ws.iter().chain(agent_ws) {
+            inspect_running.push(raw_inspect(&w.name).await);
+        }
+        let own: Vec<f64> = ids
+            .iter()
+            .filter_map(|id| logged_ms(&agent, id, "started"))
+            .collect();
+        let r_again = r_ms.clone();
+        let pairs = (a_ms.clone(), r_ms.clone());
+        row(
+            &format!("one start ({PAIRS} pairs)"),
+            a_ms,
+            r_ms,
+            "ms",
+            "≤ 1.10",
+        );
+        pair_ratio_row(&pairs.0, &pairs.1);
+        if own.len() == PAIRS {
+            row(
+                "… of which the agent's start task (its log's elapsed_ms)",
+                own,
+                r_again,
+                "ms",
+                "",
+            );
+        }
+        let (s50, s90) = stats(inspect_stopped);
+        let (g50, g90) = stats(inspect_running);
+        println!(
+            "| … raw inspect, stopped / running ({} each) | | | {s50:.1} / {g50:.1} ms | {s90:.1} / {g90:.1} ms | | |",
+            2 * PAIRS
+        );
+        segment_rows(
+            &timeline,
+            &a_ops,
+            &r_ops,
+            &["start"],
+            &[
+                "asked → engine's start event",
+                "engine's start event → answered",
+            ],
+        );
+        drop(ws);
+    }
+
+    // One restart: running containers (with the agent's readings in), restarted through the agent
+    // and by a raw stop then a raw start, with the same grace period, alternating.
+    if phase("one-restart") {
+        let ws = workloads(2 * PAIRS).await;
+        let (agent_ws, raw_ws) = ws.split_at(PAIRS);
+        let ids = register_all(&client, agent_ws).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let query = format!("?timeout={STOP_TIMEOUT}");
+        let timeline = Timeline::follow().await;
+        let (mut a_ops, mut r_ops) = (Vec::new(), Vec::new());
+        let (mut a_ms, mut r_ms) = (Vec::new(), Vec::new());
+        for i in 0..PAIRS {
+            let (a, r) = (&agent_ws[i].name, &raw_ws[i].name);
+            let agent_first = i % 2 == 0;
+            if agent_first {
+                let run = agent_run(&client, &ids[i], "restart", &query);
+                a_ms.push(timed(&mut a_ops, a, run).await);
+                tokio::time::sleep(SETTLE).await;
+            }
+            r_ms.push(timed(&mut r_ops, r, raw_restart(r)).await);
+            if !agent_first {
+                tokio::time::sleep(SETTLE).await;
+                let run = agent_run(&client, &ids[i], "restart", &query);
+                a_ms.push(timed(&mut a_ops, a, run).await);
+            }
+            tokio::time::sleep(SETTLE).await;
+        }
+        let own: Vec<f64> = ids
+            .iter()
+            .filter_map(|id| logged_ms(&agent, id, "restarted"))
+            .collect();
+        let r_again = r_ms.clone();
+        let pairs = (a_ms.clone(), r_ms.clone());
+        row(
+            &format!("one restart, timeout={STOP_TIMEOUT} ({PAIRS} pairs)"),
+            a_ms,
+            r_ms,
+            "ms",
+            "≤ 1.10",
+        );
+        pair_ratio_row(&pairs.0, &pairs.1);
+        if own.len() == PAIRS {
+            row(
+                "… of which the agent's restart task (its log's elapsed_ms)",
+                own,
+                r_again,
+                "ms",
+                "",
+            );
+        }
+        segment_rows(
+            &timeline,
+            &a_ops,
+            &r_ops,
+            &["kill", "die", "start"],
+            &[
+                "asked → engine's kill event (SIGTERM sent)",
+                "kill → die event (the container exits)",
+                "die → engine's start event",
+                "engine's start event → answered",
+            ],
+        );
+        drop(ws);
+    }
+
+    // A fleet of starts: FLEET stopped apps started at once through the agent, FLEET stopped
+    // containers started at once on the raw API, alternating which batch goes first. The same
+    // containers serve every round: each is stopped again (the agent's by the agent) in between.
+    if phase("fleet-start") {
+        let ws = workloads(2 * FLEET).await;
+        let (left, right) = ws.split_at(FLEET);
+        let ids = register_all(&client, left).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let (mut a_wall, mut r_wall) = (Vec::new(), Vec::new());
+        // Starts the agent did not answer as done and running: counted and shown, not fatal, so
+        // that one engine call timing out on a loaded machine does not lose the run.
+        let mut failed = Vec::new();
+        for round in 0..FLEET_START_ROUNDS {
+            stop_all(&client, &ids, right).await;
+            let run_agent = || async {
+                let started = Instant::now();
+                let answers = join_all(ids.iter().map(|id| async {
+                    let asked = Instant::now();
+                    let a = client.start(id).await;
+                    (a, asked.elapsed().as_secs_f64())
+                }))
+                .await;
+                let wall = started.elapsed().as_secs_f64() * 1000.0;
+                let failed: Vec<String> = answers
+                    .iter()
+                    .filter(|(a, _)| {
+                        a.status != 200 || a.body["currentResourceMetrics"]["online"] != true
+                    })
+                    .map(|(a, secs)| {
+                        let why = a.body["message"].as_str().unwrap_or("not running");
+                        format!("round {round}: {} after {secs:.1} s ({why})", a.status)
+                    })
+                    .collect();
+                (wall, failed)
+            };
+            let run_raw = || async {
+                let started = Instant::now();
+                join_all(right.iter().map(|w| raw_start(&w.name))).await;
+                started.elapsed().as_secs_f64() * 1000.0
+            };
+            let (wall, round_failed) = if round % 2 == 0 {
+                let agent_run = run_agent().await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                r_wall.push(run_raw().await);
+                agent_run
+            } else {
+                r_wall.push(run_raw().await);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                run_agent().await
+            };
+            a_wall.push(wall);
+            failed.extend(round_failed);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        row(
+            &format!("{FLEET} concurrent starts, wall ({FLEET_START_ROUNDS} rounds)"),
+            a_wall,
+            r_wall,
+            "ms",
+            "≤ 1.25",
+        );
+        if !failed.is_empty() {
+            println!(
+                "| … agent starts not answered as running: {} of {} ({}) | | | | | | |",
+                failed.len(),
+                FLEET * FLEET_START_ROUNDS,
+                failed.join("; ")
+            );
+        }
+        drop(ws);
     }
 
     // Rejections: 401 and 404 answers against a bare axum server answering the same route.

@@ -8,56 +8,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{AgentOptions, AgentProcess, Client, NODE_ID, Workload, app_body, app_id};
+use common::team::{CAN, CANNOT, LEAD, OWNER, STRANGER, agent_with_users, as_user, team, team_app};
+use common::{Client, NODE_ID};
 use serde_json::{Value, json};
-
-const OWNER: &str = "user-owner";
-const LEAD: &str = "user-lead";
-const CAN: &str = "user-can";
-const CANNOT: &str = "user-cannot";
-const STRANGER: &str = "user-stranger";
-const USERS: [&str; 5] = [OWNER, LEAD, CAN, CANNOT, STRANGER];
-
-fn token_of(user: &str) -> String {
-    format!("token-of-{user}")
-}
-
-fn agent() -> AgentProcess {
-    AgentProcess::start_with(AgentOptions {
-        user_tokens: USERS
-            .iter()
-            .map(|u| (format!("name-{u}"), token_of(u), u.to_string()))
-            .collect(),
-        ..Default::default()
-    })
-}
-
-fn as_user(client: &Client, user: &str) -> Client {
-    let mut c = client.clone();
-    c.token = token_of(user);
-    c
-}
-
-/// The team object as the CamposCloud document populates it.
-fn team() -> Value {
-    let member = |user: &str, may: bool| json!({"user": user, "permissions": {"canChangeStatusApplication": may, "canCreateApplication": true}, "_id": format!("m-{user}")});
-    json!({
-        "_id": "team-1", "name": "My Team", "owner": LEAD,
-        "members": [member(CAN, true), member(CANNOT, false)],
-        "invites": [], "createdAt": "2025-07-18T23:49:19.701Z", "updatedAt": "2025-07-19T17:57:05.069Z",
-    })
-}
-
-/// A running container registered as an app of `OWNER` with the given `teamId`.
-async fn team_app(client: &Client, team_id: Value) -> (Workload, String) {
-    let w = Workload::start("exit").await;
-    let id = app_id();
-    let mut body = app_body(&id, &w.name);
-    body["userId"] = json!(OWNER);
-    body["teamId"] = team_id;
-    client.register_body(&id, body).await;
-    (w, id)
-}
 
 #[derive(Clone, Copy, Debug)]
 enum Route {
@@ -95,7 +48,7 @@ async fn wait_offline(client: &Client, id: &str) {
 
 #[tokio::test]
 async fn owners_team_owners_and_permitted_members_may_stop_on_both_routes() {
-    let agent = agent();
+    let agent = agent_with_users();
     let client = agent.client();
     for route in [Route::V1, Route::Okeanos] {
         for user in [OWNER, LEAD, CAN] {
@@ -124,7 +77,7 @@ async fn owners_team_owners_and_permitted_members_may_stop_on_both_routes() {
 
 #[tokio::test]
 async fn refused_callers_leave_the_container_untouched() {
-    let agent = agent();
+    let agent = agent_with_users();
     let client = agent.client();
     let (w, id) = team_app(&client, team()).await;
     for route in [Route::V1, Route::Okeanos] {
@@ -164,7 +117,7 @@ async fn refused_callers_leave_the_container_untouched() {
 
 #[tokio::test]
 async fn a_team_given_as_an_id_or_null_leaves_only_the_owner() {
-    let agent = agent();
+    let agent = agent_with_users();
     let client = agent.client();
     for team_id in [json!("team-1"), Value::Null] {
         let (w, id) = team_app(&client, team_id.clone()).await;
@@ -189,7 +142,7 @@ async fn a_team_given_as_an_id_or_null_leaves_only_the_owner() {
 
 #[tokio::test]
 async fn reading_needs_only_membership_and_lists_show_only_what_may_be_read() {
-    let agent = agent();
+    let agent = agent_with_users();
     let client = agent.client();
     let (_w1, team_id) = team_app(&client, team()).await;
     let (_w2, solo_id) = team_app(&client, Value::Null).await;

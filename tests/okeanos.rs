@@ -1,5 +1,6 @@
-//! The ~okeanos Lambda on Demand route against the real agent and engine: the document's own curl
-//! line, the ordered checks, every encoding of `lambda_instance_id`, and the stop in the background.
+//! The ~okeanos Lambda on Demand routes against the real agent and engine: the document's own curl
+//! line, the ordered checks, every encoding of `lambda_instance_id`, and the stop and the start in
+//! the background.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -8,11 +9,13 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{AgentProcess, Answer, Client, NODE_ID};
+use common::held::HeldEngine;
+use common::{AgentOptions, AgentProcess, Answer, Client, NODE_ID, OPERATOR_TOKEN_NAME, stored};
 use reqwest::Method;
 use serde_json::{Value, json};
 
 const ACCEPTED: &str = "Your request to stop the specified application has been accepted";
+const START_ACCEPTED: &str = "Your request to start the specified application has been accepted";
 
 fn stop_path(id: &str) -> String {
     format!("/api/apps/{id}/stop/")
@@ -315,4 +318,372 @@ async fn both_routes_share_one_exclusion_per_app() {
     assert_eq!(done.status, 200, "{done:?}");
     assert_eq!(done.body["lastStop"]["outcome"], "stopped");
     assert_eq!(done.body["lastStop"]["by"], common::OPERATOR_TOKEN_NAME);
+}
+
+// The start: `POST /api/apps/{id}/start/`.
+
+/// The document's curl line, as the LoD document writes it for the stop.
+const DOCUMENT_CURL: &str = r#"curl -X POST -H "Authorization: Token tJ3b3f32f23ceuqdoS_TH7m0d6yxmlWL1r2ralKcttY" -F "lambda_instance_id=9ac8e7ab-57f9-48a6-af18-ef8a749b1e8c" 'http://<hostname>/api/apps/7186be3f-22ca-4e59-8e5f-fc381e92a67c/stop/'"#;
+
+fn start_path(id: &str) -> String {
+    format!("/api/apps/{id}/start/")
+}
+
+fn assert_start_accepted(a: &Answer) {
+    assert_eq!(a.status, 202, "{a:?}");
+    assert_eq!(
+        a.body,
+        json!({"status": {"short-description": START_ACCEPTED, "code": 202}})
+    );
+}
+
+/// A form-encoded LoD start with a `Token` header.
+async fn lod_start(client: &Client, token: &str, id: &str, instance: Option<&str>) -> Answer {
+    let mut req = client
+        .http
+        .post(client.url(&start_path(id)))
+        .header("Authorization", format!("Token {token}"));
+    if let Some(instance) = instance {
+        req = req.form(&[("lambda_instance_id", instance)]);
+    }
+    client.send(req).await
+}
+
+/// A running app that the agent then stopped: ready to be started.
+async fn stopped_app(client: &Client, mode: &str) -> (common::Workload, String) {
+    let (w, id) = client.running_app(mode).await;
+    let stopped = client.stop(&id).await;
+    assert_eq!(stopped.status, 200, "{stopped:?}");
+    assert!(!w.running().await);
+    (w, id)
+}
+
+/// Polls the record until the start has landed: online, and `lastStart` says started.
+async fn wait_started(client: &Client, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let a = client.get(&format!("/v1/apps/{id}")).await;
+        if a.body["currentResourceMetrics"]["online"] == true
+            && a.body["lastStart"]["outcome"] == "started"
+        {
+            return a.body;
+        }
+        assert!(Instant::now() < deadline, "the start never landed: {a:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_documents_curl_line_starts_verbatim() {
+    let agent = AgentProcess::start();
+    let client = agent.client();
+    let (w, id) = stopped_app(&client, "exit").await;
+    // The document's line, word for word, with this agent's token, instance, host and app, and
+    // `/start/` in place of `/stop/`.
+    let line = DOCUMENT_CURL
+        .replace("tJ3b3f32f23ceuqdoS_TH7m0d6yxmlWL1r2ralKcttY", &client.token)
+        .replace("9ac8e7ab-57f9-48a6-af18-ef8a749b1e8c", NODE_ID)
+        .replace("http://<hostname>", &agent.base)
+        .replace("7186be3f-22ca-4e59-8e5f-fc381e92a67c", &id)
+        .replace("/stop/", "/start/");
+    assert!(line.starts_with("curl -X POST -H \"Authorization: Token "));
+    let out = Command::new("sh")
+        .args(["-c", &line])
+        .output()
+        .expect("sh and curl are needed for this test (apt-get install curl)");
+    assert!(out.status.success(), "{line}: {out:?}");
+    let body: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{line} printed no JSON ({e}): {out:?}"));
+    assert_eq!(
+        body,
+        json!({"status": {"short-description": START_ACCEPTED, "code": 202}})
+    );
+    let record = wait_started(&client, &id).await;
+    assert_eq!(record["lastStart"]["by"], OPERATOR_TOKEN_NAME, "{record:#}");
+    assert!(record["lastStart"]["finishedAt"].is_string(), "{record:#}");
+    assert!(w.running().await);
+    // The workload really ran again: after the stop's signal, it said ready anew.
+    w.wait_logs("signal 15\nready", Duration::from_secs(10))
+        .await;
+}
+
+/// A multipart form with one field, as `curl -F` sends it.
+fn multipart(field: &str, value: &str) -> (String, Vec<u8>) {
+    let boundary = "------------------------node-agent-test-7f3a";
+    let body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"\r\n\r\n{value}\r\n--{boundary}--\r\n"
+    );
+    (
+        format!("multipart/form-data; boundary={boundary}"),
+        body.into_bytes(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_encoding_of_the_instance_id_starts() {
+    let agent = AgentProcess::start();
+    let client = agent.client();
+    let token = client.token.clone();
+    let mut started = Vec::new();
+    for form in ["multipart", "urlencoded", "json", "query"] {
+        for slash in [true, false] {
+            let (w, id) = stopped_app(&client, "exit").await;
+            let path = if slash {
+                format!("/api/apps/{id}/start/")
+            } else {
+                format!("/api/apps/{id}/start")
+            };
+            let path = if form == "query" {
+                format!("{path}?lambda_instance_id={NODE_ID}")
+            } else {
+                path
+            };
+            let req = client
+                .http
+                .post(client.url(&path))
+                .header("Authorization", format!("Token {token}"));
+            let req = match form {
+                "multipart" => {
+                    let (content_type, body) = multipart("lambda_instance_id", NODE_ID);
+                    req.header("Content-Type", content_type).body(body)
+                }
+                "urlencoded" => req.form(&[("lambda_instance_id", NODE_ID)]),
+                "json" => req.json(&json!({"lambda_instance_id": NODE_ID})),
+                _ => req,
+            };
+            let a = client.send(req).await;
+            assert_eq!(a.status, 202, "{form}, slash {slash}: {a:?}");
+            assert_start_accepted(&a);
+            started.push((form, slash, w, id));
+        }
+    }
+    // Each start lands in the record in the background.
+    for (form, slash, w, id) in &started {
+        let record = wait_started(&client, id).await;
+        assert_eq!(record["lastStart"]["by"], OPERATOR_TOKEN_NAME, "{record:#}");
+        assert_eq!(record["lastStop"]["outcome"], "stopped", "{record:#}");
+        assert!(w.running().await, "{form}, slash {slash}");
+    }
+}
+
+const CANNOT: &str = "user-cannot";
+const STRANGER: &str = "user-stranger";
+
+fn token_of(user: &str) -> String {
+    format!("token-of-{user}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_start_checks_run_in_the_lod_order() {
+    let engine = HeldEngine::silent();
+    let agent = AgentProcess::start_with(AgentOptions {
+        docker_host: Some(engine.url()),
+        user_tokens: [CANNOT, STRANGER]
+            .iter()
+            .map(|u| (format!("name-{u}"), token_of(u), u.to_string()))
+            .collect(),
+        ..Default::default()
+    });
+    let client = agent.client();
+    let token = client.token.clone();
+    // Stopped by the agent: a start of it would be accepted, so every refusal below is its check's.
+    let (w, id) = stopped_app(&client, "exit").await;
+
+    // 1. The token comes first, before anything else is looked at.
+    let a = lod_start(&client, "wrong-token", "no-such-app", None).await;
+    assert_lod_error(
+        &a,
+        401,
+        "Unauthorized. Request failed because user provided an invalid token.",
+    );
+    let a = client
+        .send(
+            client
+                .http
+                .post(client.url(&start_path(&id)))
+                .form(&[("lambda_instance_id", NODE_ID)]),
+        )
+        .await;
+    assert_lod_error(
+        &a,
+        401,
+        "Unauthorized. Request failed because user provided an invalid token.",
+    );
+    // 2. The instance id must be given.
+    let a = lod_start(&client, &token, "no-such-app", None).await;
+    assert_lod_error(&a, 400, "No lambda instance id provided.");
+    let a = lod_start(&client, &token, &id, Some(" ")).await;
+    assert_lod_error(&a, 400, "No lambda instance id provided.");
+    // 3. It must be this node.
+    let a = lod_start(&client, &token, "no-such-app", Some("another-node")).await;
+    assert_lod_error(&a, 404, "The specified lambda instance doesn't exist.");
+    let a = lod_start(&client, &token, &id, Some("another-node")).await;
+    assert_lod_error(&a, 404, "The specified lambda instance doesn't exist.");
+    // 4. The application must be registered, and visible to the caller.
+    let a = lod_start(&client, &token, "no-such-app", Some(NODE_ID)).await;
+    assert_lod_error(&a, 404, "The specified application doesn't exist.");
+    let a = lod_start(&client, &token, "bad%20id", Some(NODE_ID)).await;
+    assert_lod_error(&a, 404, "The specified application doesn't exist.");
+    let a = lod_start(&client, &token_of(STRANGER), &id, Some(NODE_ID)).await;
+    assert_lod_error(&a, 404, "The specified application doesn't exist.");
+    // The caller's permission: a member of the app's team without it.
+    let (wt, idt) = {
+        let w = common::Workload::start("exit").await;
+        let idt = common::app_id();
+        let mut body = common::app_body(&idt, &w.name);
+        body["userId"] = json!("user-owner");
+        body["teamId"] = json!({
+            "_id": "team-1", "name": "My Team", "owner": "user-lead",
+            "members": [{"user": CANNOT, "permissions": {"canChangeStatusApplication": false, "canCreateApplication": true}, "_id": "m-1"}],
+            "invites": [], "createdAt": "2025-07-18T23:49:19.701Z", "updatedAt": "2025-07-19T17:57:05.069Z",
+        });
+        client.register_body(&idt, body).await;
+        assert_eq!(client.stop(&idt).await.status, 200);
+        (w, idt)
+    };
+    let a = lod_start(&client, &token_of(CANNOT), &idt, Some(NODE_ID)).await;
+    assert_lod_error(
+        &a,
+        403,
+        "You do not have permission to perform this action.",
+    );
+    assert!(!w.running().await, "no refusal started the container");
+    assert!(!wt.running().await, "no refusal started the container");
+    assert_eq!(stored(&client, &id).await["lastStart"], Value::Null);
+    assert_eq!(stored(&client, &idt).await["lastStart"], Value::Null);
+
+    // 5. Its container must exist on this node: one the agent stopped, and one the record says
+    // runs (5. comes before 6.).
+    let (w5, id5) = stopped_app(&client, "exit").await;
+    w5.remove().await;
+    let a = lod_start(&client, &token, &id5, Some(NODE_ID)).await;
+    assert_lod_error(
+        &a,
+        404,
+        "The specified application is not deployed on the specified lambda instance.",
+    );
+    let (w5b, id5b) = client.running_app("exit").await;
+    w5b.remove().await;
+    assert_eq!(
+        stored(&client, &id5b).await["currentResourceMetrics"]["online"],
+        true
+    );
+    let a = lod_start(&client, &token, &id5b, Some(NODE_ID)).await;
+    assert_lod_error(
+        &a,
+        404,
+        "The specified application is not deployed on the specified lambda instance.",
+    );
+
+    // 6. Already running, as the record says: registered running, then started by the agent.
+    let (w6, id6) = client.running_app("exit").await;
+    let a = lod_start(&client, &token, &id6, Some(NODE_ID)).await;
+    assert_lod_error(
+        &a,
+        409,
+        "The specified application on the specified lambda instance has already been started.",
+    );
+    assert!(w6.running().await);
+    assert_start_accepted(&lod_start(&client, &token, &id, Some(NODE_ID)).await);
+    wait_started(&client, &id).await;
+    let a = lod_start(&client, &token, &id, Some(NODE_ID)).await;
+    assert_lod_error(
+        &a,
+        409,
+        "The specified application on the specified lambda instance has already been started.",
+    );
+
+    // 7. Running though the record says offline: started by hand behind the agent's back. The
+    // stand-in engine delivers no events, so the record says offline until the start looks.
+    let (w7, id7) = stopped_app(&client, "exit").await;
+    w7.start_by_hand().await;
+    assert!(w7.running().await);
+    assert_eq!(
+        stored(&client, &id7).await["currentResourceMetrics"]["online"],
+        false
+    );
+    let a = lod_start(&client, &token, &id7, Some(NODE_ID)).await;
+    assert_lod_error(
+        &a,
+        409,
+        "The job slot of the specified application on the specified lambda instance is occupied: the application is already running.",
+    );
+    // The refusal made the record true: it runs, and the agent knows it now.
+    let record = stored(&client, &id7).await;
+    assert_eq!(
+        record["currentResourceMetrics"]["online"], true,
+        "{record:#}"
+    );
+    assert_eq!(record["lastStart"], Value::Null, "{record:#}");
+    let a = lod_start(&client, &token, &id7, Some(NODE_ID)).await;
+    assert_lod_error(
+        &a,
+        409,
+        "The specified application on the specified lambda instance has already been started.",
+    );
+    assert!(w7.running().await);
+
+    // 7. Another operation under way. A stop, until its container has finished cleaning up:
+    let (w8, id8) = client.running_app("slow=3000").await;
+    let stop = {
+        let (client, id) = (client.clone(), id8.clone());
+        tokio::spawn(async move { client.stop(&id).await })
+    };
+    w8.wait_logs("signal 15", Duration::from_secs(10)).await;
+    let a = lod_start(&client, &token, &id8, Some(NODE_ID)).await;
+    assert_lod_error(
+        &a,
+        409,
+        "A stop of the specified application on the specified lambda instance is already in progress.",
+    );
+    assert_eq!(stop.await.unwrap().status, 200);
+    // A start, held at the engine:
+    let hold = engine.hold_starts().await;
+    let seen = engine.starts();
+    assert_start_accepted(&lod_start(&client, &token, &id8, Some(NODE_ID)).await);
+    engine.wait_starts(seen + 1).await;
+    let a = lod_start(&client, &token, &id8, Some(NODE_ID)).await;
+    assert_lod_error(
+        &a,
+        409,
+        "A start of the specified application on the specified lambda instance is already in progress.",
+    );
+    assert_eq!(
+        stored(&client, &id8).await["lastStart"]["outcome"],
+        "starting"
+    );
+    drop(hold);
+    wait_started(&client, &id8).await;
+    // A restart through /v1, its start held at the engine:
+    let hold = engine.hold_starts().await;
+    let seen = engine.starts();
+    let restart = {
+        let (client, id) = (client.clone(), id8.clone());
+        tokio::spawn(async move { client.operate(&id, "restart", "?timeout=5").await })
+    };
+    engine.wait_starts(seen + 1).await;
+    let a = lod_start(&client, &token, &id8, Some(NODE_ID)).await;
+    assert_lod_error(
+        &a,
+        409,
+        "A restart of the specified application on the specified lambda instance is already in progress.",
+    );
+    drop(hold);
+    let restarted = restart.await.unwrap();
+    assert_eq!(restarted.status, 200, "{restarted:?}");
+    assert_eq!(restarted.body["lastStart"]["outcome"], "started");
+    assert_eq!(restarted.body["lastStop"]["outcome"], "stopped");
+    assert!(w8.running().await);
+
+    // Unknown methods on the route answer in the same shape.
+    let a = client
+        .send(
+            client
+                .http
+                .get(client.url(&start_path(&id)))
+                .header("Authorization", format!("Token {token}")),
+        )
+        .await;
+    assert_eq!(a.status, 405, "{a:?}");
+    assert_eq!(a.body["errors"][0]["status"], 405, "{a:?}");
 }

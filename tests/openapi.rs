@@ -17,21 +17,25 @@ use common::{AgentOptions, AgentProcess, NODE_ID, Workload};
 /// The schemathesis release the test runs.
 const SCHEMATHESIS: &str = "schemathesis==4.32.5";
 
-/// The app the fuzzer may read, replace, forget and stop through `/v1`, beside the ids it makes up.
+/// The app the fuzzer may read, replace, forget, stop, start and restart through `/v1`, beside the
+/// ids it makes up.
 const FUZZED_APP: &str = "fuzzed-app";
 
-/// The app the fuzzer stops through the ~okeanos route, apart from the `/v1` one, which the fuzzer
-/// may forget or point at a container that does not exist.
+/// The app the fuzzer stops and starts through the ~okeanos routes, apart from the `/v1` one, which
+/// the fuzzer may forget or point at a container that does not exist.
 const LOD_APP: &str = "lod-app";
 
 /// schemathesis' configuration.
 ///
-/// - Half the app ids it sends name a running app, so that reads and stops get past 404, and
-///   most ~okeanos instance ids are this node's, so that stops get past the instance check.
-/// - Both stop routes take a value in the query or in the body, and refuse (400) one given in
-///   both with different values. The document says so in words, but OpenAPI cannot relate a query
-///   parameter to a body field, so a 400 from those two routes is no sign that valid data was
-///   refused; every other check still applies to them.
+/// - Half the app ids it sends name a registered app, so that reads, stops, starts and restarts
+///   get past 404, and most ~okeanos instance ids are this node's, so that they get past the
+///   instance check.
+/// - The stop and restart routes of `/v1`, and both ~okeanos routes (stop and start, with and
+///   without the trailing slash), take a value in the query or in the body, and refuse (400) one
+///   given in both with different values. The document says so in words, but OpenAPI cannot
+///   relate a query parameter to a body field, so a 400 from those routes is no sign that valid
+///   data was refused; every other check still applies to them. (`start_app` takes no value, and
+///   keeps the check whole.)
 fn schemathesis_config() -> String {
     format!(
         r#"[dictionaries.apps]
@@ -50,7 +54,7 @@ values = ["{NODE_ID}"]
 "body.lambda_instance_id" = {{ dictionary = "instances", probability = 0.8 }}
 
 [[operations]]
-include-operation-id-regex = "^(stop_app|okeanos_stop_app.*)$"
+include-operation-id-regex = "^(stop_app|restart_app|okeanos_(stop|start)_app.*)$"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "400", "401", "403", "404", "409", "429", "5xx"]
 "#
     )
@@ -150,7 +154,7 @@ async fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document()
         ..Default::default()
     });
     let client = agent.client();
-    // Two real apps, running, that the fuzzer may read and stop.
+    // Two real apps, running, that the fuzzer may read, stop and start again.
     let mut workloads = Vec::new();
     for app in [FUZZED_APP, LOD_APP] {
         let workload = Workload::start("exit").await;
@@ -182,7 +186,26 @@ async fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document()
         .values()
         .map(|item| item.as_object().unwrap().len())
         .sum();
-    assert!(operations >= 12, "{operations} operations in the document");
+    assert!(operations >= 16, "{operations} operations in the document");
+    // The three operations of a stop, a start and a restart are all described, on both routes.
+    let ids: Vec<&str> = parsed["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|item| item.as_object().unwrap().values())
+        .filter_map(|op| op["operationId"].as_str())
+        .collect();
+    for id in [
+        "stop_app",
+        "start_app",
+        "restart_app",
+        "okeanos_stop_app",
+        "okeanos_stop_app_without_slash",
+        "okeanos_start_app",
+        "okeanos_start_app_without_slash",
+    ] {
+        assert!(ids.contains(&id), "{id} is not in the document: {ids:?}");
+    }
     // Two runs: the ~okeanos operations first, then the rest. schemathesis feeds the values of its
     // dictionaries to every parameter, so in one run the `/v1` routes would re-register or forget
     // the ~okeanos app before the ~okeanos route got to stop it.
@@ -204,8 +227,10 @@ async fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document()
         "every operation of the document tested:\n{okeanos}\n{rest}"
     );
     let report = format!("{okeanos}\n{rest}");
-    // Each stop route stopped its app at least once, so that its success answer was checked against
-    // the document too, not only its refusals.
+    // Each stop route stopped its app at least once, the ~okeanos start started its app and the
+    // restart restarted one, so that their success answers were checked against the document too,
+    // not only their refusals. (Whether `/v1` start finds its app stopped depends on what the
+    // fuzzer did to the app before; its answers are checked either way.)
     let metrics = reqwest::Client::new()
         .get(agent.url("/metrics"))
         .bearer_auth(&agent.token)
@@ -215,20 +240,25 @@ async fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document()
         .text()
         .await
         .unwrap();
-    for route in ["v1", "okeanos"] {
-        let stopped = metrics
+    for (series, route, outcome) in [
+        ("stops", "v1", "stopped"),
+        ("stops", "okeanos", "stopped"),
+        ("starts", "okeanos", "started"),
+        ("restarts", "v1", "started"),
+    ] {
+        let done = metrics
             .lines()
             .find(|l| {
-                l.starts_with("node_agent_stops_total{")
+                l.starts_with(&format!("node_agent_{series}_total{{"))
                     && l.contains(&format!("route=\"{route}\""))
-                    && l.contains("outcome=\"stopped\"")
+                    && l.contains(&format!("outcome=\"{outcome}\""))
             })
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|n| n.parse::<f64>().ok())
             .unwrap_or(0.0);
         assert!(
-            stopped >= 1.0,
-            "the fuzzer never stopped an app through the {route} route:\n{metrics}\n{report}"
+            done >= 1.0,
+            "the fuzzer's {series} through the {route} route never ended {outcome}:\n{metrics}\n{report}"
         );
     }
     // The agent served the whole run without a fault of its own.

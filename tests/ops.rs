@@ -1,5 +1,5 @@
 //! What an operator sees of a running agent, against the real engine: `GET /v1/node`, `GET /metrics`
-//! after real stops, request ids in answers and logs, and JSON logs.
+//! after real stops, starts and restarts, request ids in answers and logs, and JSON logs.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -161,7 +161,7 @@ fn assert_has(text: &str, line: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_count_stops_by_route_and_outcome_answers_and_records() {
+async fn metrics_count_stops_starts_and_restarts_by_route_and_outcome_answers_and_records() {
     let agent = AgentProcess::start_with(AgentOptions {
         user_tokens: vec![("keven".into(), "user-token-2".into(), "u1".into())],
         ..Default::default()
@@ -288,6 +288,157 @@ async fn metrics_count_stops_by_route_and_outcome_answers_and_records() {
     assert_has(&text, "node_agent_records{state=\"online\"} 0");
     assert_has(&text, "node_agent_stops_in_progress 0");
     assert!(text.ends_with("# EOF\n"), "{text}");
+
+    // Starts and restarts are counted beside the stops, each series there from the start at 0.
+    for (route, outcome) in [
+        ("v1", "started"),
+        ("v1", "already_running"),
+        ("v1", "refused"),
+    ] {
+        assert_has(
+            &text,
+            &format!("node_agent_starts_total{{route=\"{route}\",outcome=\"{outcome}\"}} 0"),
+        );
+    }
+    for outcome in [
+        "started",
+        "exited",
+        "already_running",
+        "container_missing",
+        "in_progress",
+        "refused",
+        "engine_unavailable",
+        "failed",
+    ] {
+        assert_has(
+            &text,
+            &format!("node_agent_starts_total{{route=\"okeanos\",outcome=\"{outcome}\"}} 0"),
+        );
+    }
+    for outcome in [
+        "started",
+        "exited",
+        "container_missing",
+        "in_progress",
+        "refused",
+        "engine_unavailable",
+        "failed",
+    ] {
+        assert_has(
+            &text,
+            &format!("node_agent_restarts_total{{route=\"v1\",outcome=\"{outcome}\"}} 0"),
+        );
+    }
+    assert!(
+        !text.contains("node_agent_restarts_total{route=\"okeanos\""),
+        "no restart comes through ~okeanos:\n{text}"
+    );
+    // A start through /v1, then one of a container that runs; a refused one, with a bad token.
+    let started = client.start(&id1).await;
+    assert_eq!(started.status, 200, "{started:?}");
+    assert_eq!(
+        started.body["lastStart"]["outcome"], "started",
+        "{started:?}"
+    );
+    let again = client.start(&id1).await;
+    assert_eq!(again.status, 409, "{again:?}");
+    let refused = client
+        .http
+        .post(client.url(&format!("/v1/apps/{id1}/start")))
+        .bearer_auth("not-a-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    // A restart of the app that runs now.
+    let restarted = client.operate(&id1, "restart", "?timeout=1").await;
+    assert_eq!(restarted.status, 200, "{restarted:?}");
+    assert_eq!(restarted.body["lastStart"]["outcome"], "started");
+    // A start through ~okeanos, in the background, and one refused before the core (no instance).
+    let lod = format!("/api/apps/{id2}/start/");
+    let refused = client
+        .http
+        .post(client.url(&lod))
+        .bearer_auth(&agent.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    let accepted = client
+        .http
+        .post(client.url(&lod))
+        .bearer_auth(&agent.token)
+        .form(&[("lambda_instance_id", NODE_ID)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), 202);
+    // Logged once it is counted (and the record written before either).
+    agent.wait_logged(&[": started ", &format!("app={id2}")], 1);
+    let record = client.get(&format!("/v1/apps/{id2}")).await;
+    assert_eq!(record.body["lastStart"]["outcome"], "started", "{record:?}");
+
+    let text = metrics(&agent).await;
+    for (line, value) in [
+        (
+            "node_agent_starts_total{route=\"v1\",outcome=\"started\"}",
+            1,
+        ),
+        (
+            "node_agent_starts_total{route=\"v1\",outcome=\"already_running\"}",
+            1,
+        ),
+        (
+            "node_agent_starts_total{route=\"v1\",outcome=\"refused\"}",
+            1,
+        ),
+        (
+            "node_agent_starts_total{route=\"okeanos\",outcome=\"started\"}",
+            1,
+        ),
+        (
+            "node_agent_starts_total{route=\"okeanos\",outcome=\"refused\"}",
+            1,
+        ),
+        (
+            "node_agent_starts_total{route=\"okeanos\",outcome=\"already_running\"}",
+            0,
+        ),
+        (
+            "node_agent_restarts_total{route=\"v1\",outcome=\"started\"}",
+            1,
+        ),
+        (
+            "node_agent_restarts_total{route=\"v1\",outcome=\"failed\"}",
+            0,
+        ),
+        // Both /v1 starts were admitted and timed; the ~okeanos one too; the refusals were not.
+        ("node_agent_start_duration_seconds_count{route=\"v1\"}", 2),
+        (
+            "node_agent_start_duration_seconds_count{route=\"okeanos\"}",
+            1,
+        ),
+        ("node_agent_restart_duration_seconds_count{route=\"v1\"}", 1),
+        // A restart is counted as a restart, not as a stop beside it.
+        (
+            "node_agent_stops_total{route=\"v1\",outcome=\"stopped\"}",
+            1,
+        ),
+        ("node_agent_stop_duration_seconds_count{route=\"v1\"}", 2),
+        ("node_agent_http_requests_total{code=\"202\"}", 2),
+        ("node_agent_http_requests_total{code=\"409\"}", 2),
+        ("node_agent_records{state=\"online\"}", 2),
+        ("node_agent_records{state=\"offline\"}", 0),
+    ] {
+        assert_has(&text, &format!("{line} {value}"));
+    }
+    // The restart took its one-second grace at most, and was timed in seconds.
+    let restart_sum: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("node_agent_restart_duration_seconds_sum{route=\"v1\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no restart duration sum in:\n{text}"));
+    assert!(restart_sum > 0.0 && restart_sum < 60.0, "{restart_sum}");
 
     // The figures are the operator's unless configured open.
     let (status, _, _) = fetch(&agent, "/metrics", None).await;

@@ -25,6 +25,9 @@ use crate::config::DockerEndpoint;
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Added to a stop's grace period for its request timeout: the engine's own kill and clean-up.
 const STOP_MARGIN: Duration = Duration::from_secs(30);
+/// Budget of a start: the engine sets up the container's network and mounts and runs its runtime,
+/// which on a busy node takes seconds; the engine's own client waits a minute.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// The first API version whose stop call takes a signal.
 const STOP_SIGNAL_API: ClientVersion = ClientVersion {
     major_version: 1,
@@ -304,7 +307,7 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn start(&self, container: &str) -> Result<(), RuntimeError> {
-        let docker = self.client().await?;
+        let docker = self.client().await?.with_timeout(START_TIMEOUT);
         docker
             .start_container(container, None::<StartContainerOptions>)
             .await

@@ -4,6 +4,8 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod guard;
+pub mod held;
+pub mod team;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -739,6 +741,19 @@ pub fn app_body(id: &str, container: &str) -> Value {
         "repository": null,
         "environmentVariables": [{"key": "API_PORT", "value": "3005", "_id": "e1"}],
     })
+}
+
+/// The record of `id` as stored, from the list, which does not look at the container.
+pub async fn stored(client: &Client, id: &str) -> Value {
+    let list = client.get("/v1/apps?limit=500").await;
+    assert_eq!(list.status, 200, "{list:?}");
+    list.body["applications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["_id"] == id)
+        .cloned()
+        .unwrap_or_else(|| panic!("{id} is not listed: {list:?}"))
 }
 
 /// A fresh app id.
