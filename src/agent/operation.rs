@@ -33,20 +33,23 @@ pub(super) struct UnderWay {
 pub(super) struct OpGuard {
     agent: std::sync::Arc<Inner>,
     id: AppId,
+    /// Whether the mark is still this guard's to end.
+    held: bool,
 }
 
 impl OpGuard {
     /// Ends the mark; true when an observation was held back meanwhile.
-    fn release(self) -> bool {
-        let missed = self.agent.remove_guard(&self.id);
-        std::mem::forget(self);
-        missed
+    fn release(mut self) -> bool {
+        self.held = false;
+        self.agent.remove_guard(&self.id)
     }
 }
 
 impl Drop for OpGuard {
     fn drop(&mut self) {
-        self.agent.remove_guard(&self.id);
+        if self.held {
+            self.agent.remove_guard(&self.id);
+        }
     }
 }
 
@@ -103,6 +106,7 @@ impl Agent {
         Ok(OpGuard {
             agent: self.inner.clone(),
             id: id.clone(),
+            held: true,
         })
     }
 
