@@ -103,6 +103,7 @@ mod tests {
             last_stop: None,
             last_start: None,
             updated_at: Utc::now(),
+            generation: 1,
         }
     }
 

@@ -210,16 +210,20 @@ pub struct AppRecord {
     pub last_stop: Option<LastStop>,
     pub last_start: Option<LastStart>,
     pub updated_at: DateTime<Utc>,
+    /// Drawn from the node's one counter, which only goes up, in the transaction of the record's
+    /// last change: a higher generation is always the newer state.
+    pub generation: u64,
 }
 
 /// Keys whose values the agent owns; a registration may carry them but they are replaced.
-const AGENT_OWNED: [&str; 6] = [
+const AGENT_OWNED: [&str; 7] = [
     "workerNodeId",
     "currentResourceMetrics",
     "lastExit",
     "lastStop",
     "lastStart",
     "updatedAt",
+    "generation",
 ];
 
 /// The type a documented key of a registration must have; the API document is drawn from these
@@ -515,6 +519,7 @@ impl AppRecord {
             "updatedAt".into(),
             Value::String(format_time(self.updated_at)),
         );
+        out.insert("generation".into(), Value::from(self.generation));
         Value::Object(out)
     }
 }
@@ -753,8 +758,10 @@ mod tests {
             }),
             last_exit: None,
             updated_at: t,
+            generation: 7,
         };
         let v = record.to_json(&node());
+        assert_eq!(v["generation"], 7);
         assert_eq!(v["_id"], "a1");
         assert_eq!(v["workerNodeId"], json!({"_id": "n1", "nodeName": "ODIN"}));
         assert_eq!(v["currentResourceMetrics"]["online"], false);

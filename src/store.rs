@@ -7,7 +7,7 @@
 //! an in-memory copy of the table, updated after each commit under the same lock as the write, so
 //! that reading a record never waits for a write or touches the disk.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -20,7 +20,7 @@ use crate::record::{
 };
 
 /// Schema version written to `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -47,8 +47,50 @@ pub enum StoreError {
 #[derive(Debug, Clone)]
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
-    /// Every committed record, by id.
-    records: Arc<RwLock<BTreeMap<AppId, AppRecord>>>,
+    records: Arc<Committed>,
+}
+
+/// What has been committed: every record by id, and the channels that tell waiters of an app
+/// that its record changed.
+#[derive(Debug, Default)]
+struct Committed {
+    map: RwLock<BTreeMap<AppId, AppRecord>>,
+    /// One channel per app that someone waits on; it carries the record's generation, `0` once the
+    /// record is gone. Dropped when its last waiter goes.
+    watchers: Mutex<HashMap<AppId, tokio::sync::watch::Sender<u64>>>,
+}
+
+/// A subscription to the changes of one app's record; see [`Store::watch`].
+#[derive(Debug)]
+pub struct RecordWatch {
+    records: Arc<Committed>,
+    id: AppId,
+    rx: tokio::sync::watch::Receiver<u64>,
+}
+
+impl RecordWatch {
+    /// Waits until the record changes (or is deleted) after the last call.
+    pub async fn changed(&mut self) {
+        // The sender lives as long as a receiver does, in the map: this cannot fail.
+        let _ = self.rx.changed().await;
+    }
+}
+
+impl Drop for RecordWatch {
+    fn drop(&mut self) {
+        let mut watchers = self
+            .records
+            .watchers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        // This receiver still counts until the end of this function.
+        if watchers
+            .get(&self.id)
+            .is_some_and(|tx| tx.receiver_count() <= 1)
+        {
+            watchers.remove(&self.id);
+        }
+    }
 }
 
 /// What the agent saw of an app's container, to be written to its record.
@@ -145,10 +187,37 @@ impl Store {
                  COMMIT;",
             )?;
         }
+        if version < 4 {
+            // Generations: one counter per node that only goes up, a record's generation drawn from
+            // it in the transaction of each change, and a tombstone for each deletion. Records kept
+            // from before get generations in id order.
+            conn.execute_batch(
+                "BEGIN;
+                 CREATE TABLE IF NOT EXISTS counters (
+                     name   TEXT PRIMARY KEY NOT NULL,
+                     value  INTEGER NOT NULL
+                 ) STRICT;
+                 ALTER TABLE apps ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
+                 UPDATE apps SET generation =
+                     (SELECT count(*) FROM apps AS earlier WHERE earlier.id <= apps.id);
+                 INSERT INTO counters (name, value)
+                     VALUES ('generation', (SELECT count(*) FROM apps));
+                 CREATE TABLE IF NOT EXISTS tombstones (
+                     id          TEXT PRIMARY KEY NOT NULL,
+                     generation  INTEGER NOT NULL,
+                     deleted_at  TEXT NOT NULL
+                 ) STRICT;
+                 PRAGMA user_version = 4;
+                 COMMIT;",
+            )?;
+        }
         let records = load_all(&conn)?;
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
-            records: Arc::new(RwLock::new(records)),
+            records: Arc::new(Committed {
+                map: RwLock::new(records),
+                watchers: Mutex::default(),
+            }),
         })
     }
 
@@ -194,17 +263,44 @@ impl Store {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<AppId, AppRecord>> {
-        self.records.read().unwrap_or_else(|p| p.into_inner())
+        self.records.map.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Makes the in-memory copy say what was just committed. Called with the connection lock held,
-    /// so copies are updated in commit order.
-    fn committed(records: &RwLock<BTreeMap<AppId, AppRecord>>, id: &AppId, now: Option<AppRecord>) {
-        let mut records = records.write().unwrap_or_else(|p| p.into_inner());
-        match now {
-            Some(r) => records.insert(id.clone(), r),
-            None => records.remove(id),
-        };
+    /// Subscribes to the changes of `id`'s record. Subscribe before reading the record, so that a
+    /// change between the two is not missed. Every waiter on one app shares one channel, and a
+    /// change wakes them all at once.
+    pub fn watch(&self, id: &AppId) -> RecordWatch {
+        let mut watchers = self
+            .records
+            .watchers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let rx = watchers
+            .entry(id.clone())
+            .or_insert_with(|| tokio::sync::watch::channel(0).0)
+            .subscribe();
+        RecordWatch {
+            records: self.records.clone(),
+            id: id.clone(),
+            rx,
+        }
+    }
+
+    /// Makes the in-memory copy say what was just committed, and tells the app's waiters. Called
+    /// with the connection lock held, so copies are updated in commit order.
+    fn committed(records: &Committed, id: &AppId, now: Option<AppRecord>) {
+        let generation = now.as_ref().map_or(0, |r| r.generation);
+        {
+            let mut map = records.map.write().unwrap_or_else(|p| p.into_inner());
+            match now {
+                Some(r) => map.insert(id.clone(), r),
+                None => map.remove(id),
+            };
+        }
+        let watchers = records.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = watchers.get(id) {
+            tx.send_replace(generation);
+        }
     }
 
     /// Registers or replaces `id`. The agent's own observations are kept when the container stays the
@@ -237,13 +333,16 @@ impl Store {
                 last_stop,
                 last_start,
                 updated_at: now,
+                generation: next_generation(&tx)?,
             };
+            tx.execute("DELETE FROM tombstones WHERE id = ?1", [id.as_str()])?;
             tx.execute(
-                "INSERT INTO apps (id, registered, metrics, last_exit, last_stop, last_start, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                "INSERT INTO apps (id, registered, metrics, last_exit, last_stop, last_start, updated_at,
+                                   generation)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                  ON CONFLICT(id) DO UPDATE SET
                      registered = ?2, metrics = ?3, last_exit = ?4, last_stop = ?5,
-                     last_start = ?6, updated_at = ?7",
+                     last_start = ?6, updated_at = ?7, generation = ?8",
                 params![
                     id.as_str(),
                     Value::Object(record.registered.clone()).to_string(),
@@ -252,6 +351,7 @@ impl Store {
                     to_json_text(&record.last_stop),
                     to_json_text(&record.last_start),
                     format_time(now),
+                    generation_value(record.generation),
                 ],
             )?;
             let record = select_one(&tx, &id)?.unwrap_or(record);
@@ -267,15 +367,46 @@ impl Store {
         .await
     }
 
-    /// Forgets `id`; false when it was not registered.
+    /// Forgets `id`, leaving a tombstone with a generation of its own; false when it was not
+    /// registered.
     pub async fn delete(&self, id: &AppId) -> Result<bool, StoreError> {
         let id = id.clone();
         let records = self.records.clone();
         self.with_conn(move |c| {
             durability(c, Durability::Synced)?;
-            let deleted = c.execute("DELETE FROM apps WHERE id = ?1", [id.as_str()])? > 0;
+            let tx = c.transaction()?;
+            let deleted = tx.execute("DELETE FROM apps WHERE id = ?1", [id.as_str()])? > 0;
+            if deleted {
+                let generation = next_generation(&tx)?;
+                tx.execute(
+                    "INSERT INTO tombstones (id, generation, deleted_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(id) DO UPDATE SET generation = ?2, deleted_at = ?3",
+                    params![
+                        id.as_str(),
+                        generation_value(generation),
+                        format_time(Utc::now())
+                    ],
+                )?;
+            }
+            tx.commit()?;
             Store::committed(&records, &id, None);
             Ok(deleted)
+        })
+        .await
+    }
+
+    /// The generation of `id`'s tombstone, if it was deleted and not registered again since.
+    pub async fn tombstone(&self, id: &AppId) -> Result<Option<u64>, StoreError> {
+        let id = id.clone();
+        self.with_conn(move |c| {
+            let g: Option<i64> = c
+                .query_row(
+                    "SELECT generation FROM tombstones WHERE id = ?1",
+                    [id.as_str()],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(g.map(|g| u64::try_from(g).unwrap_or_default()))
         })
         .await
     }
@@ -318,9 +449,10 @@ impl Store {
                 record.last_start = observation.last_start;
             }
             record.updated_at = now;
+            record.generation = next_generation(&tx)?;
             tx.execute(
                 "UPDATE apps SET metrics = ?2, last_exit = ?3, last_stop = ?4, last_start = ?5,
-                     updated_at = ?6
+                     updated_at = ?6, generation = ?7
                  WHERE id = ?1",
                 params![
                     id.as_str(),
@@ -329,6 +461,7 @@ impl Store {
                     to_json_text(&record.last_stop),
                     to_json_text(&record.last_start),
                     format_time(now),
+                    generation_value(record.generation),
                 ],
             )?;
             // Answer with the row as stored (times at stored precision), as a later read would.
@@ -357,6 +490,22 @@ impl Store {
         })
         .await
     }
+}
+
+/// Draws the next generation from the node's counter, inside the caller's transaction, so that
+/// the counter and the change it marks commit together or not at all.
+fn next_generation(tx: &rusqlite::Transaction<'_>) -> Result<u64, StoreError> {
+    let g: i64 = tx.query_row(
+        "UPDATE counters SET value = value + 1 WHERE name = 'generation' RETURNING value",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(u64::try_from(g).unwrap_or_default())
+}
+
+/// A generation as SQLite stores it (a signed 64-bit integer; the counter never comes near).
+fn generation_value(g: u64) -> i64 {
+    i64::try_from(g).unwrap_or(i64::MAX)
 }
 
 /// How far a write must reach before it is answered.
@@ -389,6 +538,7 @@ struct RawRow {
     last_stop: Option<String>,
     last_start: Option<String>,
     updated_at: String,
+    generation: i64,
 }
 
 fn raw_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
@@ -400,6 +550,7 @@ fn raw_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
         last_stop: r.get(4)?,
         last_start: r.get(5)?,
         updated_at: r.get(6)?,
+        generation: r.get(7)?,
     })
 }
 
@@ -428,6 +579,7 @@ impl RawRow {
             last_stop,
             last_start,
             updated_at,
+            generation: u64::try_from(self.generation).unwrap_or_default(),
         })
     }
 }
@@ -444,7 +596,8 @@ fn optional_json<T: serde::de::DeserializeOwned>(
 
 fn load_all(c: &Connection) -> Result<BTreeMap<AppId, AppRecord>, StoreError> {
     let mut stmt = c.prepare(
-        "SELECT id, registered, metrics, last_exit, last_stop, last_start, updated_at FROM apps ORDER BY id",
+        "SELECT id, registered, metrics, last_exit, last_stop, last_start, updated_at, generation
+         FROM apps ORDER BY id",
     )?;
     let rows = stmt.query_map([], raw_row)?;
     let mut out = BTreeMap::new();
@@ -463,7 +616,8 @@ fn load_all(c: &Connection) -> Result<BTreeMap<AppId, AppRecord>, StoreError> {
 
 fn select_one(c: &Connection, id: &AppId) -> Result<Option<AppRecord>, StoreError> {
     let mut stmt = c.prepare_cached(
-        "SELECT id, registered, metrics, last_exit, last_stop, last_start, updated_at FROM apps WHERE id = ?1",
+        "SELECT id, registered, metrics, last_exit, last_stop, last_start, updated_at, generation
+         FROM apps WHERE id = ?1",
     )?;
     let raw = stmt.query_row([id.as_str()], raw_row).optional()?;
     raw.map(RawRow::decode).transpose()
@@ -555,6 +709,70 @@ mod tests {
             .await
             .expect("obs");
         assert!(stale.is_none());
+    }
+
+    #[tokio::test]
+    async fn every_change_takes_a_new_generation_that_survives_reopening() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("g.db");
+        let (a, b) = (
+            AppId::parse("a").expect("id"),
+            AppId::parse("b").expect("id"),
+        );
+        let mut generations = Vec::new();
+        {
+            let store = Store::open(&path).expect("open");
+            let (r, _) = store
+                .register(&a, reg(&a, "ca"), Utc::now())
+                .await
+                .expect("put");
+            generations.push(r.generation);
+            let (r, _) = store
+                .register(&b, reg(&b, "cb"), Utc::now())
+                .await
+                .expect("put");
+            generations.push(r.generation);
+            let r = store
+                .observe(&a, "ca", Utc::now(), |_| Some(seen(true)))
+                .await
+                .expect("observe")
+                .expect("written");
+            generations.push(r.generation);
+            // An observation that changes nothing takes no generation.
+            let same = store
+                .observe(&a, "ca", Utc::now(), |_| None)
+                .await
+                .expect("observe")
+                .expect("kept");
+            assert_eq!(same.generation, r.generation);
+            assert!(store.delete(&a).await.expect("delete"));
+            let tomb = store.tombstone(&a).await.expect("tomb").expect("kept");
+            generations.push(tomb);
+            assert_eq!(
+                store.get(&b).await.expect("get").expect("b").generation,
+                generations[1]
+            );
+        }
+        let store = Store::open(&path).expect("reopen");
+        assert_eq!(
+            store.tombstone(&a).await.expect("tomb"),
+            Some(generations[3])
+        );
+        // Registered again after its deletion: newer than its tombstone, which goes.
+        let (r, _) = store
+            .register(&a, reg(&a, "ca"), Utc::now())
+            .await
+            .expect("put");
+        generations.push(r.generation);
+        assert_eq!(store.tombstone(&a).await.expect("tomb"), None);
+        assert!(
+            generations.windows(2).all(|w| w[0] < w[1]),
+            "{generations:?}"
+        );
+        assert_eq!(
+            store.get(&b).await.expect("get").expect("b").generation,
+            generations[1]
+        );
     }
 
     #[tokio::test]

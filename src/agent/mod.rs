@@ -50,6 +50,8 @@ pub enum AgentError {
     },
     #[error("the container of app {id:?} no longer exists on this node")]
     ContainerMissing { id: AppId, record: Box<AppRecord> },
+    #[error("app {id:?} did not reach the state asked for in time")]
+    WaitTimeout { id: AppId, record: Box<AppRecord> },
     #[error("{0}")]
     DockerUnavailable(String),
     #[error("{0}")]
@@ -73,9 +75,10 @@ impl AgentError {
             AgentError::AlreadyRunning { .. } => ALREADY_RUNNING,
             AgentError::ContainerMissing { .. } => CONTAINER_MISSING,
             AgentError::InProgress { .. } => IN_PROGRESS,
-            AgentError::BadRequest(_) | AgentError::NotFound(_) | AgentError::Forbidden(_) => {
-                REFUSED
-            }
+            AgentError::BadRequest(_)
+            | AgentError::NotFound(_)
+            | AgentError::Forbidden(_)
+            | AgentError::WaitTimeout { .. } => REFUSED,
             AgentError::DockerUnavailable(_) => ENGINE_UNAVAILABLE,
             AgentError::Engine(_) | AgentError::Store(_) | AgentError::Internal(_) => FAILED,
         }
@@ -473,6 +476,8 @@ mod operation;
 mod sampling;
 mod starting;
 mod stopping;
+mod waiting;
+pub use waiting::WaitFor;
 mod watch;
 
 #[cfg(test)]

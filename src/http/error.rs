@@ -97,6 +97,10 @@ impl ApiError {
             AgentError::AlreadyRunning { record, .. } => {
                 Self::new(StatusCode::CONFLICT, "already_running", message).with_app(&record, node)
             }
+            AgentError::WaitTimeout { record, .. } => {
+                Self::new(StatusCode::REQUEST_TIMEOUT, "wait_timeout", message)
+                    .with_app(&record, node)
+            }
             AgentError::ContainerMissing { record, .. } => {
                 Self::new(StatusCode::CONFLICT, "container_missing", message)
                     .with_app(&record, node)

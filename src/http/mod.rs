@@ -36,7 +36,7 @@ pub struct ApiContext {
 
 /// Every route: its path in axum's syntax and its handlers. The API document describes exactly
 /// these paths and methods (`openapi::tests`).
-fn routes() -> [(&'static str, MethodRouter<ApiContext>); 14] {
+fn routes() -> [(&'static str, MethodRouter<ApiContext>); 15] {
     [
         ("/v1/apps", get(v1::list_apps)),
         (
@@ -46,6 +46,7 @@ fn routes() -> [(&'static str, MethodRouter<ApiContext>); 14] {
         ("/v1/apps/{app_id}/stop", post(v1::stop_app)),
         ("/v1/apps/{app_id}/start", post(v1::start_app)),
         ("/v1/apps/{app_id}/restart", post(v1::restart_app)),
+        ("/v1/apps/{app_id}/wait", get(v1::wait_app)),
         ("/api/apps/{app_id}/stop/", post(okeanos::stop_app)),
         ("/api/apps/{app_id}/stop", post(okeanos::stop_app)),
         ("/api/apps/{app_id}/start/", post(okeanos::start_app)),

@@ -73,6 +73,10 @@ impl LodError {
                 AlreadyRunning::Unnoticed => Self::new(StatusCode::CONFLICT, SLOT_OCCUPIED),
             },
             AgentError::ContainerMissing { .. } => Self::new(StatusCode::NOT_FOUND, NOT_DEPLOYED),
+            // These routes never wait; should one, the caller is told plainly.
+            AgentError::WaitTimeout { .. } => {
+                Self::new(StatusCode::REQUEST_TIMEOUT, "The wait ran out of time.")
+            }
             AgentError::InProgress { under_way, .. } => Self::new(
                 StatusCode::CONFLICT,
                 format!(

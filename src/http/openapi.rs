@@ -122,7 +122,8 @@ impl PartialSchema for RegistrationDoc {
         documented_keys(
             "The app's record in the CamposCloud shape. `containerId` is required; an `_id`, if \
              given, must equal the path's app id; the keys the agent owns (`workerNodeId`, \
-             `currentResourceMetrics`, `lastExit`, `lastStop`, `lastStart`, `updatedAt`) are ignored; every \
+             `currentResourceMetrics`, `lastExit`, `lastStop`, `lastStart`, `updatedAt`, `generation`) are
+             ignored; every \
              other key is kept as given, and the documented ones must have their documented types.",
         )
         .into()
@@ -161,6 +162,14 @@ impl PartialSchema for AppRecordDoc {
         object
             .property("updatedAt", shape_schema(Shape::DateTime))
             .required("updatedAt")
+            .property(
+                "generation",
+                typed(&[Type::Integer]).description(Some(
+                    "From the node's one counter, which only goes up, drawn anew in the \
+                     transaction of every change to the record: the higher, the newer",
+                )),
+            )
+            .required("generation")
             .into()
     }
 }
@@ -286,7 +295,8 @@ pub enum V1Errors {
     /// No such app (or none the caller may see).
     #[response(status = 404)]
     NotFound(ApiErrorDoc),
-    /// The body did not arrive in time.
+    /// The body did not arrive in time, or a wait ran out of time (`wait_timeout`, with the record
+    /// under `app`).
     #[response(status = 408)]
     RequestTimeout(ApiErrorDoc),
     /// A stop of a container that is not running, a start of one that runs, a container that no
@@ -444,6 +454,7 @@ pub struct Unready {
         super::v1::stop_app,
         super::v1::start_app,
         super::v1::restart_app,
+        super::v1::wait_app,
         super::okeanos::stop_app,
         super::okeanos::start_app,
         super::ops::node,

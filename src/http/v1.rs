@@ -14,6 +14,9 @@ use super::openapi::{
     V1Errors,
 };
 use super::{ApiContext, ApiError};
+use std::time::Duration;
+
+use crate::agent::WaitFor;
 use crate::operation::Operation;
 use crate::record::{AppRecord, as_integer};
 use crate::stop::{Signal, StopRequest, check_timeout, parse_timeout};
@@ -261,6 +264,97 @@ fn stop_request(query: Option<&str>, body: &[u8]) -> Result<StopRequest, ApiErro
         }
     }
     Ok(req)
+}
+
+/// Longest wait a caller may ask for, and the default, in seconds.
+const MAX_WAIT_SECS: u64 = 300;
+const DEFAULT_WAIT_SECS: u64 = 60;
+
+/// The parameters of a wait: at least one of `online` and `generation`, and `timeout`.
+fn wait_request(query: Option<&str>) -> Result<(WaitFor, Duration), ApiError> {
+    let mut wanted = WaitFor::default();
+    let mut timeout = DEFAULT_WAIT_SECS;
+    for (key, value) in query_pairs(query, &["online", "generation", "timeout"])? {
+        match key.as_str() {
+            "online" => {
+                wanted.online = Some(match value.as_str() {
+                    "true" => true,
+                    "false" => false,
+                    _ => {
+                        return Err(ApiError::bad_request(format!(
+                            "`online` must be true or false, not {value:?}"
+                        )));
+                    }
+                });
+            }
+            "generation" => {
+                wanted.generation = Some(
+                    value
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|_| !value.starts_with('+'))
+                        .ok_or_else(|| {
+                            ApiError::bad_request(format!(
+                                "`generation` must be a whole number, not {value:?}"
+                            ))
+                        })?,
+                );
+            }
+            _ => {
+                timeout = value
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|t| (1..=MAX_WAIT_SECS).contains(t) && !value.starts_with('+'))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "`timeout` must be whole seconds from 1 to {MAX_WAIT_SECS}, not {value:?}"
+                        ))
+                    })?;
+            }
+        }
+    }
+    if wanted.online.is_none() && wanted.generation.is_none() {
+        return Err(ApiError::bad_request(
+            "a wait needs `online`, `generation`, or both",
+        ));
+    }
+    Ok((wanted, Duration::from_secs(timeout)))
+}
+
+/// `GET /v1/apps/{appId}/wait`: the record once it is in the state asked for.
+#[utoipa::path(
+    get,
+    path = "/v1/apps/{appId}/wait",
+    operation_id = "wait_app",
+    tag = "v1",
+    description = "Answers with the record as soon as every condition given holds \
+        (`currentResourceMetrics.online` equals `online`; `generation` at least `generation`), \
+        else 408 `wait_timeout` with the current record once `timeout` has passed. Woken by the \
+        change itself; it never polls the engine.",
+    params(
+        AppIdParam,
+        ("online" = Option<bool>, Query, description = "The `online` to wait for"),
+        ("generation" = Option<u64>, Query, description = "The least generation to wait for", minimum = 0),
+        ("timeout" = Option<u32>, Query, description = "Seconds to wait at most (default 60)", minimum = 1, maximum = 300),
+    ),
+    responses(
+        (status = 200, description = "The record, in the state asked for", body = AppRecordDoc),
+        V1Errors,
+    ),
+)]
+pub async fn wait_app(
+    State(ctx): State<ApiContext>,
+    Caller(caller): Caller,
+    AppIdPath(id): AppIdPath,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let (wanted, timeout) = wait_request(query.as_deref())?;
+    let record = ctx
+        .agent
+        .wait(&caller, &id, wanted, timeout)
+        .await
+        .map_err(|e| ApiError::from_agent(e, ctx.agent.node()))?;
+    Ok(Json(record_json(&ctx, &record)))
 }
 
 /// Reads the parameters of `op`: a stop's and a restart's `timeout` and `signal`; a start takes
