@@ -211,7 +211,23 @@ async fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document()
     // the ~okeanos app before the ~okeanos route got to stop it.
     let okeanos =
         run_schemathesis(&st, dir.path(), &agent, &["--include-tag", "okeanos"], 40).await;
-    let rest = run_schemathesis(&st, dir.path(), &agent, &["--exclude-tag", "okeanos"], 100).await;
+    // The wait is left out of the fuzzing: by design it holds its answer for up to its `timeout`
+    // (default 60 s, at most 300 s) when the state asked for does not come, longer than the
+    // fuzzer's request timeout, and it needs at least one of two optional parameters, which
+    // OpenAPI cannot say. `tests/generation.rs` covers its answers, refusals included.
+    let rest = run_schemathesis(
+        &st,
+        dir.path(),
+        &agent,
+        &[
+            "--exclude-tag",
+            "okeanos",
+            "--exclude-operation-id",
+            "wait_app",
+        ],
+        100,
+    )
+    .await;
     let tested: usize = [&okeanos, &rest]
         .iter()
         .map(|report| {
@@ -223,8 +239,9 @@ async fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document()
         })
         .sum();
     assert_eq!(
-        tested, operations,
-        "every operation of the document tested:\n{okeanos}\n{rest}"
+        tested,
+        operations - 1,
+        "every operation of the document but the wait tested:\n{okeanos}\n{rest}"
     );
     let report = format!("{okeanos}\n{rest}");
     // Each stop route stopped its app at least once, the ~okeanos start started its app and the
