@@ -291,6 +291,29 @@ impl Drop for Timeline {
     }
 }
 
+/// The rows of a paired phase: the medians side by side, the median of the per-pair ratios, and
+/// the agent's own time from its log lines (`done` is the line's message: `started`, `restarted`).
+fn paired_rows(
+    agent: &AgentProcess,
+    ids: &[String],
+    done: &str,
+    label: &str,
+    a_ms: Vec<f64>,
+    r_ms: Vec<f64>,
+) {
+    let own: Vec<f64> = ids
+        .iter()
+        .filter_map(|id| logged_ms(agent, id, done))
+        .collect();
+    let pairs = (a_ms.clone(), r_ms.clone());
+    row(label, a_ms, r_ms, "ms", "≤ 1.10");
+    pair_ratio_row(&pairs.0, &pairs.1);
+    if own.len() == ids.len() {
+        let what = format!("… of which the agent's task (its log's elapsed_ms, `{done}`)");
+        row(&what, own, pairs.1, "ms", "");
+    }
+}
+
 /// The median of the ratios within pairs (agent over raw, pair by pair): the two of a pair ran
 /// seconds apart, so it is less moved by the machine's slow and fast spells than the ratio of
 /// the medians is.
@@ -550,29 +573,14 @@ async fn bench() {
         for w in raw_ws.iter().chain(agent_ws) {
             inspect_running.push(raw_inspect(&w.name).await);
         }
-        let own: Vec<f64> = ids
-            .iter()
-            .filter_map(|id| logged_ms(&agent, id, "started"))
-            .collect();
-        let r_again = r_ms.clone();
-        let pairs = (a_ms.clone(), r_ms.clone());
-        row(
+        paired_rows(
+            &agent,
+            &ids,
+            "started",
             &format!("one start ({PAIRS} pairs)"),
             a_ms,
             r_ms,
-            "ms",
-            "≤ 1.10",
         );
-        pair_ratio_row(&pairs.0, &pairs.1);
-        if own.len() == PAIRS {
-            row(
-                "… of which the agent's start task (its log's elapsed_ms)",
-                own,
-                r_again,
-                "ms",
-                "",
-            );
-        }
         let (s50, s90) = stats(inspect_stopped);
         let (g50, g90) = stats(inspect_running);
         println!(
@@ -619,29 +627,14 @@ async fn bench() {
             }
             tokio::time::sleep(SETTLE).await;
         }
-        let own: Vec<f64> = ids
-            .iter()
-            .filter_map(|id| logged_ms(&agent, id, "restarted"))
-            .collect();
-        let r_again = r_ms.clone();
-        let pairs = (a_ms.clone(), r_ms.clone());
-        row(
+        paired_rows(
+            &agent,
+            &ids,
+            "restarted",
             &format!("one restart, timeout={STOP_TIMEOUT} ({PAIRS} pairs)"),
             a_ms,
             r_ms,
-            "ms",
-            "≤ 1.10",
         );
-        pair_ratio_row(&pairs.0, &pairs.1);
-        if own.len() == PAIRS {
-            row(
-                "… of which the agent's restart task (its log's elapsed_ms)",
-                own,
-                r_again,
-                "ms",
-                "",
-            );
-        }
         segment_rows(
             &timeline,
             &a_ops,
