@@ -268,14 +268,20 @@ async fn kill_9_at_random_moments_of_stops_loses_nothing() {
     // Every record still reads whole, in the documented shape.
     let client = agent.client();
     for (id, _) in &apps {
-        let r: Value = client.get(&format!("/v1/apps/{id}")).await.body;
-        assert_eq!(r["_id"], id.as_str());
-        assert!(
-            r["currentResourceMetrics"]["timestamp"].is_string(),
-            "{r:#}"
-        );
-        assert_eq!(r["environmentVariables"][0]["key"], "API_PORT");
+        read_whole(&client, id).await;
     }
+}
+
+/// The record of `id`, which must read whole, in the documented shape.
+async fn read_whole(client: &Client, id: &str) -> Value {
+    let r: Value = client.get(&format!("/v1/apps/{id}")).await.body;
+    assert_eq!(r["_id"], id);
+    assert!(
+        r["currentResourceMetrics"]["timestamp"].is_string(),
+        "{r:#}"
+    );
+    assert_eq!(r["environmentVariables"][0]["key"], "API_PORT");
+    r
 }
 
 /// `POST path` in the background, through /v1 as the SDK sends it or through ~okeanos with this
@@ -353,13 +359,7 @@ async fn kill_9_at_random_moments_of_starts_and_restarts_loses_nothing() {
     let client = agent.client();
     let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
     for (id, _) in &apps {
-        let r: Value = client.get(&format!("/v1/apps/{id}")).await.body;
-        assert_eq!(r["_id"], id.as_str());
-        assert!(
-            r["currentResourceMetrics"]["timestamp"].is_string(),
-            "{r:#}"
-        );
-        assert_eq!(r["environmentVariables"][0]["key"], "API_PORT");
+        let r = read_whole(&client, id).await;
         if let Some(outcome) = r["lastStart"]["outcome"].as_str() {
             assert!(r["lastStart"]["finishedAt"].is_string(), "{r:#}");
             *outcomes.entry(outcome.to_owned()).or_default() += 1;

@@ -88,19 +88,16 @@ impl Agent {
         known: Option<ContainerState>,
         route: Route,
     ) -> JoinHandle<Result<AppRecord, AgentError>> {
-        let app = record.id.clone();
         self.launch(
             Operation::Start,
             route,
             caller,
-            app.clone(),
+            record.id.clone(),
             guard,
             move |agent, caller, requested_at| async move {
-                let outcome = agent.run_start(&caller, requested_at, record, known).await;
-                if let Err(e) = &outcome {
-                    agent.close_start_intent(&app, e).await;
-                }
-                outcome
+                agent
+                    .start_closed(&caller, requested_at, record, known)
+                    .await
             },
         )
     }
@@ -150,7 +147,19 @@ impl Agent {
         } else {
             record
         };
-        let outcome = self.run_start(caller, requested_at, record, None).await;
+        self.start_closed(caller, requested_at, record, None).await
+    }
+
+    /// Runs a start; if it fails after writing its intent, the intent is closed with how it ended.
+    async fn start_closed(
+        &self,
+        caller: &str,
+        requested_at: DateTime<Utc>,
+        record: AppRecord,
+        known: Option<ContainerState>,
+    ) -> Result<AppRecord, AgentError> {
+        let id = record.id.clone();
+        let outcome = self.run_start(caller, requested_at, record, known).await;
         if let Err(e) = &outcome {
             self.close_start_intent(&id, e).await;
         }
