@@ -16,8 +16,9 @@ pub const TOKEN_BYTES: usize = 32;
 /// Why the tokens file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TokensError {
-    #[error("cannot read tokens file {path}")]
+    #[error("cannot read {what} {path}")]
     Read {
+        what: &'static str,
         path: PathBuf,
         #[source]
         err: std::io::Error,
@@ -31,15 +32,20 @@ pub enum TokensError {
     #[error("tokens file {path} is not valid: {message}")]
     Invalid { path: PathBuf, message: String },
     #[error(
-        "tokens file {path} has mode {mode:04o}: other users may read or change it, or its group \
+        "{what} {path} has mode {mode:04o}: other users may read or change it, or its group \
          may change it; restrict it (chmod 0600 {path}, or 0640 with the agent's group)"
     )]
-    Exposed { path: PathBuf, mode: u32 },
+    Exposed {
+        what: &'static str,
+        path: PathBuf,
+        mode: u32,
+    },
     #[error(
-        "tokens file {path} belongs to uid {owner}: its owner may grant any role, so only root or \
-         the agent's own user (uid {agent}) may own it; chown it"
+        "{what} {path} belongs to uid {owner}: its owner could put anything in it, so only root \
+         or the agent's own user (uid {agent}) may own it; chown it"
     )]
     Owner {
+        what: &'static str,
         path: PathBuf,
         owner: u32,
         agent: u32,
@@ -164,9 +170,7 @@ impl TokenBook {
 
     /// Reads the tokens file at `path`, which other users must not be able to read or change.
     pub fn load(path: &Path) -> Result<TokenBook, TokensError> {
-        let (text, meta) = read_tokens_file(path)?;
-        check_private(path, &meta)?;
-        Self::parse(&text, path)
+        Self::parse(&read_private_file(path, TOKENS_FILE)?, path)
     }
 
     /// Names and roles of the tokens, in file order; never their hashes.
@@ -248,11 +252,26 @@ impl TokenSummary {
     }
 }
 
-/// Reads the tokens file through one handle: its text, and the mode and owner of that same file
-/// (not of whatever the path names a moment later).
-fn read_tokens_file(path: &Path) -> Result<(String, std::fs::Metadata), TokensError> {
+/// What the tokens file is called in errors.
+const TOKENS_FILE: &str = "tokens file";
+
+/// Reads a file that holds secrets or grants, refusing it as [`check_private`] does; `what` names
+/// it in errors.
+pub fn read_private_file(path: &Path, what: &'static str) -> Result<String, TokensError> {
+    let (text, meta) = read_through_one_handle(path, what)?;
+    check_private(path, what, &meta)?;
+    Ok(text)
+}
+
+/// Reads a file through one handle: its text, and the mode and owner of that same file (not of
+/// whatever the path names a moment later).
+fn read_through_one_handle(
+    path: &Path,
+    what: &'static str,
+) -> Result<(String, std::fs::Metadata), TokensError> {
     use std::io::Read;
     let read = |err| TokensError::Read {
+        what,
         path: path.to_owned(),
         err,
     };
@@ -263,15 +282,20 @@ fn read_tokens_file(path: &Path) -> Result<(String, std::fs::Metadata), TokensEr
     Ok((text, meta))
 }
 
-/// Refuses a tokens file that other users may read or write, that its group may write, or that
-/// belongs to someone other than root or the agent's own user: the hashes are not secrets an
-/// attacker should get to test guesses against, and whoever may write the file may grant
-/// themselves any role.
-fn check_private(path: &Path, meta: &std::fs::Metadata) -> Result<(), TokensError> {
+/// Refuses a tokens file (or another file of secrets) that other users may read or write, that its
+/// group may write, or that belongs to someone other than root or the agent's own user: the hashes
+/// are not secrets an attacker should get to test guesses against, and whoever may write the file
+/// may grant themselves any role.
+fn check_private(
+    path: &Path,
+    what: &'static str,
+    meta: &std::fs::Metadata,
+) -> Result<(), TokensError> {
     use std::os::unix::fs::MetadataExt;
     let mode = meta.mode() & 0o7777;
     if mode & 0o027 != 0 {
         return Err(TokensError::Exposed {
+            what,
             path: path.to_owned(),
             mode,
         });
@@ -279,6 +303,7 @@ fn check_private(path: &Path, meta: &std::fs::Metadata) -> Result<(), TokensErro
     let agent = rustix::process::geteuid().as_raw();
     if meta.uid() != 0 && meta.uid() != agent {
         return Err(TokensError::Owner {
+            what,
             path: path.to_owned(),
             owner: meta.uid(),
             agent,
@@ -290,9 +315,9 @@ fn check_private(path: &Path, meta: &std::fs::Metadata) -> Result<(), TokensErro
 /// The tokens of a file as `token list` shows them, read whatever the file's mode, beside the
 /// reason the agent would refuse the file, if it would.
 pub fn list_tokens(path: &Path) -> Result<(Vec<TokenSummary>, Option<TokensError>), TokensError> {
-    let (text, meta) = read_tokens_file(path)?;
+    let (text, meta) = read_through_one_handle(path, TOKENS_FILE)?;
     let summaries = TokenBook::parse(&text, path)?.summaries();
-    Ok((summaries, check_private(path, &meta).err()))
+    Ok((summaries, check_private(path, TOKENS_FILE, &meta).err()))
 }
 
 /// A TOML error as its message and position, without the quoted line, and with every value the

@@ -53,7 +53,58 @@ pub struct Config {
     /// How the agent logs.
     #[serde(default)]
     pub log: LogConfig,
+    /// Where the agent pushes every change of a record; absent `url` means no reports.
+    #[serde(default)]
+    pub report: ReportConfig,
 }
+
+/// Reports to the control plane.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportConfig {
+    /// `https://…` (or `http://` on loopback) where each batch of changes is POSTed; unset means
+    /// no reports.
+    pub url: Option<String>,
+    /// A file whose first line is the bearer token sent with each report; required with `url`,
+    /// and refused like the tokens file when other users may read it.
+    pub token_file: Option<PathBuf>,
+    /// PEM certificates of the CAs the control plane's certificate must chain to; unset means the
+    /// system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain presented to the control plane (with `client_key_file`).
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM private key of `client_cert_file`.
+    pub client_key_file: Option<PathBuf>,
+    /// Every record is sent again this often (and at start-up), so that a control plane that lost
+    /// its state converges.
+    #[serde(default = "default_resync_secs")]
+    pub resync_secs: u64,
+    /// Report over plain `http://` to a host that is not loopback. The token then crosses the
+    /// network in clear, so the agent refuses that unless this says so.
+    #[serde(default)]
+    pub allow_insecure_http: bool,
+}
+
+impl Default for ReportConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            token_file: None,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+            resync_secs: default_resync_secs(),
+            allow_insecure_http: false,
+        }
+    }
+}
+
+fn default_resync_secs() -> u64 {
+    300
+}
+
+/// Longest resync period, in seconds: a day.
+pub const MAX_RESYNC_SECS: u64 = 86_400;
 
 /// This node's identity.
 #[derive(Debug, Clone, Deserialize)]
@@ -242,6 +293,100 @@ fn default_tokens_file() -> PathBuf {
     PathBuf::from("/etc/node-agent/tokens.toml")
 }
 
+impl ReportConfig {
+    /// The report URL, once validated: its scheme, host and port.
+    pub fn endpoint(&self) -> Result<Option<ReportEndpoint>, String> {
+        let Some(url) = &self.url else {
+            return Ok(None);
+        };
+        let uri: hyper::Uri = url
+            .parse()
+            .map_err(|e| format!("{url:?} is not a URL ({e})"))?;
+        let https = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(format!("{url:?}: expected https://… or http://…")),
+        };
+        let Some(host) = uri.host().filter(|h| !h.is_empty()) else {
+            return Err(format!("{url:?} names no host"));
+        };
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        Ok(Some(ReportEndpoint { uri, https, host }))
+    }
+
+    fn validate(
+        &self,
+        bad: impl Fn(&'static str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        if !(1..=MAX_RESYNC_SECS).contains(&self.resync_secs) {
+            return Err(bad(
+                "report.resync_secs",
+                format!("{} is not from 1 to {MAX_RESYNC_SECS}", self.resync_secs),
+            ));
+        }
+        if self.client_cert_file.is_some() != self.client_key_file.is_some() {
+            return Err(bad(
+                "report.client_cert_file",
+                "client_cert_file and client_key_file go together: set both or neither".into(),
+            ));
+        }
+        let Some(endpoint) = self.endpoint().map_err(|m| bad("report.url", m))? else {
+            return Ok(());
+        };
+        if self.token_file.is_none() {
+            return Err(bad(
+                "report.token_file",
+                "is required when report.url is set: a file holding the bearer token".into(),
+            ));
+        }
+        if !endpoint.https && !endpoint.is_loopback() && !self.allow_insecure_http {
+            return Err(bad(
+                "report.url",
+                format!(
+                    "{} is plain HTTP to a host that is not loopback, which would carry the \
+                     report token in clear: use https://, or set report.allow_insecure_http = \
+                     true to accept that",
+                    endpoint.uri
+                ),
+            ));
+        }
+        if !endpoint.https && (self.ca_file.is_some() || self.client_cert_file.is_some()) {
+            return Err(bad(
+                "report.url",
+                format!(
+                    "{} is plain HTTP, but report.ca_file or report.client_cert_file is set: \
+                     use https://",
+                    endpoint.uri
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Where reports go.
+#[derive(Debug, Clone)]
+pub struct ReportEndpoint {
+    pub uri: hyper::Uri,
+    pub https: bool,
+    /// The host, without the brackets of an IPv6 address.
+    pub host: String,
+}
+
+impl ReportEndpoint {
+    /// Whether the host is a loopback address, or `localhost`.
+    pub fn is_loopback(&self) -> bool {
+        self.host.eq_ignore_ascii_case("localhost")
+            || self
+                .host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+}
+
 /// The validated listener address, and where the engine is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DockerEndpoint {
@@ -372,7 +517,7 @@ impl Config {
         if self.auth.tokens_file.as_os_str().is_empty() {
             return Err(bad("auth.tokens_file", "must not be empty".into()));
         }
-        Ok(())
+        self.report.validate(bad)
     }
 
     /// The TCP address to listen on.
@@ -538,6 +683,71 @@ mod tests {
         let f = write(&format!("{MINIMAL}[log]\nlevel = \"info,[\"\n"));
         let err = Config::load_with_env(f.path(), []).expect_err("bad filter");
         assert!(err.to_string().contains("log.level"), "{err}");
+    }
+
+    #[test]
+    fn report_settings() {
+        let f = write(MINIMAL);
+        let config = Config::load_with_env(f.path(), []).expect("no reports");
+        assert!(config.report.url.is_none());
+        assert_eq!(config.report.resync_secs, 300);
+
+        let ok =
+            "[report]\nurl = \"https://cp.example/v1/nodes/n1/reports\"\ntoken_file = \"/t\"\n";
+        let f = write(&format!("{MINIMAL}{ok}"));
+        let config = Config::load_with_env(f.path(), []).expect("https");
+        let endpoint = config.report.endpoint().expect("url").expect("set");
+        assert!(endpoint.https && !endpoint.is_loopback());
+
+        for (report, key, words) in [
+            (
+                "url = \"https://cp.example/r\"\n",
+                "report.token_file",
+                "required",
+            ),
+            (
+                "url = \"ftp://cp/r\"\ntoken_file = \"/t\"\n",
+                "report.url",
+                "expected",
+            ),
+            (
+                "url = \"not a url\"\ntoken_file = \"/t\"\n",
+                "report.url",
+                "not a URL",
+            ),
+            (
+                "url = \"http://cp.example/r\"\ntoken_file = \"/t\"\n",
+                "report.url",
+                "in clear",
+            ),
+            (
+                "url = \"http://127.0.0.1:9/r\"\ntoken_file = \"/t\"\nca_file = \"/ca\"\n",
+                "report.url",
+                "plain HTTP",
+            ),
+            ("resync_secs = 0\n", "report.resync_secs", "not from 1"),
+            (
+                "client_cert_file = \"/c\"\n",
+                "report.client_cert_file",
+                "together",
+            ),
+            ("urll = \"x\"\n", "urll", ""),
+        ] {
+            let f = write(&format!("{MINIMAL}[report]\n{report}"));
+            let err = Config::load_with_env(f.path(), [])
+                .expect_err(key)
+                .to_string();
+            assert!(err.contains(key) && err.contains(words), "{report}: {err}");
+        }
+        for allowed in [
+            "url = \"http://127.0.0.1:9/r\"\ntoken_file = \"/t\"\n",
+            "url = \"http://[::1]:9/r\"\ntoken_file = \"/t\"\n",
+            "url = \"http://localhost:9/r\"\ntoken_file = \"/t\"\n",
+            "url = \"http://cp.example/r\"\ntoken_file = \"/t\"\nallow_insecure_http = true\n",
+        ] {
+            let f = write(&format!("{MINIMAL}[report]\n{allowed}"));
+            Config::load_with_env(f.path(), []).expect(allowed);
+        }
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! - [`stop`] turns a stop request into engine calls; [`metrics`] computes `docker stats` figures;
 //! - [`policy`] says who may do what to which app; [`auth`] knows tokens and principals;
 //! - [`runtime`] is the container engine behind a trait, with the bollard implementation;
-//! - [`store`] keeps records in SQLite; [`record`] is the record's shape;
+//! - [`store`] keeps records in SQLite, and is the outbox of [`report`], which pushes every change
+//!   to the control plane; [`record`] is the record's shape;
 //! - [`config`] reads the configuration; [`signals`] turns Unix signals into shutdown and reload;
 //! - [`telemetry`] keeps the agent's own figures for `/metrics`; [`host`] reads the host's for
 //!   `/v1/node`; [`notify`] tells systemd that the agent is ready, reloading, stopping or alive.
@@ -21,8 +22,10 @@ pub mod http;
 pub mod metrics;
 pub mod notify;
 pub mod operation;
+pub mod pem;
 pub mod policy;
 pub mod record;
+pub mod report;
 pub mod runtime;
 pub mod signals;
 pub mod stop;
@@ -40,6 +43,7 @@ use crate::auth::{TokenBook, Tokens, TokensError};
 use crate::config::Config;
 use crate::http::tls::{Tls, TlsError, TlsFiles};
 use crate::record::WorkerNode;
+use crate::report::{ReportError, Reporting};
 use crate::runtime::ContainerRuntime;
 use crate::runtime::docker::DockerRuntime;
 use crate::store::{Store, StoreError};
@@ -55,6 +59,8 @@ pub enum RunError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    Report(#[from] ReportError),
     #[error("cannot listen on {addr}")]
     Listen {
         addr: String,
@@ -80,6 +86,7 @@ impl RunError {
             // too: restarting will not help.
             RunError::Config(_)
             | RunError::Tls(_)
+            | RunError::Report(_)
             | RunError::Tokens(
                 TokensError::Invalid { .. }
                 | TokensError::Exposed { .. }
@@ -141,11 +148,15 @@ fn stdout_is_the_journal() -> bool {
 pub struct Services {
     pub agent: Agent,
     pub tokens: Tokens,
+    /// The report sender's settings, when `[report] url` is set.
+    pub reporting: Option<Reporting>,
 }
 
 impl Services {
-    /// Opens the store and the tokens; the engine is connected lazily.
+    /// Opens the store and the tokens, and reads the report settings; the engine is connected
+    /// lazily, and the control plane only once the sender runs.
     pub fn open(config: &Config) -> Result<Services, RunError> {
+        let reporting = Reporting::load(&config.report)?;
         let store = Store::open(&config.store.path)?;
         let tokens = Tokens::new(load_or_create_tokens(config)?);
         let endpoint =
@@ -162,7 +173,11 @@ impl Services {
             node_name: config.node.name.clone(),
         };
         let agent = Agent::new(runtime, store, node, config.stop.default_timeout_secs);
-        Ok(Services { agent, tokens })
+        Ok(Services {
+            agent,
+            tokens,
+            reporting,
+        })
     }
 }
 
@@ -241,11 +256,18 @@ pub async fn run(
     // Records are reconciled with the engine, and followed through its events, in the background:
     // the agent serves at once, with or without the engine.
     let watcher = services.agent.spawn_watcher();
+    // Changes are pushed to the control plane by a task of their own, which nothing waits on.
+    let reporter_stop = CancellationToken::new();
+    let reporter = services
+        .reporting
+        .clone()
+        .map(|r| r.spawn(services.agent.clone(), reporter_stop.clone()));
     signals::spawn_reload(
         signals::Reloadable {
             tokens_file: config.auth.tokens_file.clone(),
             tokens: services.tokens.clone(),
             tls,
+            reporting: services.reporting.clone(),
         },
         reloads,
     );
@@ -299,6 +321,11 @@ pub async fn run(
         tracing::warn!("stops still under way at the drain limit; exiting");
     }
     watcher.abort();
+    // What is not acknowledged stays in the store, and is sent after the next start.
+    reporter_stop.cancel();
+    if let Some(r) = reporter {
+        let _ = r.await;
+    }
     if let Some(w) = watchdog {
         w.abort();
     }

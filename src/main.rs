@@ -134,7 +134,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// Validates the configuration, the tokens file it names (when it exists) and its TLS files.
+/// Validates the configuration, the tokens file it names (when it exists), its TLS files, and the
+/// report token and TLS files.
 fn check_config(path: &std::path::Path) -> ExitCode {
     let checked = Config::load(path)
         .map_err(|e| e.to_string())
@@ -144,6 +145,7 @@ fn check_config(path: &std::path::Path) -> ExitCode {
                 TokenBook::load(tokens).map_err(|e| e.to_string())?;
             }
             node_agent::load_tls(&config).map_err(|e| e.to_string())?;
+            node_agent::report::Reporting::load(&config.report).map_err(|e| e.to_string())?;
             Ok(())
         });
     match checked {

@@ -1,5 +1,5 @@
-//! Unix signals: SIGTERM and SIGINT end the agent gracefully; SIGHUP reloads the tokens file and the
-//! TLS certificate and key. Both are listened for from the first instant of `main`, so that no signal
+//! Unix signals: SIGTERM and SIGINT end the agent gracefully; SIGHUP reloads the tokens file, the
+//! TLS certificate and key, and the report token. Both are listened for from the first instant of `main`, so that no signal
 //! sent during start-up is missed or kills the process.
 
 use std::future::Future;
@@ -12,6 +12,7 @@ use signal_hook_tokio::Signals;
 use crate::auth::{TokenBook, Tokens};
 use crate::http::tls::Tls;
 use crate::notify;
+use crate::report::Reporting;
 
 /// The agent's signal handlers, installed.
 pub struct Installed {
@@ -51,12 +52,13 @@ impl Installed {
     }
 }
 
-/// What a SIGHUP reloads: the tokens file, and the TLS certificate and key.
+/// What a SIGHUP reloads: the tokens file, the TLS certificate and key, and the report token.
 #[derive(Debug, Clone)]
 pub struct Reloadable {
     pub tokens_file: PathBuf,
     pub tokens: Tokens,
     pub tls: Option<Tls>,
+    pub reporting: Option<Reporting>,
 }
 
 impl Reloadable {
@@ -80,6 +82,15 @@ impl Reloadable {
                 Err(e) => tracing::error!(
                     error = %e,
                     "TLS files not reloaded; the previous certificate stays in force"
+                ),
+            }
+        }
+        if let Some(reporting) = &self.reporting {
+            match reporting.reload_token() {
+                Ok(()) => tracing::info!("report token reloaded"),
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "report token not reloaded; the previous token stays in force"
                 ),
             }
         }

@@ -6,6 +6,11 @@
 //! where power loss may roll back the last few, and the next start re-derives them from the engine. Writes run on tokio's blocking pool, never on the async workers. Reads come from
 //! an in-memory copy of the table, updated after each commit under the same lock as the write, so
 //! that reading a record never waits for a write or touches the disk.
+//!
+//! The store is also the outbox of reports to the control plane: what is not yet acknowledged is
+//! exactly the records and tombstones whose generation is above the acknowledged one, a single
+//! number kept beside the generation counter. A burst of changes to one app leaves one row, its
+//! latest state, so the outbox never holds more than one entry per app.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -20,7 +25,7 @@ use crate::record::{
 };
 
 /// Schema version written to `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -52,12 +57,144 @@ pub struct Store {
 
 /// What has been committed: every record by id, and the channels that tell waiters of an app
 /// that its record changed.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Committed {
-    map: RwLock<BTreeMap<AppId, AppRecord>>,
+    tables: RwLock<Tables>,
     /// One channel per app that someone waits on; it carries the record's generation, `0` once the
     /// record is gone. Dropped when its last waiter goes.
     watchers: Mutex<HashMap<AppId, tokio::sync::watch::Sender<u64>>>,
+    /// The latest generation committed on this node; the report sender waits on it.
+    head: tokio::sync::watch::Sender<u64>,
+}
+
+/// The in-memory copy of the committed tables.
+#[derive(Debug, Default)]
+struct Tables {
+    records: BTreeMap<AppId, AppRecord>,
+    /// Deleted apps whose deletion the control plane has not acknowledged yet.
+    tombstones: HashMap<AppId, Tombstone>,
+    /// Every record and tombstone by its generation: the outbox is the part above `acknowledged`.
+    by_generation: BTreeMap<u64, AppId>,
+    /// The highest generation the control plane has acknowledged (or that was dropped as refused).
+    acknowledged: u64,
+    /// When each app's oldest change not yet acknowledged was committed.
+    unacknowledged_since: HashMap<AppId, DateTime<Utc>>,
+}
+
+/// A deleted app, kept until the control plane has acknowledged its deletion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Tombstone {
+    generation: u64,
+    deleted_at: DateTime<Utc>,
+}
+
+/// What an app is after a commit: a record, or a tombstone.
+#[derive(Debug, Clone)]
+enum Current {
+    Record(Box<AppRecord>),
+    Deleted(Tombstone),
+}
+
+impl Current {
+    fn generation(&self) -> u64 {
+        match self {
+            Current::Record(r) => r.generation,
+            Current::Deleted(t) => t.generation,
+        }
+    }
+}
+
+impl Tables {
+    /// The generation of `id`'s record or tombstone, if it has either.
+    fn generation_of(&self, id: &AppId) -> Option<u64> {
+        generation_in(&self.records, &self.tombstones, id)
+    }
+
+    /// Makes the tables say `now` of `id`, committed at `at`.
+    fn apply(&mut self, id: &AppId, now: Current, at: DateTime<Utc>) {
+        if let Some(old) = self.generation_of(id) {
+            self.by_generation.remove(&old);
+        }
+        let generation = now.generation();
+        match now {
+            Current::Record(r) => {
+                self.tombstones.remove(id);
+                self.records.insert(id.clone(), *r);
+            }
+            Current::Deleted(t) => {
+                self.records.remove(id);
+                self.tombstones.insert(id.clone(), t);
+            }
+        }
+        self.by_generation.insert(generation, id.clone());
+        if generation > self.acknowledged {
+            self.unacknowledged_since.entry(id.clone()).or_insert(at);
+        }
+    }
+
+    /// Everything up to `upto` is acknowledged: acknowledged tombstones go.
+    fn acknowledge(&mut self, upto: u64) {
+        if upto <= self.acknowledged {
+            return;
+        }
+        self.acknowledged = upto;
+        let gone: Vec<AppId> = self
+            .tombstones
+            .iter()
+            .filter(|(_, t)| t.generation <= upto)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in gone {
+            if let Some(t) = self.tombstones.remove(&id) {
+                self.by_generation.remove(&t.generation);
+            }
+        }
+        let (records, tombstones) = (&self.records, &self.tombstones);
+        self.unacknowledged_since
+            .retain(|id, _| generation_in(records, tombstones, id).is_some_and(|g| g > upto));
+    }
+}
+
+/// The generation of `id`'s record or tombstone, if it has either.
+fn generation_in(
+    records: &BTreeMap<AppId, AppRecord>,
+    tombstones: &HashMap<AppId, Tombstone>,
+    id: &AppId,
+) -> Option<u64> {
+    records
+        .get(id)
+        .map(|r| r.generation)
+        .or_else(|| tombstones.get(id).map(|t| t.generation))
+}
+
+/// One entry of the outbox: the latest state of one app.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub id: AppId,
+    pub generation: u64,
+    /// The record; `None` when the app was deleted.
+    pub record: Option<AppRecord>,
+}
+
+/// What the outbox holds at this moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxState {
+    /// The highest generation acknowledged.
+    pub acknowledged: u64,
+    /// The latest generation committed.
+    pub head: u64,
+    /// Changes not yet acknowledged (one per app at most).
+    pub pending: usize,
+    /// When the oldest change not yet acknowledged was committed.
+    pub oldest: Option<DateTime<Utc>>,
+}
+
+impl OutboxState {
+    /// Seconds from the oldest change not yet acknowledged to `now`.
+    pub fn oldest_age_secs(&self, now: DateTime<Utc>) -> Option<f64> {
+        self.oldest
+            .map(|t| (now - t).num_milliseconds().max(0) as f64 / 1000.0)
+    }
 }
 
 /// A subscription to the changes of one app's record; see [`Store::watch`].
@@ -211,12 +348,25 @@ impl Store {
                  COMMIT;",
             )?;
         }
-        let records = load_all(&conn)?;
+        if version < 5 {
+            // The outbox: the highest generation the control plane has acknowledged. Nothing is
+            // acknowledged yet, so every record kept from before is reported once.
+            conn.execute_batch(
+                "BEGIN;
+                 INSERT OR IGNORE INTO counters (name, value) VALUES ('acknowledged', 0);
+                 PRAGMA user_version = 5;
+                 COMMIT;",
+            )?;
+        }
+        let tables = load_all(&conn)?;
+        let head = tables.by_generation.keys().next_back().copied();
+        let head = head.unwrap_or_default().max(counter(&conn, "generation")?);
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
             records: Arc::new(Committed {
-                map: RwLock::new(records),
+                tables: RwLock::new(tables),
                 watchers: Mutex::default(),
+                head: tokio::sync::watch::channel(head).0,
             }),
         })
     }
@@ -238,32 +388,101 @@ impl Store {
 
     /// The record of `id`, if registered.
     pub async fn get(&self, id: &AppId) -> Result<Option<AppRecord>, StoreError> {
-        Ok(self.read().get(id).cloned())
+        Ok(self.read().records.get(id).cloned())
     }
 
     /// Every record, ordered by id.
     pub async fn list(&self) -> Result<Vec<AppRecord>, StoreError> {
-        Ok(self.read().values().cloned().collect())
+        Ok(self.read().records.values().cloned().collect())
     }
 
     /// How many records there are.
     pub fn len(&self) -> usize {
-        self.read().len()
+        self.read().records.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.read().is_empty()
+        self.read().records.is_empty()
     }
 
     /// How many records there are, and how many of them are online.
     pub fn counts(&self) -> (usize, usize) {
-        let records = self.read();
-        let online = records.values().filter(|r| r.online()).count();
-        (records.len(), online)
+        let tables = self.read();
+        let online = tables.records.values().filter(|r| r.online()).count();
+        (tables.records.len(), online)
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<AppId, AppRecord>> {
-        self.records.map.read().unwrap_or_else(|p| p.into_inner())
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Tables> {
+        self.records
+            .tables
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Up to `limit` entries of the outbox with a generation above `after`, oldest first: each
+    /// app's latest state, a record or a tombstone.
+    pub fn changes_after(&self, after: u64, limit: usize) -> Vec<Change> {
+        let tables = self.read();
+        tables
+            .by_generation
+            .range(after.saturating_add(1)..)
+            .take(limit)
+            .map(|(&generation, id)| Change {
+                id: id.clone(),
+                generation,
+                record: tables.records.get(id).cloned(),
+            })
+            .collect()
+    }
+
+    /// The outbox at this moment.
+    pub fn outbox(&self) -> OutboxState {
+        let tables = self.read();
+        OutboxState {
+            acknowledged: tables.acknowledged,
+            head: *self.records.head.borrow(),
+            pending: tables
+                .by_generation
+                .range(tables.acknowledged.saturating_add(1)..)
+                .count(),
+            oldest: tables.unacknowledged_since.values().min().copied(),
+        }
+    }
+
+    /// The latest generation committed, changing with every commit.
+    pub fn head(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.records.head.subscribe()
+    }
+
+    /// Records that the control plane has every change up to generation `upto` (or that changes up
+    /// to it were dropped): they leave the outbox, and acknowledged tombstones are forgotten. The
+    /// acknowledged generation never goes down.
+    pub async fn acknowledge(&self, upto: u64) -> Result<(), StoreError> {
+        if upto <= self.read().acknowledged {
+            return Ok(());
+        }
+        let records = self.records.clone();
+        self.with_conn(move |c| {
+            // Losing an acknowledgement to a crash only sends its changes again.
+            durability(c, Durability::CrashSafe)?;
+            let tx = c.transaction()?;
+            tx.execute(
+                "UPDATE counters SET value = max(value, ?1) WHERE name = 'acknowledged'",
+                [generation_value(upto)],
+            )?;
+            tx.execute(
+                "DELETE FROM tombstones WHERE generation <= ?1",
+                [generation_value(upto)],
+            )?;
+            tx.commit()?;
+            records
+                .tables
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .acknowledge(upto);
+            Ok(())
+        })
+        .await
     }
 
     /// Subscribes to the changes of `id`'s record. Subscribe before reading the record, so that a
@@ -286,21 +505,26 @@ impl Store {
         }
     }
 
-    /// Makes the in-memory copy say what was just committed, and tells the app's waiters. Called
-    /// with the connection lock held, so copies are updated in commit order.
-    fn committed(records: &Committed, id: &AppId, now: Option<AppRecord>) {
-        let generation = now.as_ref().map_or(0, |r| r.generation);
+    /// Makes the in-memory copy say what was just committed, and tells the app's waiters and the
+    /// report sender. Called with the connection lock held, so copies are updated in commit order.
+    fn committed(records: &Committed, id: &AppId, now: Current) {
+        let generation = now.generation();
+        let record_generation = match &now {
+            Current::Record(r) => r.generation,
+            Current::Deleted(_) => 0,
+        };
+        records
+            .tables
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .apply(id, now, Utc::now());
         {
-            let mut map = records.map.write().unwrap_or_else(|p| p.into_inner());
-            match now {
-                Some(r) => map.insert(id.clone(), r),
-                None => map.remove(id),
-            };
+            let watchers = records.watchers.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(tx) = watchers.get(id) {
+                tx.send_replace(record_generation);
+            }
         }
-        let watchers = records.watchers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(tx) = watchers.get(id) {
-            tx.send_replace(generation);
-        }
+        records.head.send_replace(generation);
     }
 
     /// Registers or replaces `id`. The agent's own observations are kept when the container stays the
@@ -356,7 +580,7 @@ impl Store {
             )?;
             let record = select_one(&tx, &id)?.unwrap_or(record);
             tx.commit()?;
-            Store::committed(&records, &id, Some(record.clone()));
+            Store::committed(&records, &id, Current::Record(Box::new(record.clone())));
             let how = if created_before {
                 Registered::Replaced
             } else {
@@ -376,21 +600,25 @@ impl Store {
             durability(c, Durability::Synced)?;
             let tx = c.transaction()?;
             let deleted = tx.execute("DELETE FROM apps WHERE id = ?1", [id.as_str()])? > 0;
-            if deleted {
-                let generation = next_generation(&tx)?;
-                tx.execute(
-                    "INSERT INTO tombstones (id, generation, deleted_at) VALUES (?1, ?2, ?3)
-                     ON CONFLICT(id) DO UPDATE SET generation = ?2, deleted_at = ?3",
-                    params![
-                        id.as_str(),
-                        generation_value(generation),
-                        format_time(Utc::now())
-                    ],
-                )?;
+            if !deleted {
+                return Ok(false);
             }
+            let tombstone = Tombstone {
+                generation: next_generation(&tx)?,
+                deleted_at: Utc::now(),
+            };
+            tx.execute(
+                "INSERT INTO tombstones (id, generation, deleted_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(id) DO UPDATE SET generation = ?2, deleted_at = ?3",
+                params![
+                    id.as_str(),
+                    generation_value(tombstone.generation),
+                    format_time(tombstone.deleted_at)
+                ],
+            )?;
             tx.commit()?;
-            Store::committed(&records, &id, None);
-            Ok(deleted)
+            Store::committed(&records, &id, Current::Deleted(tombstone));
+            Ok(true)
         })
         .await
     }
@@ -465,10 +693,10 @@ impl Store {
                 ],
             )?;
             // Answer with the row as stored (times at stored precision), as a later read would.
-            let stored = select_one(&tx, &id)?;
+            let stored = select_one(&tx, &id)?.unwrap_or(record);
             tx.commit()?;
-            Store::committed(&records, &id, stored.clone());
-            Ok(stored)
+            Store::committed(&records, &id, Current::Record(Box::new(stored.clone())));
+            Ok(Some(stored))
         })
         .await
     }
@@ -501,6 +729,16 @@ fn next_generation(tx: &rusqlite::Transaction<'_>) -> Result<u64, StoreError> {
         |r| r.get(0),
     )?;
     Ok(u64::try_from(g).unwrap_or_default())
+}
+
+/// The value of one of the node's counters (`generation`, `acknowledged`).
+fn counter(c: &Connection, name: &str) -> Result<u64, StoreError> {
+    let v: Option<i64> = c
+        .query_row("SELECT value FROM counters WHERE name = ?1", [name], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    Ok(v.map_or(0, |v| u64::try_from(v).unwrap_or_default()))
 }
 
 /// A generation as SQLite stores it (a signed 64-bit integer; the counter never comes near).
@@ -594,24 +832,53 @@ fn optional_json<T: serde::de::DeserializeOwned>(
         .map_err(|e| format!("{column}: {e}"))
 }
 
-fn load_all(c: &Connection) -> Result<BTreeMap<AppId, AppRecord>, StoreError> {
+/// Reads every record and tombstone, and the acknowledged generation, into the in-memory tables.
+fn load_all(c: &Connection) -> Result<Tables, StoreError> {
     let mut stmt = c.prepare(
         "SELECT id, registered, metrics, last_exit, last_stop, last_start, updated_at, generation
          FROM apps ORDER BY id",
     )?;
     let rows = stmt.query_map([], raw_row)?;
-    let mut out = BTreeMap::new();
+    let mut tables = Tables {
+        acknowledged: counter(c, "acknowledged")?,
+        ..Tables::default()
+    };
     for row in rows {
         // A row this agent cannot read is left in the file, untouched, and not served: one bad row
         // must not keep every other app from being served. Registering the app again replaces it.
         match row?.decode() {
             Ok(record) => {
-                out.insert(record.id.clone(), record);
+                let (id, at) = (record.id.clone(), record.updated_at);
+                tables.apply(&id, Current::Record(Box::new(record)), at);
             }
             Err(e) => tracing::error!(error = %e, "stored record skipped"),
         }
     }
-    Ok(out)
+    let mut stmt = c.prepare("SELECT id, generation, deleted_at FROM tombstones")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, String>(2)?,
+        ))
+    })?;
+    for row in rows {
+        let (id, generation, deleted_at) = row?;
+        let (Ok(id), Ok(deleted_at)) =
+            (AppId::parse(&id), DateTime::parse_from_rfc3339(&deleted_at))
+        else {
+            tracing::error!(id, "stored tombstone skipped: it cannot be read");
+            continue;
+        };
+        let tombstone = Tombstone {
+            generation: u64::try_from(generation).unwrap_or_default(),
+            deleted_at: deleted_at.with_timezone(&Utc),
+        };
+        if tombstone.generation > tables.acknowledged {
+            tables.apply(&id, Current::Deleted(tombstone), tombstone.deleted_at);
+        }
+    }
+    Ok(tables)
 }
 
 fn select_one(c: &Connection, id: &AppId) -> Result<Option<AppRecord>, StoreError> {

@@ -1,10 +1,16 @@
 //! The agent's own figures for Prometheus: stops, starts and restarts by route and outcome, their
 //! durations, the age of
-//! final samples, HTTP answers by status, engine reachability and records. Counters are bumped where
-//! things happen; gauges that describe the present are set when `/metrics` is scraped.
+//! final samples, HTTP answers by status, engine reachability and records, and the reports to the
+//! control plane (sent by outcome, pending, the age of the oldest, and the sender's state for
+//! `/v1/node`). Counters are bumped where things happen; gauges that describe the present are set
+//! when `/metrics` is scraped.
 
 use std::fmt::Write as _;
+use std::sync::Mutex;
 use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -54,6 +60,67 @@ pub const ALREADY_RUNNING: &str = "already_running";
 pub const CONTAINER_MISSING: &str = "container_missing";
 /// The engine started the container, and it exited at once.
 pub const EXITED: &str = "exited";
+
+/// How a report (one POST of a batch of changes) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportOutcome {
+    /// A 2xx: the batch is acknowledged.
+    Acknowledged,
+    /// Any other 4xx but 408 and 429: the batch is dropped, and later changes go on.
+    Rejected,
+    /// A 5xx, 408 or 429: sent again after a backoff.
+    Retried,
+    /// No answer within the time limit: sent again after a backoff.
+    TimedOut,
+    /// No connection, or a TLS or network error: sent again after a backoff.
+    Unreachable,
+}
+
+impl ReportOutcome {
+    pub const ALL: [ReportOutcome; 5] = [
+        ReportOutcome::Acknowledged,
+        ReportOutcome::Rejected,
+        ReportOutcome::Retried,
+        ReportOutcome::TimedOut,
+        ReportOutcome::Unreachable,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ReportOutcome::Acknowledged => "acknowledged",
+            ReportOutcome::Rejected => "rejected",
+            ReportOutcome::Retried => "retried",
+            ReportOutcome::TimedOut => "timeout",
+            ReportOutcome::Unreachable => "unreachable",
+        }
+    }
+}
+
+/// The report sender's state, as `GET /v1/node` shows it.
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportStatus {
+    /// Whether `[report] url` is set.
+    pub enabled: bool,
+    /// The control plane's host and port (never the path or the token).
+    pub host: Option<String>,
+    /// When a report was last acknowledged.
+    #[serde(with = "crate::record::rfc3339_millis::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_success_at: Option<DateTime<Utc>>,
+    /// Why the last report that failed failed.
+    pub last_error: Option<String>,
+    #[serde(with = "crate::record::rfc3339_millis::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_error_at: Option<DateTime<Utc>>,
+    /// Changes not yet acknowledged (one per app at most).
+    pub pending: usize,
+    /// Age of the oldest change not yet acknowledged.
+    pub oldest_pending_age_seconds: Option<f64>,
+    /// The highest generation acknowledged, and the latest committed.
+    pub acknowledged_generation: u64,
+    pub generation: u64,
+}
 
 /// The outcomes each operation is counted under; every series exists from the start.
 fn outcomes(op: Operation) -> &'static [&'static str] {
@@ -105,6 +172,11 @@ struct StatusLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReportLabels {
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
     state: &'static str,
 }
@@ -131,6 +203,11 @@ pub struct Telemetry {
     records: Family<StateLabels, Gauge>,
     stops_in_progress: Gauge,
     uptime: Gauge<f64, std::sync::atomic::AtomicU64>,
+    reports: Family<ReportLabels, Counter>,
+    reported_changes: Family<ReportLabels, Counter>,
+    report_pending: Gauge,
+    report_oldest_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    report_status: Mutex<ReportStatus>,
     started: Instant,
 }
 
@@ -218,8 +295,50 @@ impl Telemetry {
             "Seconds since the agent started",
             uptime.clone(),
         );
+        let reports = Family::<ReportLabels, Counter>::default();
+        let reported_changes = Family::<ReportLabels, Counter>::default();
+        for outcome in ReportOutcome::ALL {
+            let labels = ReportLabels {
+                outcome: outcome.label(),
+            };
+            let _created = reports.get_or_create(&labels);
+            if matches!(
+                outcome,
+                ReportOutcome::Acknowledged | ReportOutcome::Rejected
+            ) {
+                let _created = reported_changes.get_or_create(&labels);
+            }
+        }
+        registry.register(
+            "reports",
+            "Reports POSTed to the control plane, by outcome (acknowledged; rejected: a 4xx, \
+             dropped; retried: 5xx, 408 or 429; timeout; unreachable)",
+            reports.clone(),
+        );
+        registry.register(
+            "reported_changes",
+            "Changes in reports the control plane acknowledged, or rejected (dropped)",
+            reported_changes.clone(),
+        );
+        let report_pending = Gauge::default();
+        registry.register(
+            "report_pending_changes",
+            "Changes not yet acknowledged by the control plane, at the last scrape",
+            report_pending.clone(),
+        );
+        let report_oldest_age = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "report_oldest_pending_age_seconds",
+            "Age of the oldest change not yet acknowledged (0 when none is pending)",
+            report_oldest_age.clone(),
+        );
         Telemetry {
             registry,
+            reports,
+            reported_changes,
+            report_pending,
+            report_oldest_age,
+            report_status: Mutex::default(),
             counts,
             seconds,
             sample_age,
@@ -263,6 +382,56 @@ impl Telemetry {
             .inc();
     }
 
+    /// A report of `changes` changes ended in `outcome`; `error` says why when it failed.
+    pub fn reported(&self, outcome: ReportOutcome, changes: usize, error: Option<String>) {
+        let labels = ReportLabels {
+            outcome: outcome.label(),
+        };
+        self.reports.get_or_create(&labels).inc();
+        if matches!(
+            outcome,
+            ReportOutcome::Acknowledged | ReportOutcome::Rejected
+        ) {
+            self.reported_changes
+                .get_or_create(&labels)
+                .inc_by(u64::try_from(changes).unwrap_or(u64::MAX));
+        }
+        let mut status = self.report_status.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Utc::now();
+        match error {
+            None => status.last_success_at = Some(now),
+            Some(e) => {
+                status.last_error = Some(e);
+                status.last_error_at = Some(now);
+            }
+        }
+    }
+
+    /// The report sender is configured to send to `host`.
+    pub fn reporting_to(&self, host: String) {
+        let mut status = self.report_status.lock().unwrap_or_else(|p| p.into_inner());
+        status.enabled = true;
+        status.host = Some(host);
+    }
+
+    /// The sender's state, with the outbox as `outbox` describes it. Without a sender nothing is
+    /// pending: nothing is meant to be sent.
+    pub fn report_status(&self, outbox: &crate::store::OutboxState) -> ReportStatus {
+        let mut status = self
+            .report_status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        status.acknowledged_generation = outbox.acknowledged;
+        status.generation = outbox.head;
+        if !status.enabled {
+            return status;
+        }
+        status.pending = outbox.pending;
+        status.oldest_pending_age_seconds = outbox.oldest_age_secs(Utc::now());
+        status
+    }
+
     /// Seconds since the agent started.
     pub fn uptime_secs(&self) -> u64 {
         self.started.elapsed().as_secs()
@@ -280,6 +449,9 @@ impl Telemetry {
         self.stops_in_progress
             .set(i64::try_from(now.stops_in_progress).unwrap_or(i64::MAX));
         self.uptime.set(self.started.elapsed().as_secs_f64());
+        self.report_pending
+            .set(i64::try_from(now.report_pending).unwrap_or(i64::MAX));
+        self.report_oldest_age.set(now.report_oldest_age_secs);
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             // Encoding into a String cannot fail; should it, the scrape says so rather than lie.
@@ -313,6 +485,9 @@ pub struct Present {
     pub online: usize,
     pub offline: usize,
     pub stops_in_progress: usize,
+    /// Changes not yet acknowledged by the control plane, and the age of the oldest.
+    pub report_pending: usize,
+    pub report_oldest_age_secs: f64,
 }
 
 #[cfg(test)]
@@ -332,11 +507,16 @@ mod tests {
         t.http_answered(200);
         t.http_answered(401);
         t.http_answered(401);
+        t.reported(ReportOutcome::Acknowledged, 3, None);
+        t.reported(ReportOutcome::Rejected, 2, Some("400".into()));
+        t.reported(ReportOutcome::TimedOut, 4, Some("timeout".into()));
         let text = t.render(&Present {
             engine_up: true,
             online: 3,
             offline: 1,
             stops_in_progress: 0,
+            report_pending: 2,
+            report_oldest_age_secs: 1.5,
         });
         for line in [
             "node_agent_stops_total{route=\"v1\",outcome=\"stopped\"} 1",
@@ -352,6 +532,14 @@ mod tests {
             "node_agent_engine_up 1",
             "node_agent_records{state=\"online\"} 3",
             "node_agent_records{state=\"offline\"} 1",
+            "node_agent_reports_total{outcome=\"acknowledged\"} 1",
+            "node_agent_reports_total{outcome=\"rejected\"} 1",
+            "node_agent_reports_total{outcome=\"timeout\"} 1",
+            "node_agent_reports_total{outcome=\"unreachable\"} 0",
+            "node_agent_reported_changes_total{outcome=\"acknowledged\"} 3",
+            "node_agent_reported_changes_total{outcome=\"rejected\"} 2",
+            "node_agent_report_pending_changes 2",
+            "node_agent_report_oldest_pending_age_seconds 1.5",
             "# EOF",
         ] {
             assert!(text.contains(line), "missing {line:?} in:\n{text}");

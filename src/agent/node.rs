@@ -6,6 +6,7 @@ use serde::Serialize;
 use super::Agent;
 use crate::host::{self, DiskFigures, HostFigures};
 use crate::runtime::{RuntimeError, probe};
+use crate::telemetry::ReportStatus;
 
 /// The node as the agent sees it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -24,6 +25,8 @@ pub struct NodeReport {
     pub docker: EngineReport,
     pub apps: AppCounts,
     pub agent: AgentReport,
+    /// The reports to the control plane: where they go, how the last went, what is pending.
+    pub report: ReportStatus,
 }
 
 /// The engine, or why it could not be asked.
@@ -97,6 +100,7 @@ impl Agent {
                 version: env!("CARGO_PKG_VERSION"),
                 uptime_seconds: self.telemetry().uptime_secs(),
             },
+            report: self.telemetry().report_status(&self.store().outbox()),
         }
     }
 

@@ -122,11 +122,17 @@ pub async fn metrics(
     }
     let engine_up = probe(ctx.agent.runtime().ping()).await.is_ok();
     let (registered, online) = ctx.agent.store().counts();
+    let report = ctx
+        .agent
+        .telemetry()
+        .report_status(&ctx.agent.store().outbox());
     let text = ctx.agent.telemetry().render(&Present {
         engine_up,
         online,
         offline: registered - online,
         stops_in_progress: ctx.agent.stops_in_progress(),
+        report_pending: report.pending,
+        report_oldest_age_secs: report.oldest_pending_age_seconds.unwrap_or(0.0),
     });
     Ok((
         [(

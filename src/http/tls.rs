@@ -8,9 +8,10 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{InconsistentKeys, RootCertStore, ServerConfig};
-use rustls_pki_types::pem::{self, PemObject};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
+
+pub use crate::pem::TlsError;
+use crate::pem::{read_certificates, read_key, rustls_message};
 
 /// The only application protocol offered. The server speaks HTTP/1.1 and nothing else, so a client
 /// must never be told through ALPN that it may use h2.
@@ -18,7 +19,6 @@ const ALPN_HTTP11: &[u8] = b"http/1.1";
 
 /// What the TLS files are called in error messages.
 const CERT_FILE: &str = "TLS certificate";
-const KEY_FILE: &str = "TLS private key";
 const CLIENT_CA_FILE: &str = "TLS client CA";
 
 /// Where the listener's TLS material lives.
@@ -31,42 +31,6 @@ pub struct TlsFiles {
     /// PEM certificates of the CAs that client certificates must chain to. When set, every client
     /// must present such a certificate; when unset, clients are not asked for one.
     pub client_ca: Option<PathBuf>,
-}
-
-/// Why the TLS files could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error("cannot read the {what} file {path}")]
-    Read {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        err: std::io::Error,
-    },
-    #[error("the {what} file {path} is not valid PEM: {message}")]
-    BadPem {
-        what: &'static str,
-        path: PathBuf,
-        message: String,
-    },
-    #[error(
-        "the TLS certificate file {path} holds no certificate (expected a \"BEGIN CERTIFICATE\" block)"
-    )]
-    NoCertificate { path: PathBuf },
-    #[error(
-        "the TLS private key file {path} holds no private key (expected a \"BEGIN PRIVATE KEY\", \
-         \"BEGIN RSA PRIVATE KEY\" or \"BEGIN EC PRIVATE KEY\" block)"
-    )]
-    NoKey { path: PathBuf },
-    #[error(
-        "the TLS private key in {path} cannot be used: {message} (usable keys are RSA of 2048 bits \
-         or more, ECDSA on P-256 or P-384, and Ed25519)"
-    )]
-    BadKey { path: PathBuf, message: String },
-    #[error("the TLS client CA file {path} cannot be used: {message}")]
-    BadClientCa { path: PathBuf, message: String },
-    #[error("rustls refused the TLS certificate and key: {message}")]
-    Rejected { message: String },
 }
 
 /// The listener's TLS configuration, shared by every task that accepts connections. Clones are
@@ -236,63 +200,6 @@ fn client_verifier(
         .map_err(|err| bad(err.to_string()))
 }
 
-/// The certificates in a PEM file, in order; other kinds of block are skipped.
-fn read_certificates(
-    what: &'static str,
-    path: &Path,
-) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = read_file(what, path)?;
-    CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|err| TlsError::BadPem {
-            what,
-            path: path.to_path_buf(),
-            message: describe_pem_error(&err),
-        })
-}
-
-/// The first private key in a PEM file, whichever of PKCS#8, PKCS#1 and SEC1 it is in.
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let pem = read_file(KEY_FILE, path)?;
-    PrivateKeyDer::from_pem_slice(&pem).map_err(|err| match err {
-        pem::Error::NoItemsFound => TlsError::NoKey {
-            path: path.to_path_buf(),
-        },
-        err => TlsError::BadPem {
-            what: KEY_FILE,
-            path: path.to_path_buf(),
-            message: describe_pem_error(&err),
-        },
-    })
-}
-
-/// Reads a whole file. This is done here rather than by the PEM parser so that a file that cannot
-/// be read is reported with its I/O error as the source, apart from one whose contents are wrong.
-fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|err| TlsError::Read {
-        what,
-        path: path.to_path_buf(),
-        err,
-    })
-}
-
-/// Says what is wrong with a PEM file. The parser's own messages print lines as lists of byte
-/// values and may quote a character of a key, so they are rephrased here.
-fn describe_pem_error(err: &pem::Error) -> String {
-    match err {
-        pem::Error::MissingSectionEnd { end_marker } => format!(
-            "a \"BEGIN {0}\" block has no \"-----END {0}-----\" line",
-            String::from_utf8_lossy(end_marker)
-        ),
-        pem::Error::IllegalSectionStart { line } => format!(
-            "malformed line {:?}",
-            String::from_utf8_lossy(line).trim_end()
-        ),
-        pem::Error::Base64Decode(_) => "the body of a block is not valid base64".to_owned(),
-        other => other.to_string(),
-    }
-}
-
 /// Turns rustls refusing the certificate chain with the key into an error naming both files.
 fn refused(files: &TlsFiles, err: &rustls::Error) -> TlsError {
     let (cert, key) = (files.cert.display(), files.key.display());
@@ -310,15 +217,6 @@ fn refused(files: &TlsFiles, err: &rustls::Error) -> TlsError {
     TlsError::Rejected { message }
 }
 
-/// A rustls error as a phrase, without the "unexpected error:" that rustls puts before errors it
-/// only has a string for.
-fn rustls_message(err: &rustls::Error) -> String {
-    match err {
-        rustls::Error::General(message) => message.clone(),
-        other => other.to_string(),
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -329,11 +227,13 @@ mod tests {
         KeyPair, KeyUsagePurpose, PublicKeyData, SignatureAlgorithm,
     };
     use rustls::ClientConfig;
-    use rustls_pki_types::{PrivatePkcs8KeyDer, ServerName};
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
     use tokio_rustls::TlsConnector;
 
     use super::*;
+    use crate::pem::KEY_FILE;
 
     /// A test-only RSA key in PKCS#1 form, generated with `openssl genrsa -traditional 2048` for
     /// this test; it protects nothing. It is fixed because ring cannot generate RSA keys.

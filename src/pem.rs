@@ -1,0 +1,112 @@
+//! PEM files of certificates and private keys, read with errors that name the file and say what is
+//! wrong without quoting key material; shared by the listener's TLS and the report sender's.
+
+use std::path::{Path, PathBuf};
+
+use rustls_pki_types::pem::{self, PemObject};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// What a private key file is called in error messages.
+pub(crate) const KEY_FILE: &str = "TLS private key";
+
+/// Why the TLS files could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read the {what} file {path}")]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        err: std::io::Error,
+    },
+    #[error("the {what} file {path} is not valid PEM: {message}")]
+    BadPem {
+        what: &'static str,
+        path: PathBuf,
+        message: String,
+    },
+    #[error(
+        "the TLS certificate file {path} holds no certificate (expected a \"BEGIN CERTIFICATE\" block)"
+    )]
+    NoCertificate { path: PathBuf },
+    #[error(
+        "the TLS private key file {path} holds no private key (expected a \"BEGIN PRIVATE KEY\", \
+         \"BEGIN RSA PRIVATE KEY\" or \"BEGIN EC PRIVATE KEY\" block)"
+    )]
+    NoKey { path: PathBuf },
+    #[error(
+        "the TLS private key in {path} cannot be used: {message} (usable keys are RSA of 2048 bits \
+         or more, ECDSA on P-256 or P-384, and Ed25519)"
+    )]
+    BadKey { path: PathBuf, message: String },
+    #[error("the TLS client CA file {path} cannot be used: {message}")]
+    BadClientCa { path: PathBuf, message: String },
+    #[error("rustls refused the TLS certificate and key: {message}")]
+    Rejected { message: String },
+}
+
+/// The certificates in a PEM file, in order; other kinds of block are skipped.
+pub(crate) fn read_certificates(
+    what: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read_file(what, path)?;
+    CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| TlsError::BadPem {
+            what,
+            path: path.to_path_buf(),
+            message: describe_pem_error(&err),
+        })
+}
+
+/// The first private key in a PEM file, whichever of PKCS#8, PKCS#1 and SEC1 it is in.
+pub(crate) fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = read_file(KEY_FILE, path)?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|err| match err {
+        pem::Error::NoItemsFound => TlsError::NoKey {
+            path: path.to_path_buf(),
+        },
+        err => TlsError::BadPem {
+            what: KEY_FILE,
+            path: path.to_path_buf(),
+            message: describe_pem_error(&err),
+        },
+    })
+}
+
+/// Reads a whole file. This is done here rather than by the PEM parser so that a file that cannot
+/// be read is reported with its I/O error as the source, apart from one whose contents are wrong.
+fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|err| TlsError::Read {
+        what,
+        path: path.to_path_buf(),
+        err,
+    })
+}
+
+/// Says what is wrong with a PEM file. The parser's own messages print lines as lists of byte
+/// values and may quote a character of a key, so they are rephrased here.
+fn describe_pem_error(err: &pem::Error) -> String {
+    match err {
+        pem::Error::MissingSectionEnd { end_marker } => format!(
+            "a \"BEGIN {0}\" block has no \"-----END {0}-----\" line",
+            String::from_utf8_lossy(end_marker)
+        ),
+        pem::Error::IllegalSectionStart { line } => format!(
+            "malformed line {:?}",
+            String::from_utf8_lossy(line).trim_end()
+        ),
+        pem::Error::Base64Decode(_) => "the body of a block is not valid base64".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// A rustls error as a phrase, without the "unexpected error:" that rustls puts before errors it
+/// only has a string for.
+pub(crate) fn rustls_message(err: &rustls::Error) -> String {
+    match err {
+        rustls::Error::General(message) => message.clone(),
+        other => other.to_string(),
+    }
+}
