@@ -84,17 +84,7 @@ async fn waits_are_released_by_the_change_itself() {
         tokio::spawn(async move { wait(&client, &id, "?online=false&timeout=30").await })
     };
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let accepted = client
-        .send(
-            client
-                .http
-                .post(client.url(&format!(
-                    "/api/apps/{id}/stop/?lambda_instance_id={}",
-                    common::NODE_ID
-                )))
-                .header("Authorization", format!("Token {}", client.token)),
-        )
-        .await;
+    let accepted = client.okeanos(&id, "stop").await;
     assert_eq!(accepted.status, 202, "{accepted:?}");
     let released = waiter.await.unwrap();
     assert_eq!(released.status, 200, "{released:?}");

@@ -5,6 +5,7 @@
 
 pub mod guard;
 pub mod held;
+pub mod receiver;
 pub mod team;
 
 use std::io::{BufRead, BufReader, Write};
@@ -308,7 +309,14 @@ pub struct AgentOptions {
     pub http_extra: String,
     /// More sections, appended to the configuration as written.
     pub extra_config: String,
+    /// `[report] url`, with a token file holding [`REPORT_TOKEN`] written beside the configuration.
+    pub report_url: Option<String>,
+    /// `[report] resync_secs`.
+    pub report_resync_secs: Option<u64>,
 }
+
+/// The bearer token an agent under test sends with its reports.
+pub const REPORT_TOKEN: &str = "report-token-for-tests";
 
 /// Polls `found` until it finds something, failing after [`PATIENCE`] with `failure`'s words.
 fn patiently<T>(mut found: impl FnMut() -> Option<T>, failure: impl FnOnce() -> String) -> T {
@@ -382,6 +390,17 @@ impl AgentProcess {
         }
         if !stop.is_empty() {
             config.push_str(&format!("\n[stop]\n{stop}"));
+        }
+        if let Some(url) = &options.report_url {
+            let token = dir.path().join("report-token");
+            write_private(&token, &format!("{REPORT_TOKEN}\n"));
+            config.push_str(&format!(
+                "\n[report]\nurl = \"{url}\"\ntoken_file = \"{}\"\n",
+                token.display()
+            ));
+            if let Some(secs) = options.report_resync_secs {
+                config.push_str(&format!("resync_secs = {secs}\n"));
+            }
         }
         config.push('\n');
         config.push_str(&options.extra_config);
@@ -582,7 +601,6 @@ impl Drop for AgentProcess {
 
 /// Writes a tokens file: (name, token, role, user_id).
 pub fn write_tokens(path: &Path, tokens: &[(&str, &str, &str, Option<&str>)]) {
-    use std::os::unix::fs::OpenOptionsExt;
     let mut text = String::new();
     for (name, token, role, user) in tokens {
         text.push_str(&format!(
@@ -593,6 +611,12 @@ pub fn write_tokens(path: &Path, tokens: &[(&str, &str, &str, Option<&str>)]) {
             text.push_str(&format!("user_id = \"{u}\"\n"));
         }
     }
+    write_private(path, &text);
+}
+
+/// Writes `text` to a file only its owner may read (mode 0600).
+pub fn write_private(path: &Path, text: &str) {
+    use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -700,6 +724,19 @@ impl Client {
     /// `POST /v1/apps/{id}/restart` exactly as the CamposCloud SDK sends it.
     pub async fn restart(&self, id: &str) -> Answer {
         self.operate(id, "restart", "").await
+    }
+
+    /// `POST /api/apps/{id}/{verb}/` as ~okeanos clients send it (`verb` is stop or start), with
+    /// this node's instance id and the `Token` scheme.
+    pub async fn okeanos(&self, id: &str, verb: &str) -> Answer {
+        self.send(
+            self.http
+                .post(self.url(&format!(
+                    "/api/apps/{id}/{verb}/?lambda_instance_id={NODE_ID}"
+                )))
+                .header("Authorization", format!("Token {}", self.token)),
+        )
+        .await
     }
 
     /// `POST /v1/apps/{id}/{verb}{query}` as the SDK sends it (`verb` is stop, start or restart).

@@ -1,0 +1,394 @@
+//! Reports to the control plane, on the real agent and engine, with a receiver started here: every
+//! change arrives, in generation order per app, from every source; a receiver that fails, is down,
+//! refuses or hangs loses nothing and holds nothing up; `kill -9` loses nothing.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::receiver::{Mode, Receiver};
+use common::{AgentOptions, AgentProcess, Answer, Client, REPORT_TOKEN, Workload};
+use serde_json::Value;
+
+/// An agent that reports to `receiver`.
+fn reporting_agent(receiver: &Receiver, resync_secs: Option<u64>) -> AgentProcess {
+    AgentProcess::start_with(AgentOptions {
+        report_url: Some(receiver.url()),
+        report_resync_secs: resync_secs,
+        ..Default::default()
+    })
+}
+
+fn generation(a: &Answer) -> u64 {
+    a.body["generation"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no generation in {a:?}"))
+}
+
+/// The record in a change; `Null` for a deletion.
+fn record(change: &Value) -> &Value {
+    &change["record"]
+}
+
+/// The value of the metric line that starts with `series` (name and labels).
+async fn metric(client: &Client, series: &str) -> f64 {
+    let text = client
+        .http
+        .get(client.url("/metrics"))
+        .bearer_auth(&client.token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+}
+
+/// Waits until the agent's `/metrics` says `series` is at least `at_least`.
+async fn wait_metric(client: &Client, series: &str, at_least: f64) -> f64 {
+    let deadline = Instant::now() + common::PATIENCE;
+    loop {
+        let v = metric(client, series).await;
+        if v >= at_least {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{series} stayed at {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The records the agent holds: (id, generation).
+async fn stored_generations(client: &Client) -> Vec<(String, u64)> {
+    let list = client.get("/v1/apps?limit=500").await;
+    list.body["applications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["_id"].as_str().unwrap().to_owned(),
+                r["generation"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Waits until the receiver's latest acknowledged change of every record the agent holds is that
+/// record, at its generation.
+async fn wait_converged(receiver: &Receiver, client: &Client) {
+    let deadline = Instant::now() + common::PATIENCE;
+    loop {
+        let held = stored_generations(client).await;
+        let behind: Vec<_> = held
+            .iter()
+            .filter(|(id, g)| receiver.latest(id).map(|(got, _)| got) != Some(*g))
+            .collect();
+        if behind.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the receiver lags on {behind:?}; it has {:?}",
+            receiver
+                .acknowledged()
+                .iter()
+                .map(|(a, g, _)| (a.clone(), *g))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_from_every_source_arrive_in_generation_order() {
+    let receiver = Receiver::start().await;
+    let agent = reporting_agent(&receiver, None);
+    let client = agent.client();
+    let w = Workload::start("exit").await;
+    let id = common::app_id();
+
+    // Registration.
+    let g = generation(&client.register(&id, &w.name).await);
+    let c = receiver.wait_change(&id, |got, _| got >= g).await;
+    assert_eq!(record(&c)["containerId"], w.name.as_str(), "{c}");
+    assert_eq!(record(&c)["_id"], id.as_str());
+    let first = &receiver.reports()[0];
+    assert_eq!(
+        first.authorization.as_deref(),
+        Some(format!("Bearer {REPORT_TOKEN}").as_str())
+    );
+    assert_eq!(first.content_type.as_deref(), Some("application/json"));
+    assert_eq!(first.body["nodeId"], common::NODE_ID);
+    assert_eq!(first.body["nodeName"], common::NODE_NAME);
+
+    // A stop through /v1.
+    let stopped = client.stop(&id).await;
+    assert_eq!(stopped.status, 200, "{stopped:?}");
+    let g = generation(&stopped);
+    let c = receiver.wait_change(&id, |got, _| got >= g).await;
+    assert_eq!(record(&c)["currentResourceMetrics"]["online"], false, "{c}");
+    assert_eq!(record(&c)["lastStop"]["outcome"], "stopped", "{c}");
+
+    // A start.
+    let started = client.start(&id).await;
+    assert_eq!(started.status, 200, "{started:?}");
+    let g = generation(&started);
+    let c = receiver.wait_change(&id, |got, _| got >= g).await;
+    assert_eq!(record(&c)["currentResourceMetrics"]["online"], true, "{c}");
+
+    // A stop through ~okeanos, which answers before it is done: its end is reported by itself.
+    assert_eq!(client.okeanos(&id, "stop").await.status, 202);
+    let c = receiver
+        .wait_change(&id, |got, c| {
+            got > g && record(c)["lastStop"]["outcome"] == "stopped"
+        })
+        .await;
+    assert_eq!(record(&c)["currentResourceMetrics"]["online"], false, "{c}");
+
+    // A container killed behind the agent's back, seen through the engine's events.
+    let started = client.start(&id).await;
+    assert_eq!(started.status, 200, "{started:?}");
+    let g = generation(&started);
+    common::docker()
+        .await
+        .kill_container(
+            &w.name,
+            None::<bollard::query_parameters::KillContainerOptions>,
+        )
+        .await
+        .unwrap();
+    let c = receiver
+        .wait_change(&id, |got, c| {
+            got > g && record(c)["currentResourceMetrics"]["online"] == false
+        })
+        .await;
+    assert_eq!(record(&c)["lastExit"]["signal"], "SIGKILL", "{c}");
+
+    // A deletion, as a tombstone.
+    let deleted = client
+        .send(client.authed(reqwest::Method::DELETE, &format!("/v1/apps/{id}")))
+        .await;
+    assert_eq!(deleted.status, 204);
+    let c = receiver.wait_change(&id, |_, c| c["deleted"] == true).await;
+    assert!(c.get("record").is_none(), "{c}");
+
+    receiver.assert_in_order();
+    let all: Vec<u64> = receiver.acknowledged().iter().map(|(_, g, _)| *g).collect();
+    assert!(all.windows(2).all(|w| w[0] <= w[1]), "{all:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_fails_or_is_down_for_a_while_gets_everything_in_order() {
+    let receiver = Receiver::start().await;
+    receiver.set_mode(Mode::Answer(503));
+    let agent = reporting_agent(&receiver, None);
+    let client = agent.client();
+    let mut apps = Vec::new();
+    for _ in 0..4 {
+        apps.push(client.running_app("exit").await);
+    }
+    assert_eq!(client.stop(&apps[0].1).await.status, 200);
+    wait_metric(
+        &client,
+        "node_agent_reports_total{outcome=\"retried\"}",
+        2.0,
+    )
+    .await;
+
+    // Down: connections refused.
+    receiver.down();
+    assert_eq!(client.stop(&apps[1].1).await.status, 200);
+    assert_eq!(client.start(&apps[0].1).await.status, 200);
+    wait_metric(
+        &client,
+        "node_agent_reports_total{outcome=\"unreachable\"}",
+        1.0,
+    )
+    .await;
+    // Reads, readiness and the node report do not depend on the control plane.
+    let ready = client.send(client.http.get(client.url("/readyz"))).await;
+    assert_eq!(ready.status, 200, "{ready:?}");
+    assert!(metric(&client, "node_agent_report_pending_changes").await >= 4.0);
+    assert!(metric(&client, "node_agent_report_oldest_pending_age_seconds").await > 0.0);
+    let node = client.get("/v1/node").await;
+    let report = &node.body["report"];
+    assert_eq!(report["enabled"], true, "{node:?}");
+    assert_eq!(
+        report["host"],
+        receiver.addr.to_string().as_str(),
+        "{node:?}"
+    );
+    assert!(report["pending"].as_u64() >= Some(4), "{node:?}");
+    assert!(report["lastError"].as_str().is_some(), "{node:?}");
+    assert!(report["lastSuccessAt"].is_null(), "{node:?}");
+    assert!(receiver.acknowledged().is_empty());
+
+    // Back: everything arrives, and nothing older than what came before.
+    receiver.up().await;
+    receiver.set_mode(Mode::Accept);
+    wait_converged(&receiver, &client).await;
+    receiver.assert_in_order();
+    wait_metric(
+        &client,
+        "node_agent_reports_total{outcome=\"acknowledged\"}",
+        1.0,
+    )
+    .await;
+    let deadline = Instant::now() + common::PATIENCE;
+    while metric(&client, "node_agent_report_pending_changes").await > 0.0 {
+        assert!(Instant::now() < deadline, "changes stay pending");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let node = client.get("/v1/node").await;
+    assert!(
+        node.body["report"]["lastSuccessAt"].as_str().is_some(),
+        "{node:?}"
+    );
+    assert_eq!(node.body["report"]["pending"], 0, "{node:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_receiver_never_delays_a_stop() {
+    let receiver = Receiver::start().await;
+    receiver.set_mode(Mode::Hang);
+    let agent = reporting_agent(&receiver, None);
+    let client = agent.client();
+    let (_w, id) = client.running_app("exit").await;
+    // A report held for less than a few seconds: its sender waits up to 10 s for an answer.
+    let held = receiver
+        .wait(|| {
+            receiver
+                .held_since()
+                .filter(|t| t.elapsed() < Duration::from_secs(3))
+        })
+        .await;
+    let still_held = |at: Instant| {
+        receiver
+            .holds()
+            .iter()
+            .any(|h| h.opened == held && h.closed.is_none_or(|c| c > at))
+    };
+
+    // The stop answers while the report that went before it is still held.
+    let stopped = client.stop(&id).await;
+    let answered = Instant::now();
+    assert_eq!(stopped.status, 200, "{stopped:?}");
+    // A wait released by the stop, and a start, are not held either.
+    let waited = client
+        .get(&format!("/v1/apps/{id}/wait?online=false&timeout=5"))
+        .await;
+    assert_eq!(waited.status, 200, "{waited:?}");
+    assert_eq!(client.start(&id).await.status, 200);
+    let started = Instant::now();
+    assert!(
+        still_held(answered),
+        "the report was no longer held when the stop answered"
+    );
+    assert!(
+        still_held(started),
+        "the report was no longer held when the start answered"
+    );
+    assert!(receiver.acknowledged().is_empty());
+
+    // Once the receiver answers again, the latest state arrives.
+    receiver.set_mode(Mode::Accept);
+    wait_converged(&receiver, &client).await;
+    receiver.assert_in_order();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_not_acknowledged_before_kill_9_are_sent_after_the_restart() {
+    let receiver = Receiver::start().await;
+    receiver.set_mode(Mode::Answer(500));
+    let mut agent = reporting_agent(&receiver, None);
+    let client = agent.client();
+    let (_w1, a) = client.running_app("exit").await;
+    let (_w2, b) = client.running_app("exit").await;
+    let stopped = client.stop(&a).await;
+    assert_eq!(stopped.status, 200);
+    let deleted = client
+        .send(client.authed(reqwest::Method::DELETE, &format!("/v1/apps/{b}")))
+        .await;
+    assert_eq!(deleted.status, 204);
+    receiver
+        .wait(|| (receiver.reports().len() >= 2).then_some(()))
+        .await;
+    assert!(receiver.acknowledged().is_empty());
+
+    agent.kill9();
+    receiver.set_mode(Mode::Accept);
+    agent.restart();
+    let client = agent.client();
+    let c = receiver
+        .wait_change(&a, |g, _| g >= generation(&stopped))
+        .await;
+    assert_eq!(record(&c)["lastStop"]["outcome"], "stopped", "{c}");
+    // The deletion too: its tombstone outlived the crash.
+    receiver.wait_change(&b, |_, c| c["deleted"] == true).await;
+    wait_converged(&receiver, &client).await;
+    receiver.assert_in_order();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_report_does_not_block_later_changes_and_resync_converges() {
+    let receiver = Receiver::start().await;
+    receiver.set_mode(Mode::Answer(400));
+    let agent = reporting_agent(&receiver, Some(3));
+    let client = agent.client();
+    let w = Workload::start("exit").await;
+    let a = common::app_id();
+    let ga = generation(&client.register(&a, &w.name).await);
+    wait_metric(
+        &client,
+        "node_agent_reports_total{outcome=\"rejected\"}",
+        1.0,
+    )
+    .await;
+    assert!(
+        metric(
+            &client,
+            "node_agent_reported_changes_total{outcome=\"rejected\"}"
+        )
+        .await
+            >= 1.0
+    );
+    assert!(
+        agent
+            .logged(&["report rejected"])
+            .iter()
+            .any(|l| l.contains("400")),
+        "{}",
+        agent.log_text()
+    );
+
+    // Later changes go on as usual.
+    receiver.set_mode(Mode::Accept);
+    let (_w2, b) = client.running_app("exit").await;
+    receiver.wait_change(&b, |_, _| true).await;
+    // The dropped state comes again with the next resync, unchanged.
+    let c = receiver.wait_change(&a, |g, _| g == ga).await;
+    assert_eq!(record(&c)["containerId"], w.name.as_str());
+    // And every resync sends every record again.
+    let seen = receiver
+        .acknowledged()
+        .iter()
+        .filter(|(id, _, _)| *id == b)
+        .count();
+    receiver
+        .wait(|| {
+            (receiver
+                .acknowledged()
+                .iter()
+                .filter(|(id, _, _)| *id == b)
+                .count()
+                > seen)
+                .then_some(())
+        })
+        .await;
+    receiver.assert_in_order();
+}
