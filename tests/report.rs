@@ -6,8 +6,11 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::pki::{Ca, Files, server_requiring_clients_of};
 use common::receiver::{Mode, Receiver};
 use common::{AgentOptions, AgentProcess, Answer, Client, REPORT_TOKEN, Workload};
 use serde_json::Value;
@@ -391,4 +394,163 @@ async fn a_rejected_report_does_not_block_later_changes_and_resync_converges() {
         })
         .await;
     receiver.assert_in_order();
+}
+
+/// A `[report]` section for `url` with the files given, beside `REPORT_TOKEN` in `token`.
+fn report_section(url: &str, token: &Path, extra: &str) -> String {
+    format!(
+        "[report]\nurl = \"{url}\"\ntoken_file = \"{}\"\n{extra}",
+        token.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_go_over_tls_to_the_control_planes_ca_with_a_client_certificate() {
+    let cp = Ca::new("control plane CA");
+    let nodes = Ca::new("nodes CA");
+    let files = Files::new();
+    let receiver = Receiver::start_tls(server_requiring_clients_of(
+        &cp.server("control plane"),
+        &nodes,
+    ))
+    .await;
+    let ca_file = files.write("cp-ca.pem", &cp.pem);
+    let (cert, key) = files.pair("node", &nodes.client("node"));
+    let token = files.path("report-token");
+    common::write_private(&token, &format!("{REPORT_TOKEN}\n"));
+    let with = |extra: &str| {
+        AgentProcess::start_with(AgentOptions {
+            extra_config: report_section(&receiver.url(), &token, extra),
+            ..Default::default()
+        })
+    };
+
+    let agent = with(&format!(
+        "ca_file = \"{}\"\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"\n",
+        ca_file.display(),
+        cert.display(),
+        key.display()
+    ));
+    let client = agent.client();
+    let (_w, id) = client.running_app("exit").await;
+    let c = receiver.wait_change(&id, |_, _| true).await;
+    assert_eq!(record(&c)["_id"], id.as_str());
+    wait_converged(&receiver, &client).await;
+
+    // Without a client certificate the control plane refuses the handshake: retried, never lost.
+    let anonymous = with(&format!("ca_file = \"{}\"\n", ca_file.display()));
+    let client = anonymous.client();
+    let (_w2, other) = client.running_app("exit").await;
+    wait_metric(
+        &client,
+        "node_agent_reports_total{outcome=\"unreachable\"}",
+        1.0,
+    )
+    .await;
+    assert!(receiver.refused_handshakes() >= 1);
+    assert!(receiver.latest(&other).is_none());
+    // Nor does a node that does not trust the control plane's certificate send anything.
+    let distrustful = with(&format!(
+        "ca_file = \"{}\"\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"\n",
+        files.write("wrong-ca.pem", &nodes.pem).display(),
+        cert.display(),
+        key.display()
+    ));
+    let client = distrustful.client();
+    let (_w3, third) = client.running_app("exit").await;
+    wait_metric(
+        &client,
+        "node_agent_reports_total{outcome=\"unreachable\"}",
+        1.0,
+    )
+    .await;
+    let node = client.get("/v1/node").await;
+    assert!(
+        node.body["report"]["lastError"]
+            .as_str()
+            .is_some_and(|e| e.to_lowercase().contains("certificate")),
+        "{node:?}"
+    );
+    assert!(receiver.latest(&third).is_none());
+}
+
+#[test]
+fn unusable_report_settings_stop_start_up_and_fail_check_config_with_exit_78() {
+    let files = Files::new();
+    let token = files.path("report-token");
+    common::write_private(&token, "tok\n");
+    let exposed = files.write("exposed-token", "tok\n");
+    std::fs::set_permissions(&exposed, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let empty = files.path("empty-token");
+    common::write_private(&empty, "\n");
+    let garbage = files.write("garbage.pem", "not a certificate\n");
+    let missing = files.path("missing");
+    let url = "https://127.0.0.1:9/reports";
+    for (what, section, named) in [
+        (
+            "missing token file",
+            report_section(url, &missing, ""),
+            path_str(&missing),
+        ),
+        (
+            "token file others may read",
+            report_section(url, &exposed, ""),
+            "0644",
+        ),
+        (
+            "empty token",
+            report_section(url, &empty, ""),
+            path_str(&empty),
+        ),
+        (
+            "garbage CA file",
+            report_section(
+                url,
+                &token,
+                &format!("ca_file = \"{}\"\n", garbage.display()),
+            ),
+            path_str(&garbage),
+        ),
+        (
+            "plain HTTP off loopback",
+            report_section("http://192.0.2.1/r", &token, ""),
+            "allow_insecure_http",
+        ),
+        (
+            "no token file",
+            "[report]\nurl = \"https://cp/r\"\n".to_owned(),
+            "report.token_file",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = common::write_config(dir.path(), "127.0.0.1:0", "", &section);
+        let config = path_str(&config);
+        let (code, _, stderr) = common::run_to_exit(&["check-config", "--config", config]);
+        assert_eq!(code, Some(78), "check-config, {what}: {stderr}");
+        assert!(stderr.contains(named), "check-config, {what}: {stderr}");
+        assert!(
+            !stderr.contains("tok\n"),
+            "{what}: the token is quoted: {stderr}"
+        );
+        let (code, _, stderr) = common::run_to_exit(&["--config", config]);
+        assert_eq!(code, Some(78), "{what}: {stderr}");
+        assert!(stderr.contains(named), "{what}: {stderr}");
+        assert!(!stderr.contains("listening"), "{what}: {stderr}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("cp");
+    let ca_file = files.write("ca.pem", &ca.pem);
+    let section = report_section(
+        url,
+        &token,
+        &format!("ca_file = \"{}\"\n", ca_file.display()),
+    );
+    let config = common::write_config(dir.path(), "127.0.0.1:0", "", &section);
+    let (code, stdout, stderr) =
+        common::run_to_exit(&["check-config", "--config", path_str(&config)]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
 }

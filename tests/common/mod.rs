@@ -5,6 +5,7 @@
 
 pub mod guard;
 pub mod held;
+pub mod pki;
 pub mod receiver;
 pub mod team;
 

@@ -61,6 +61,7 @@ struct Shared {
     reports: Mutex<Vec<Report>>,
     /// Requests held without an answer: when each came, and when its connection went.
     holds: Mutex<Vec<Hold>>,
+    refused_handshakes: Mutex<usize>,
 }
 
 /// A request held without an answer.
@@ -71,16 +72,25 @@ pub struct Hold {
 }
 
 /// The receiver; its server stops when it is dropped.
-#[derive(Debug)]
 pub struct Receiver {
     pub addr: SocketAddr,
     shared: Arc<Shared>,
     tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Receiver {
     /// A receiver that acknowledges every report, on a free loopback port.
     pub async fn start() -> Receiver {
+        Self::start_with(None).await
+    }
+
+    /// A receiver that speaks HTTPS with `tls`.
+    pub async fn start_tls(tls: rustls::ServerConfig) -> Receiver {
+        Self::start_with(Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))).await
+    }
+
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> Receiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let receiver = Receiver {
             addr: listener.local_addr().unwrap(),
@@ -88,8 +98,10 @@ impl Receiver {
                 mode: Mutex::new(Mode::Accept),
                 reports: Mutex::default(),
                 holds: Mutex::default(),
+                refused_handshakes: Mutex::default(),
             }),
             tasks: Arc::default(),
+            tls,
         };
         receiver.serve(listener);
         receiver
@@ -97,7 +109,17 @@ impl Receiver {
 
     /// The URL to give the agent as `[report] url`.
     pub fn url(&self) -> String {
-        format!("http://{}/v1/nodes/{}/reports", self.addr, super::NODE_ID)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!(
+            "{scheme}://{}/v1/nodes/{}/reports",
+            self.addr,
+            super::NODE_ID
+        )
+    }
+
+    /// TLS handshakes that failed (a client without an acceptable certificate, say).
+    pub fn refused_handshakes(&self) -> usize {
+        *self.shared.refused_handshakes.lock().unwrap()
     }
 
     pub fn set_mode(&self, mode: Mode) {
@@ -120,20 +142,21 @@ impl Receiver {
     fn serve(&self, listener: tokio::net::TcpListener) {
         let shared = self.shared.clone();
         let tasks = self.tasks.clone();
+        let tls = self.tls.clone();
         let accept = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let shared = shared.clone();
+                let (shared, tls) = (shared.clone(), tls.clone());
                 let conn = tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| {
-                        let shared = shared.clone();
-                        async move { Ok::<_, std::convert::Infallible>(answer(&shared, req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    match tls {
+                        None => serve_connection(stream, shared).await,
+                        Some(acceptor) => match acceptor.accept(stream).await {
+                            Ok(stream) => serve_connection(stream, shared).await,
+                            Err(_) => *shared.refused_handshakes.lock().unwrap() += 1,
+                        },
+                    }
                 });
                 tasks.lock().unwrap().push(conn.abort_handle());
             }
@@ -228,10 +251,31 @@ impl Receiver {
     }
 }
 
+impl std::fmt::Debug for Receiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receiver")
+            .field("url", &self.url())
+            .finish()
+    }
+}
+
 impl Drop for Receiver {
     fn drop(&mut self) {
         self.down();
     }
+}
+
+async fn serve_connection<S>(stream: S, shared: Arc<Shared>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let shared = shared.clone();
+        async move { Ok::<_, std::convert::Infallible>(answer(&shared, req).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
 }
 
 /// Notes when a held request's connection goes.
