@@ -1,6 +1,7 @@
 //! The agent beside the raw Docker Engine API, in one run, on like containers, alternating which
 //! goes first: one stop, a fleet of concurrent stops, one start, one restart, a fleet of
-//! concurrent starts, rejections under load (`wrk`, against a bare axum server answering the same
+//! concurrent starts, stops with reporting on and with the control plane hanging, the delivery of
+//! changes to the control plane, rejections under load (`wrk`, against a bare axum server answering the same
 //! route), resident memory, and start-up time. Prints medians, p90s and ratios. Run with
 //! `cargo bench --bench stop-bench` (needs a Docker engine, gcc and wrk).
 
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bollard::query_parameters::{
     EventsOptions, InspectContainerOptions, StartContainerOptions, StopContainerOptions,
 };
+use common::receiver::{Mode, Receiver};
 use common::{AgentOptions, AgentProcess, Client, Workload, app_id};
 use futures_util::StreamExt;
 use futures_util::future::join_all;
@@ -27,6 +29,8 @@ const FLEET_ROUNDS: usize = 3;
 /// Rounds of the fleet of starts (its containers serve every round, so rounds are cheap).
 const FLEET_START_ROUNDS: usize = 5;
 const MEMORY_APPS: usize = 100;
+/// Changes whose delivery to the control plane is timed.
+const DELIVERED: usize = 1000;
 const STARTS: usize = 7;
 /// The grace period of every stop, raw (`t=`) and the agent's (`timeout=`): the workload exits at
 /// once on SIGTERM, so it is never reached.
@@ -363,6 +367,124 @@ async fn stop_all(client: &Client, ids: &[String], raw: &[Workload]) {
     tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
+/// Stops each of `ids` through the agent and the container beside it in `raw` straight through the
+/// engine, one pair at a time, alternating which goes first. Returns the agent's times, the raw
+/// times (ms), and the ages of the agent's final samples (s).
+async fn paired_stops(
+    client: &Client,
+    ids: &[String],
+    raw: &[Workload],
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (mut a_ms, mut r_ms, mut ages) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, (id, w)) in ids.iter().zip(raw).enumerate() {
+        if i % 2 == 1 {
+            r_ms.push(raw_stop(&w.name).await);
+        }
+        let (ms, rec) = agent_stop(client, id).await;
+        a_ms.push(ms);
+        ages.push(sample_age(&rec));
+        if i % 2 == 0 {
+            r_ms.push(raw_stop(&w.name).await);
+        }
+    }
+    (a_ms, r_ms, ages)
+}
+
+/// The agent as the shipped unit runs it, reporting to `receiver`.
+fn reporting_agent(receiver: &Receiver) -> AgentProcess {
+    AgentProcess::start_with(AgentOptions {
+        log_filter: Some("info".into()),
+        env: vec![("MALLOC_ARENA_MAX".into(), UNIT_ARENAS.into())],
+        report_url: Some(receiver.url()),
+        ..Default::default()
+    })
+}
+
+/// Reports: stops beside the raw engine with reporting on, and with the control plane hanging;
+/// then how long changes take from their commit to the control plane's acknowledgement.
+async fn report_phase() {
+    for (label, mode) in [
+        ("reporting on", Mode::Accept),
+        ("control plane hanging", Mode::Hang),
+    ] {
+        let receiver = Receiver::start().await;
+        receiver.set_mode(mode);
+        let agent = reporting_agent(&receiver);
+        let client = agent.client();
+        let ws = workloads(2 * PAIRS).await;
+        let (agent_ws, raw_ws) = ws.split_at(PAIRS);
+        let ids = register_all(&client, agent_ws).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let (a_ms, r_ms, _) = paired_stops(&client, &ids, raw_ws).await;
+        row(
+            &format!("one stop, {label} ({PAIRS} pairs)"),
+            a_ms,
+            r_ms,
+            "ms",
+            "≤ 1.10",
+        );
+        let node = client.get("/v1/node").await;
+        if mode == Mode::Hang {
+            assert!(receiver.acknowledged().is_empty());
+            assert!(node.body["report"]["pending"].as_u64() >= Some(PAIRS as u64));
+        }
+    }
+
+    // Changes from registrations of apps whose containers do not exist: each is a commit and an
+    // observation, without engine work to speak of.
+    let receiver = Receiver::start().await;
+    let agent = reporting_agent(&receiver);
+    let client = agent.client();
+    let started = Instant::now();
+    let answered: Vec<(String, u64, Instant)> = futures_util::stream::iter(0..DELIVERED)
+        .map(|i| {
+            let client = client.clone();
+            async move {
+                let id = format!("delivered-{i}");
+                let a = client.register(&id, &format!("absent-{i}")).await;
+                (id, a.body["generation"].as_u64().unwrap(), Instant::now())
+            }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    let generated = started.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let arrivals = loop {
+        // For each app, every acknowledged (generation, arrival), in arrival order.
+        let mut arrivals: std::collections::HashMap<String, Vec<(u64, Instant)>> =
+            Default::default();
+        for r in receiver.reports().iter().filter(|r| r.acknowledged()) {
+            for (id, g, _) in r.changes() {
+                arrivals.entry(id).or_default().push((g, r.at));
+            }
+        }
+        let all_in = answered.iter().all(|(id, g, _)| {
+            arrivals
+                .get(id)
+                .is_some_and(|seen| seen.iter().any(|(got, _)| got >= g))
+        });
+        if all_in {
+            break arrivals;
+        }
+        assert!(Instant::now() < deadline, "changes were not all delivered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let latencies: Vec<f64> = answered
+        .iter()
+        .map(|(id, g, at)| {
+            let (_, arrived) = arrivals[id].iter().find(|(got, _)| got >= g).unwrap();
+            arrived.saturating_duration_since(*at).as_secs_f64() * 1000.0
+        })
+        .collect();
+    let reports = receiver.reports().len();
+    let (d50, d90) = stats(latencies);
+    println!(
+        "| {DELIVERED} changes ({:.0}/s, {reports} reports): change to acknowledgement | {d50:.1} ms | {d90:.1} ms | | | | ≤ 1000 ms (p50) |",
+        DELIVERED as f64 / generated.as_secs_f64()
+    );
+}
+
 /// Seconds from the final sample to the stop's request: how old the sample was when the stop began.
 fn sample_age(record: &Value) -> f64 {
     let t = |v: &Value| chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap();
@@ -372,7 +494,7 @@ fn sample_age(record: &Value) -> f64 {
 }
 
 /// Whether a phase runs: all by default, or those named in `STOP_BENCH_PHASES` (comma-separated:
-/// one, fleet, one-start, one-restart, fleet-start, reject, memory, start; `start` is the agent's
+/// one, fleet, one-start, one-restart, fleet-start, report, reject, memory, start; `start` is the agent's
 /// own start-up time, `one-start` the start of an app).
 fn phase(name: &str) -> bool {
     std::env::var("STOP_BENCH_PHASES").map_or(true, |p| p.split(',').any(|x| x.trim() == name))
@@ -459,20 +581,8 @@ async fn bench() {
         let ids = register_all(&client, agent_ws).await;
         // Apps run a while before they are stopped: let the agent's readings arrive.
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let (mut a_ms, mut r_ms) = (Vec::new(), Vec::new());
-        for i in 0..PAIRS {
-            if i % 2 == 0 {
-                let (ms, rec) = agent_stop(&client, &ids[i]).await;
-                a_ms.push(ms);
-                ages.push(sample_age(&rec));
-                r_ms.push(raw_stop(&raw_ws[i].name).await);
-            } else {
-                r_ms.push(raw_stop(&raw_ws[i].name).await);
-                let (ms, rec) = agent_stop(&client, &ids[i]).await;
-                a_ms.push(ms);
-                ages.push(sample_age(&rec));
-            }
-        }
+        let (a_ms, r_ms, one_ages) = paired_stops(&client, &ids, raw_ws).await;
+        ages.extend(one_ages);
         row(
             &format!("one stop ({PAIRS} pairs)"),
             a_ms,
@@ -722,6 +832,10 @@ async fn bench() {
         drop(ws);
     }
 
+    if phase("report") {
+        report_phase().await;
+    }
+
     // Rejections: 401 and 404 answers against a bare axum server answering the same route.
     if phase("reject") {
         let bare_port = free_port();
@@ -767,9 +881,7 @@ async fn bench() {
     let listed = client.get("/v1/apps?limit=500").await.body;
     for app in listed["applications"].as_array().unwrap() {
         let id = app["_id"].as_str().unwrap();
-        let gone = client
-            .send(client.authed(reqwest::Method::DELETE, &format!("/v1/apps/{id}")))
-            .await;
+        let gone = client.delete(id).await;
         assert_eq!(gone.status, 204);
     }
     let ws = workloads(MEMORY_APPS).await;

@@ -54,13 +54,7 @@ async fn every_change_takes_a_newer_generation_that_survives_kill_9() {
     assert_eq!(stopped.status, 200, "{stopped:?}");
     seen.push(generation(&stopped));
     // Deleted, then registered again: newer than anything the app had before.
-    assert_eq!(
-        client
-            .send(client.authed(reqwest::Method::DELETE, &format!("/v1/apps/{id}")))
-            .await
-            .status,
-        204
-    );
+    assert_eq!(client.delete(&id).await.status, 204);
     seen.push(generation(&client.register(&id, &w.name).await));
     assert!(seen.windows(2).all(|p| p[0] < p[1]), "{seen:?}");
 }

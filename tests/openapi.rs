@@ -248,15 +248,7 @@ async fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document()
     // restart restarted one, so that their success answers were checked against the document too,
     // not only their refusals. (Whether `/v1` start finds its app stopped depends on what the
     // fuzzer did to the app before; its answers are checked either way.)
-    let metrics = reqwest::Client::new()
-        .get(agent.url("/metrics"))
-        .bearer_auth(&agent.token)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = agent.client().metrics_text().await;
     for (series, route, outcome) in [
         ("stops", "v1", "stopped"),
         ("stops", "okeanos", "stopped"),

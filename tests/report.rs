@@ -37,16 +37,7 @@ fn record(change: &Value) -> &Value {
 
 /// The value of the metric line that starts with `series` (name and labels).
 async fn metric(client: &Client, series: &str) -> f64 {
-    let text = client
-        .http
-        .get(client.url("/metrics"))
-        .bearer_auth(&client.token)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = client.metrics_text().await;
     text.lines()
         .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
         .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
@@ -173,9 +164,7 @@ async fn changes_from_every_source_arrive_in_generation_order() {
     assert_eq!(record(&c)["lastExit"]["signal"], "SIGKILL", "{c}");
 
     // A deletion, as a tombstone.
-    let deleted = client
-        .send(client.authed(reqwest::Method::DELETE, &format!("/v1/apps/{id}")))
-        .await;
+    let deleted = client.delete(&id).await;
     assert_eq!(deleted.status, 204);
     let c = receiver.wait_change(&id, |_, c| c["deleted"] == true).await;
     assert!(c.get("record").is_none(), "{c}");
@@ -314,9 +303,7 @@ async fn changes_not_acknowledged_before_kill_9_are_sent_after_the_restart() {
     let (_w2, b) = client.running_app("exit").await;
     let stopped = client.stop(&a).await;
     assert_eq!(stopped.status, 200);
-    let deleted = client
-        .send(client.authed(reqwest::Method::DELETE, &format!("/v1/apps/{b}")))
-        .await;
+    let deleted = client.delete(&b).await;
     assert_eq!(deleted.status, 204);
     receiver
         .wait(|| (receiver.reports().len() >= 2).then_some(()))
@@ -553,4 +540,140 @@ fn unusable_report_settings_stop_start_up_and_fail_check_config_with_exit_78() {
 
 fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
+}
+
+/// The minimal receiver the README shows, as written there, with this test's token and a free port.
+struct ReadmeReceiver {
+    child: std::process::Child,
+    port: u16,
+    printed: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl ReadmeReceiver {
+    fn start() -> ReadmeReceiver {
+        use std::io::BufRead;
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        let after = readme
+            .split("A minimal receiver")
+            .nth(1)
+            .expect("the README shows a minimal receiver");
+        let script = after
+            .split("```python\n")
+            .nth(1)
+            .and_then(|s| s.split("```").next())
+            .expect("a python block");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let script = script
+            .replace(
+                "\"the line in [report] token_file\"",
+                &format!("\"{REPORT_TOKEN}\""),
+            )
+            .replace("(\"127.0.0.1\", 8080)", &format!("(\"127.0.0.1\", {port})"));
+        let mut child = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(&script)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 runs the README's receiver");
+        let printed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = printed.clone();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        ReadmeReceiver {
+            child,
+            port,
+            printed,
+        }
+    }
+}
+
+impl Drop for ReadmeReceiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readmes_minimal_receiver_takes_the_reports() {
+    let receiver = ReadmeReceiver::start();
+    let agent = AgentProcess::start_with(AgentOptions {
+        report_url: Some(format!(
+            "http://127.0.0.1:{}/v1/nodes/{}/reports",
+            receiver.port,
+            common::NODE_ID
+        )),
+        ..Default::default()
+    });
+    let client = agent.client();
+    let (_w, id) = client.running_app("exit").await;
+    let stopped = client.stop(&id).await;
+    assert_eq!(stopped.status, 200);
+    let wanted = format!(
+        "{} {id} {} offline",
+        common::NODE_NAME,
+        generation(&stopped)
+    );
+    let deadline = Instant::now() + common::PATIENCE;
+    while !receiver.printed.lock().unwrap().contains(&wanted) {
+        assert!(
+            Instant::now() < deadline,
+            "the README's receiver did not print {wanted:?}: {:?}",
+            receiver.printed.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        metric(&client, "node_agent_reports_total{outcome=\"rejected\"}").await,
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_report_token_and_keeps_it_when_the_file_is_unusable() {
+    let receiver = Receiver::start().await;
+    let agent = reporting_agent(&receiver, None);
+    let client = agent.client();
+    let token_file = agent.dir.path().join("report-token");
+    let (_w, id) = client.running_app("exit").await;
+    receiver.wait_change(&id, |_, _| true).await;
+
+    common::write_private(&token_file, "second-token\n");
+    agent.signal("-HUP");
+    agent.wait_logged(&["report token reloaded"], 1);
+    let g = generation(&client.stop(&id).await);
+    let report = report_carrying(&receiver, &id, g).await;
+    assert_eq!(report.authorization.as_deref(), Some("Bearer second-token"));
+
+    // A file others may read is refused, and the token in force stays.
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    agent.signal("-HUP");
+    agent.wait_logged(&["report token not reloaded", "0644"], 1);
+    let g = generation(&client.start(&id).await);
+    let report = report_carrying(&receiver, &id, g).await;
+    assert_eq!(report.authorization.as_deref(), Some("Bearer second-token"));
+}
+
+/// The first acknowledged report that carried `app` at generation `g` or later.
+async fn report_carrying(receiver: &Receiver, app: &str, g: u64) -> common::receiver::Report {
+    receiver
+        .wait(|| {
+            receiver.reports().into_iter().find(|r| {
+                r.acknowledged() && r.changes().iter().any(|(a, got, _)| a == app && *got >= g)
+            })
+        })
+        .await
 }

@@ -727,6 +727,23 @@ impl Client {
         self.operate(id, "restart", "").await
     }
 
+    /// `DELETE /v1/apps/{id}`.
+    pub async fn delete(&self, id: &str) -> Answer {
+        self.send(self.authed(reqwest::Method::DELETE, &format!("/v1/apps/{id}")))
+            .await
+    }
+
+    /// The `/metrics` text, read as the operator.
+    pub async fn metrics_text(&self) -> String {
+        self.authed(reqwest::Method::GET, "/metrics")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// `POST /api/apps/{id}/{verb}/` as ~okeanos clients send it (`verb` is stop or start), with
     /// this node's instance id and the `Token` scheme.
     pub async fn okeanos(&self, id: &str, verb: &str) -> Answer {
