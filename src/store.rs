@@ -1043,6 +1043,83 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_outbox_is_what_is_above_the_acknowledged_generation_and_survives_reopening() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("o.db");
+        let (a, b, c) = (
+            AppId::parse("a").expect("id"),
+            AppId::parse("b").expect("id"),
+            AppId::parse("c").expect("id"),
+        );
+        let ids = |changes: &[Change]| -> Vec<(String, u64, bool)> {
+            changes
+                .iter()
+                .map(|c| (c.id.to_string(), c.generation, c.record.is_none()))
+                .collect()
+        };
+        let (ga, gb);
+        {
+            let store = Store::open(&path).expect("open");
+            let head = store.head();
+            for id in [&a, &b, &c] {
+                store
+                    .register(id, reg(id, id.as_str()), Utc::now())
+                    .await
+                    .expect("put");
+            }
+            // A burst of changes to one app is one entry, its latest state.
+            for _ in 0..3 {
+                store
+                    .observe(&a, "a", Utc::now(), |r| Some(seen(!r.online())))
+                    .await
+                    .expect("observe");
+            }
+            ga = store.get(&a).await.expect("get").expect("a").generation;
+            gb = store.get(&b).await.expect("get").expect("b").generation;
+            assert_eq!(*head.borrow(), ga);
+            let pending = store.changes_after(0, 10);
+            assert_eq!(
+                ids(&pending),
+                [
+                    ("b".into(), gb, false),
+                    ("c".into(), 3, false),
+                    ("a".into(), ga, false)
+                ]
+            );
+            assert_eq!(ids(&store.changes_after(0, 1)), [("b".into(), gb, false)]);
+            let outbox = store.outbox();
+            assert_eq!(
+                (outbox.pending, outbox.acknowledged, outbox.head),
+                (3, 0, ga)
+            );
+            assert!(outbox.oldest.is_some());
+
+            assert!(store.delete(&b).await.expect("delete"));
+            store.acknowledge(3).await.expect("ack");
+            // Going down is not a thing the acknowledged generation does.
+            store.acknowledge(1).await.expect("ack");
+            assert_eq!(store.outbox().acknowledged, 3);
+            let pending = store.changes_after(3, 10);
+            assert_eq!(ids(&pending)[0], ("a".into(), ga, false));
+            assert!(pending[1].record.is_none() && pending[1].id == b);
+        }
+        // The acknowledged generation and the tombstone not yet acknowledged outlive the process.
+        let store = Store::open(&path).expect("reopen");
+        let pending = store.changes_after(store.outbox().acknowledged, 10);
+        assert_eq!(pending.len(), 2, "{pending:?}");
+        assert!(pending[1].record.is_none());
+        let tomb = pending[1].generation;
+        assert_eq!(store.tombstone(&b).await.expect("tomb"), Some(tomb));
+        store.acknowledge(tomb).await.expect("ack");
+        assert_eq!(store.tombstone(&b).await.expect("tomb"), None);
+        let outbox = store.outbox();
+        assert_eq!((outbox.pending, outbox.oldest), (0, None));
+        assert!(store.changes_after(outbox.acknowledged, 10).is_empty());
+        // A resync reads everything there is: the records, not the acknowledged tombstone.
+        assert_eq!(store.changes_after(0, 10).len(), 2);
+    }
+
+    #[tokio::test]
     async fn delete_and_list() {
         let dir = tempfile::tempdir().expect("dir");
         let store = Store::open(&dir.path().join("a.db")).expect("open");
