@@ -105,6 +105,31 @@ pub struct ResourceMetrics {
     pub network_tx_bytes: Option<u64>,
 }
 
+/// `engineUnavailable`: present on a record read while the engine could not be asked. The record
+/// is then the one stored, its `currentResourceMetrics` the last the agent knew (sampled at their
+/// `timestamp`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EngineUnavailable {
+    /// Since when the engine has not answered.
+    #[serde(with = "rfc3339_millis")]
+    #[schema(value_type = String, format = DateTime)]
+    pub since: DateTime<Utc>,
+    /// Why, as the last attempt to reach it failed.
+    pub message: String,
+}
+
+impl AppRecord {
+    /// The record as answered, with `engineUnavailable` when the engine could not be asked.
+    pub fn to_json_marked(&self, node: &WorkerNode, away: Option<&EngineUnavailable>) -> Value {
+        let mut out = self.to_json(node);
+        if let (Some(away), Value::Object(map)) = (away, &mut out) {
+            map.insert("engineUnavailable".into(), json_of(away));
+        }
+        out
+    }
+}
+
 /// `lastExit`: how the container's last run ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]

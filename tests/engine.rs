@@ -31,6 +31,14 @@ async fn listed(client: &Client, id: &str) -> Value {
         .unwrap_or_else(|| panic!("{id} not listed"))
 }
 
+/// A record without its `engineUnavailable` mark.
+fn unmarked(mut record: Value) -> Value {
+    if let Some(map) = record.as_object_mut() {
+        map.remove("engineUnavailable");
+    }
+    record
+}
+
 /// Polls `check` every 100 ms until it holds, at most `limit`.
 async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
 where
@@ -82,8 +90,15 @@ async fn the_agent_serves_without_the_engine_and_recovers_by_itself() {
         "{:?}",
         started.elapsed()
     );
-    assert_eq!(client.get(&format!("/v1/apps/{id}")).await.status, 503);
-    assert_eq!(listed(&client, &id).await, registered);
+    // Reads answer from the store, and say that the engine could not be asked.
+    let read = client.get(&format!("/v1/apps/{id}")).await;
+    assert_eq!(read.status, 200, "{read:?}");
+    assert!(
+        read.body["engineUnavailable"]["since"].is_string(),
+        "{read:?}"
+    );
+    assert_eq!(unmarked(read.body), unmarked(registered.clone()));
+    assert_eq!(unmarked(listed(&client, &id).await), unmarked(registered));
     assert!(w.running().await);
 
     // The engine comes back: readiness, reconciliation and stops return by themselves.
@@ -107,10 +122,10 @@ async fn the_agent_serves_without_the_engine_and_recovers_by_itself() {
     // It goes away again, mid-life: 503 again, and back again after.
     let (w2, id2) = client.running_app("exit").await;
     proxy.close();
-    let before = listed(&client, &id2).await;
+    let before = unmarked(listed(&client, &id2).await);
     let a = client.stop(&id2).await;
     assert_eq!(a.status, 503, "{a:?}");
-    assert_eq!(listed(&client, &id2).await, before, "untouched");
+    assert_eq!(unmarked(listed(&client, &id2).await), before, "untouched");
     assert!(w2.running().await);
     proxy.open(ProxyMode::Forward);
     eventually(
@@ -159,4 +174,91 @@ async fn an_engine_that_hangs_fails_fast_not_after_two_minutes() {
     assert_eq!(a.status, 503, "{a:?}");
     assert_eq!(a.body["error"], "docker_unavailable");
     assert!(took < Duration::from_secs(15), "failed after {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_stay_readable_while_the_engine_is_away_and_fresh_once_it_is_back() {
+    let proxy = EngineProxy::closed();
+    proxy.open(ProxyMode::Forward);
+    let agent = through(&proxy);
+    let client = agent.client();
+    let (w, id) = client.running_app("spin").await;
+    let path = format!("/v1/apps/{id}");
+    eventually(
+        Duration::from_secs(20),
+        "a fresh read with figures",
+        || async {
+            let read = client.get(&path).await;
+            read.status == 200 && read.body["currentResourceMetrics"]["cpuUsagePercent"].is_number()
+        },
+    )
+    .await;
+    let fresh = client.get(&path).await;
+    assert!(fresh.body.get("engineUnavailable").is_none(), "{fresh:?}");
+    let stored = listed(&client, &id).await;
+
+    for mode in ["closed", "hanging"] {
+        proxy.close();
+        if mode == "hanging" {
+            proxy.open(ProxyMode::Hang);
+        }
+        // At once, from the store: the last figures the agent knew, and when the engine went away.
+        for _ in 0..2 {
+            let started = Instant::now();
+            let read = client.get(&path).await;
+            let took = started.elapsed();
+            assert_eq!(read.status, 200, "{mode}: {read:?}");
+            assert!(took < Duration::from_secs(3), "{mode}: read after {took:?}");
+            let away = &read.body["engineUnavailable"];
+            assert!(
+                away["since"].is_string() && away["message"].is_string(),
+                "{mode}: {read:?}"
+            );
+            assert_eq!(
+                unmarked(read.body.clone()),
+                unmarked(stored.clone()),
+                "{mode}"
+            );
+            assert_eq!(
+                read.body["currentResourceMetrics"]["online"], true,
+                "{mode}"
+            );
+        }
+        let listed_now = listed(&client, &id).await;
+        assert!(
+            listed_now["engineUnavailable"].is_object(),
+            "{mode}: {listed_now}"
+        );
+        // Readiness, stops and starts still say the engine is away.
+        let ready = client.send(client.http.get(client.url("/readyz"))).await;
+        assert_eq!(ready.status, 503, "{mode}");
+        if mode == "closed" {
+            let a = client.stop(&id).await;
+            assert_eq!(
+                (a.status, a.body["error"].as_str()),
+                (503, Some("docker_unavailable")),
+                "{a:?}"
+            );
+            let a = client.start(&id).await;
+            assert_eq!(
+                (a.status, a.body["error"].as_str()),
+                (503, Some("docker_unavailable")),
+                "{a:?}"
+            );
+        }
+        // Back: reads are fresh again by themselves.
+        proxy.close();
+        proxy.open(ProxyMode::Forward);
+        eventually(Duration::from_secs(20), "fresh reads", || async {
+            let read = client.get(&path).await;
+            read.status == 200 && read.body.get("engineUnavailable").is_none()
+        })
+        .await;
+        let read = client.get(&path).await;
+        assert!(
+            read.body["currentResourceMetrics"]["uptime"].as_u64()
+                >= stored["currentResourceMetrics"]["uptime"].as_u64()
+        );
+    }
+    assert!(w.running().await);
 }

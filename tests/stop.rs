@@ -141,6 +141,26 @@ async fn a_custom_signal_reaches_the_workload() {
         "the workload saw SIGHUP"
     );
     assert!(w2.logs().await.contains("signal 1\n"));
+
+    // The signal went the way this engine takes it: on the stop call itself from API 1.42 on,
+    // else by a kill, a wait and a stop with `t=0`.
+    let node = client.get("/v1/node").await;
+    let api = node.body["docker"]["negotiatedApiVersion"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let minor: u32 = api.split('.').nth(1).unwrap().parse().unwrap();
+    let expected = if minor >= 42 {
+        "path=EngineStop"
+    } else {
+        "path=SignalThenStop"
+    };
+    let halted = agent.logged(&["container halted"]);
+    assert_eq!(halted.len(), 2, "{halted:?}");
+    assert!(
+        halted.iter().all(|l| l.contains(expected)),
+        "API {api}: expected {expected} in {halted:?}"
+    );
 }
 
 #[tokio::test]

@@ -145,6 +145,10 @@ struct Inner {
     /// The latest stats reading of each running app.
     readings: Mutex<sampling::Readings>,
     telemetry: Telemetry,
+    /// Since when the engine has not answered, while it does not.
+    engine_away: Mutex<Option<crate::record::EngineUnavailable>>,
+    /// Whether a probe for the engine's return is under way.
+    probing: std::sync::atomic::AtomicBool,
 }
 
 /// Who settles a record: a read, or the operation that holds the app's guard.
@@ -178,6 +182,8 @@ impl Agent {
                 tasks: TaskTracker::new(),
                 readings: Mutex::default(),
                 telemetry: Telemetry::new(),
+                engine_away: Mutex::default(),
+                probing: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -295,22 +301,37 @@ impl Agent {
             .collect())
     }
 
-    /// The record of `id`, with metrics fresh from the engine while its container runs.
+    /// The record of `id`, with metrics fresh from the engine while its container runs. While the
+    /// engine is away, the record as stored, at once ([`Agent::engine_away`] says so).
     pub async fn get(&self, principal: &Principal, id: &AppId) -> Result<AppRecord, AgentError> {
         let record = self.authorized(principal, id, Action::Read, "read").await?;
+        if self.engine_away().is_some() {
+            self.probe_engine();
+            return Ok(record);
+        }
         // The engine calls make a future of kilobytes; boxed, so that refusals, the common
         // cheap answer, do not carry it.
-        Box::pin(self.with_fresh_figures(id, record)).await
+        match Box::pin(self.with_fresh_figures(id, record)).await {
+            Err(AgentError::DockerUnavailable(message)) => {
+                self.engine_failed(&message);
+                self.record_of(id).await
+            }
+            Ok(fresh) => {
+                self.engine_answered();
+                Ok(fresh)
+            }
+            Err(e) => Err(e),
+        }
     }
 
-    /// `record` as the engine shows its container now, with fresh figures while it runs.
+    /// `record` as the engine shows its container now, with fresh figures while it runs. The
+    /// inspect is a probe: an engine that hangs is away after [`crate::runtime::PROBE_LIMIT`].
     async fn with_fresh_figures(
         &self,
         id: &AppId,
         record: AppRecord,
     ) -> Result<AppRecord, AgentError> {
-        let sighting = self
-            .sight(&record)
+        let sighting = crate::runtime::probe(self.sight(&record))
             .await
             .map_err(AgentError::from_runtime)?;
         let state = sighting.state.clone();
@@ -470,6 +491,7 @@ fn exited_observation(
     })
 }
 
+mod away;
 mod node;
 pub use node::NodeReport;
 mod operation;

@@ -151,6 +151,10 @@ impl Agent {
                     backoff = Duration::from_secs(1);
                     tracing::warn!("event stream ended; reconnecting");
                 }
+                Err(AgentError::DockerUnavailable(message)) => {
+                    self.engine_failed(&message);
+                    tracing::debug!(error = %message, "engine not followed yet");
+                }
                 Err(e) => tracing::debug!(error = %e, "engine not followed yet"),
             }
             tokio::time::sleep(backoff).await;
@@ -160,6 +164,7 @@ impl Agent {
 
     async fn follow_events(&self, since: DateTime<Utc>) -> Result<(), AgentError> {
         let changed = self.reconcile_all().await?;
+        self.engine_answered();
         tracing::info!(changed, "records reconciled with the engine");
         let mut events = self
             .runtime()

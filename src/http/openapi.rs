@@ -16,8 +16,8 @@ use utoipa::{IntoParams, IntoResponses, Modify, OpenApi, PartialSchema, ToSchema
 
 use crate::agent::NodeReport;
 use crate::record::{
-    DOCUMENTED, LastExit, LastStart, LastStop, ResourceMetrics, Shape, StartOutcome, StopOutcome,
-    WorkerNode,
+    DOCUMENTED, EngineUnavailable, LastExit, LastStart, LastStop, ResourceMetrics, Shape,
+    StartOutcome, StopOutcome, WorkerNode,
 };
 
 /// App ids: `[A-Za-z0-9._-]{1,128}`, except `.` and `..` (URL dot-segments, which clients
@@ -145,6 +145,7 @@ impl PartialSchema for AppRecordDoc {
             ("lastExit", LastExit::name(), false),
             ("lastStop", LastStop::name(), false),
             ("lastStart", LastStart::name(), false),
+            ("engineUnavailable", EngineUnavailable::name(), false),
         ];
         let mut object = documented_keys(
             "An app record: the keys the control plane registered, as given and in order, and \
@@ -183,6 +184,7 @@ impl ToSchema for AppRecordDoc {
         add::<WorkerNode>(schemas);
         add::<ResourceMetrics>(schemas);
         add::<LastExit>(schemas);
+        add::<EngineUnavailable>(schemas);
         add::<LastStop>(schemas);
         add::<LastStart>(schemas);
     }

@@ -29,8 +29,10 @@ const MAX_PAGE_SIZE: usize = 500;
 /// empty.
 const MAX_PAGE: usize = i32::MAX as usize;
 
+/// A record as answered: marked `engineUnavailable` while the engine does not answer, since its
+/// figures are then the last the agent knew.
 fn record_json(ctx: &ApiContext, record: &AppRecord) -> Value {
-    record.to_json(ctx.agent.node())
+    record.to_json_marked(ctx.agent.node(), ctx.agent.engine_away().as_ref())
 }
 
 /// `PUT /v1/apps/{appId}`: 201 created or 200 replaced, with the stored record.

@@ -95,7 +95,7 @@ async fn answer(req: Request<Incoming>, allowed: &Mutex<HashSet<String>>) -> Res
             return refuse(&container);
         }
     }
-    let Ok(engine) = tokio::net::UnixStream::connect("/var/run/docker.sock").await else {
+    let Ok(engine) = tokio::net::UnixStream::connect(super::engine_socket()).await else {
         return Response::builder()
             .status(StatusCode::BAD_GATEWAY)
             .body(Full::new(Bytes::new()).map_err(|e| match e {}).boxed())

@@ -123,7 +123,7 @@ async fn pass(
         starts.fetch_add(1, Ordering::SeqCst);
         drop(gate.read().await);
     }
-    let Ok(engine) = tokio::net::UnixStream::connect("/var/run/docker.sock").await else {
+    let Ok(engine) = tokio::net::UnixStream::connect(super::engine_socket()).await else {
         return bad_gateway();
     };
     let Ok((mut sender, connection)) =

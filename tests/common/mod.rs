@@ -47,16 +47,25 @@ fn unique(prefix: &str) -> String {
     )
 }
 
+/// The engine's socket: `DOCKER_HOST` when it names a Unix socket (the extra engines of
+/// `tests/engines.sh`), else the machine's own engine.
+pub fn engine_socket() -> PathBuf {
+    std::env::var("DOCKER_HOST")
+        .ok()
+        .and_then(|h| h.strip_prefix("unix://").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("/var/run/docker.sock"))
+}
+
 /// The local Docker engine. Fails the test with a clear message when none answers.
 pub async fn docker() -> Docker {
     DOCKER
         .get_or_init(|| async {
             let docker = Docker::connect_with_local_defaults()
                 .map(|d| d.with_timeout(Duration::from_secs(60)))
-                .expect("these tests need a Docker engine at /var/run/docker.sock (or DOCKER_HOST); `bash .ci/run` starts one");
-            docker.negotiate_version().await.expect(
-                "no Docker engine answers at /var/run/docker.sock; these tests drive the real engine. Start one (`bash .ci/run` does)",
-            )
+                .unwrap_or_else(|e| panic!("these tests need a Docker engine at {} (DOCKER_HOST picks another); `bash .ci/run` starts one: {e}", engine_socket().display()));
+            docker.negotiate_version().await.unwrap_or_else(|e| panic!(
+                "no Docker engine answers at {}; these tests drive the real engine. Start one (`bash .ci/run` does): {e}", engine_socket().display()
+            ))
         })
         .await
         .clone()
@@ -89,7 +98,9 @@ pub async fn workload_image() -> String {
                 .unwrap();
             let archive = tar.into_inner().unwrap();
             let docker = docker().await;
-            let image = format!("node-agent-test-workload:{tag}");
+            // Fully qualified, and the tag given inside `repo`: Podman's import keeps only that
+            // form, and Docker takes it too.
+            let image = format!("localhost/node-agent-test-workload:{tag}");
             // The tag is the binary's hash: an image with it already holds this very workload.
             if docker.inspect_image(&image).await.is_ok() {
                 let _ = std::fs::remove_dir_all(&out_dir);
@@ -97,8 +108,7 @@ pub async fn workload_image() -> String {
             }
             let options = CreateImageOptions {
                 from_src: Some("-".into()),
-                repo: Some("node-agent-test-workload".into()),
-                tag: Some(tag.clone()),
+                repo: Some(image.clone()),
                 ..Default::default()
             };
             let mut progress = docker.create_image(
@@ -817,7 +827,7 @@ pub fn app_id() -> String {
 }
 
 /// A Unix-socket stand-in for the engine's socket, which a test can close, reopen, or make hang,
-/// without touching the real daemon: it forwards to `/var/run/docker.sock`.
+/// without touching the real daemon: it forwards to [`engine_socket`].
 #[derive(Debug)]
 pub struct EngineProxy {
     pub path: PathBuf,
@@ -863,7 +873,7 @@ impl EngineProxy {
                     match mode {
                         ProxyMode::Forward => {
                             if let Ok(mut engine) =
-                                tokio::net::UnixStream::connect("/var/run/docker.sock").await
+                                tokio::net::UnixStream::connect(engine_socket()).await
                             {
                                 let _ =
                                     tokio::io::copy_bidirectional(&mut client, &mut engine).await;
