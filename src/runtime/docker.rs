@@ -440,6 +440,74 @@ mod tests {
         ));
     }
 
+    /// A stats answer from `testdata/`, as the engine sent it.
+    fn recorded(name: &str) -> RawStats {
+        let path = format!("{}/src/runtime/testdata/{name}", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path).expect("recorded answer");
+        to_raw_stats(serde_json::from_str(&text).expect("a stats answer"))
+    }
+
+    /// `docker stats` figures of each answer, worked out by hand from the answer's numbers:
+    /// CPU % = Δ total_usage / Δ system_cpu_usage × online_cpus × 100; memory = usage −
+    /// total_inactive_file (cgroup v1) or − inactive_file (cgroup v2); network summed over
+    /// interfaces.
+    #[test]
+    fn recorded_answers_of_cgroup_v1_and_v2_give_the_figures_docker_stats_shows() {
+        struct Expected {
+            file: &'static str,
+            cpu: f64,
+            memory: u64,
+            limit: u64,
+            rx: u64,
+            tx: u64,
+        }
+        for e in [
+            // Docker 20.10.24 on this host (cgroup v1, cgroupfs driver): `cache` and
+            // `total_inactive_file` both 737280.
+            Expected {
+                file: "stats-docker20-cgroup1.json",
+                cpu: 93.69,
+                memory: 5_550_080 - 737_280,
+                limit: 67_108_864,
+                rx: 736,
+                tx: 0,
+            },
+            // Docker 26.1.5 on this host (cgroup v1).
+            Expected {
+                file: "stats-docker26-cgroup1.json",
+                cpu: 58.49,
+                memory: 4_751_360,
+                limit: 67_108_864,
+                rx: 736,
+                tx: 0,
+            },
+            // cgroup v2 (Docker 24 and later): `memory.stat` keys as they are, `inactive_file`
+            // and no `cache` nor `total_*`; no `percpu_usage`; two interfaces.
+            Expected {
+                file: "stats-cgroup2.json",
+                cpu: 100.0,
+                memory: 73_400_320 - 8_388_608,
+                limit: 134_217_728,
+                rx: 1030,
+                tx: 2040,
+            },
+        ] {
+            let stats = recorded(e.file);
+            assert_eq!(stats.cpu_percent(), e.cpu, "{}", e.file);
+            assert_eq!(stats.memory_used(), e.memory, "{}", e.file);
+            assert_eq!(stats.memory_limit, e.limit, "{}", e.file);
+            assert_eq!(
+                (stats.network_rx, stats.network_tx),
+                (e.rx, e.tx),
+                "{}",
+                e.file
+            );
+            assert!(stats.read_at.is_some(), "{}", e.file);
+        }
+        // cgroup v2 has no per-CPU list: the CPUs come from `online_cpus` alone.
+        assert_eq!(recorded("stats-cgroup2.json").online_cpus, 4);
+    }
+
     #[tokio::test]
     async fn a_missing_socket_is_unavailable() {
         let rt = DockerRuntime::new(DockerEndpoint::Unix("/nonexistent/docker.sock".into()));

@@ -145,6 +145,9 @@ impl Workload {
             image: Some(workload_image().await),
             cmd: Some(vec!["/workload".into(), mode.into(), "4".into()]),
             labels: Some([(TEST_LABEL.to_owned(), "1".to_owned())].into()),
+            // Docker's own default, given explicitly: Podman records a container created through
+            // its Docker API without one as `StopTimeout: 0`, and would kill it at once.
+            stop_timeout: Some(10),
             host_config: Some(HostConfig {
                 memory: Some(64 * 1024 * 1024),
                 ..Default::default()
