@@ -564,10 +564,14 @@ async fn the_start_checks_run_in_the_lod_order() {
     );
     let (w5b, id5b) = client.running_app("exit").await;
     w5b.remove().await;
-    assert_eq!(
-        stored(&client, &id5b).await["currentResourceMetrics"]["online"],
-        true
-    );
+    // On Podman the agent lists the running containers five times a second (its events come
+    // late), and may already know; either way the answer is the same.
+    if !common::engine_is_podman().await {
+        assert_eq!(
+            stored(&client, &id5b).await["currentResourceMetrics"]["online"],
+            true
+        );
+    }
     let a = lod_start(&client, &token, &id5b, Some(NODE_ID)).await;
     assert_lod_error(
         &a,

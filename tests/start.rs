@@ -187,10 +187,14 @@ async fn a_start_runs_a_new_run_and_gives_the_restart_policy_back() {
         let stopped = client.stop(&id).await;
         assert_eq!(stopped.status, 200, "{name}: {stopped:?}");
         assert_eq!(
-            stopped.body["lastStop"]["previousRestartPolicy"], name,
+            stopped.body["lastStop"]["previousRestartPolicy"],
+            common::set_aside(name).await,
             "{stopped:?}"
         );
-        assert_eq!(policy_of(&w).await, Some(RestartPolicyNameEnum::NO));
+        assert_eq!(
+            policy_of(&w).await,
+            Some(common::policy_while_stopped(policy).await)
+        );
         assert!(!w.running().await);
 
         let a = client.start(&id).await;
@@ -203,7 +207,11 @@ async fn a_start_runs_a_new_run_and_gives_the_restart_policy_back() {
         assert_started_at_is_the_engines(r, &w).await;
         // The policy is back, and the record says so.
         assert_eq!(policy_of(&w).await, Some(policy), "{name}");
-        assert_eq!(r["lastStart"]["restoredRestartPolicy"], name, "{r:#}");
+        assert_eq!(
+            r["lastStart"]["restoredRestartPolicy"],
+            common::set_aside(name).await,
+            "{r:#}"
+        );
         assert_last_start(r, "started", OPERATOR_TOKEN_NAME);
         assert!(
             time(&r["lastStart"]["requestedAt"]) >= time(&stopped.body["lastStop"]["finishedAt"]),
@@ -375,9 +383,10 @@ async fn a_restart_kills_a_workload_that_ignores_sigterm_and_runs_it_again() {
     // Both halves are recorded, and the policy the stop set aside is back.
     assert_eq!(r["lastStop"]["outcome"], "stopped", "{r:#}");
     assert_eq!(r["lastStop"]["by"], OPERATOR_TOKEN_NAME);
-    assert_eq!(r["lastStop"]["previousRestartPolicy"], "unless-stopped");
+    let unless_stopped = common::set_aside("unless-stopped").await;
+    assert_eq!(r["lastStop"]["previousRestartPolicy"], unless_stopped);
     assert_last_start(r, "started", OPERATOR_TOKEN_NAME);
-    assert_eq!(r["lastStart"]["restoredRestartPolicy"], "unless-stopped");
+    assert_eq!(r["lastStart"]["restoredRestartPolicy"], unless_stopped);
     assert!(time(&r["lastStop"]["finishedAt"]) <= time(&r["lastStart"]["finishedAt"]));
     assert_eq!(
         policy_of(&w).await,
@@ -432,7 +441,8 @@ async fn a_restart_of_a_stopped_app_starts_it() {
     let client = agent.client();
     let w = Workload::start_with("exit", with_policy(RestartPolicyNameEnum::ALWAYS)).await;
     let (w, id, stopped) = stopped_app(&client, w).await;
-    assert_eq!(stopped["lastStop"]["previousRestartPolicy"], "always");
+    let always = common::set_aside("always").await;
+    assert_eq!(stopped["lastStop"]["previousRestartPolicy"], always);
     let stopped_run = time(&metrics(&stopped)["startedAt"]);
 
     let a = client.restart(&id).await;
@@ -442,7 +452,7 @@ async fn a_restart_of_a_stopped_app_starts_it() {
     assert!(time(&metrics(r)["startedAt"]) > stopped_run);
     assert!(w.running().await);
     assert_last_start(r, "started", OPERATOR_TOKEN_NAME);
-    assert_eq!(r["lastStart"]["restoredRestartPolicy"], "always");
+    assert_eq!(r["lastStart"]["restoredRestartPolicy"], always);
     assert_eq!(policy_of(&w).await, Some(RestartPolicyNameEnum::ALWAYS));
     // Nothing was stopped: the last stop and exit are the earlier ones.
     assert_eq!(r["lastStop"], stopped["lastStop"], "{r:#}");

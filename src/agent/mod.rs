@@ -340,10 +340,7 @@ impl Agent {
             .await?;
         if let Some(state) = state.filter(|s| s.running) {
             let container = record.container_id().to_owned();
-            let stats = match self.fresh_reading(&container) {
-                Some(fresh) => Ok(fresh),
-                None => self.runtime().stats(&container).await,
-            };
+            let stats = self.sample_now(&container).await;
             let stats = match stats {
                 Ok(s) => s,
                 Err(RuntimeError::Unavailable(m)) => return Err(AgentError::DockerUnavailable(m)),

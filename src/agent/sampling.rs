@@ -9,6 +9,7 @@ use futures_util::StreamExt;
 
 use super::Agent;
 use crate::metrics::RawStats;
+use crate::runtime::RuntimeError;
 
 /// A reading older than this is not fresh enough for a final sample; the engine sends one a second.
 const FRESH: Duration = Duration::from_millis(1500);
@@ -107,6 +108,34 @@ impl Agent {
         let l = readings.latest.get(container)?;
         (l.at.elapsed() + l.late < FRESH && !l.stats.is_empty() && l.stats.presystem_total > 0)
             .then(|| l.stats.clone())
+    }
+
+    /// A reading of `container` for a sample now: the stream's when it is fresh, else the engine's
+    /// `stats` answer. An answer without a previous CPU reading (Podman's, which streams one
+    /// reading in five seconds; a one-shot answer) is measured against the stream's last reading
+    /// of the same run, so that its CPU % covers a real interval of the container's own usage.
+    pub(super) async fn sample_now(&self, container: &str) -> Result<RawStats, RuntimeError> {
+        if let Some(fresh) = self.fresh_reading(container) {
+            return Ok(fresh);
+        }
+        let mut stats = self.runtime().stats(container).await?;
+        if stats.presystem_total == 0 && !stats.is_empty() {
+            let before = self
+                .readings()
+                .latest
+                .get(container)
+                .map(|l| l.stats.clone())
+                .filter(|b| {
+                    b.system_total > 0
+                        && b.system_total < stats.system_total
+                        && b.cpu_total <= stats.cpu_total
+                });
+            if let Some(before) = before {
+                stats.precpu_total = before.cpu_total;
+                stats.presystem_total = before.system_total;
+            }
+        }
+        Ok(stats)
     }
 
     /// Whether the stream of `container` has delivered a reading, fresh or not.

@@ -206,10 +206,7 @@ impl Agent {
         // The final sample must be taken before the stop: a stopped container has no stats. The
         // stream's latest reading is at most about a second old; without one, the engine is asked,
         // which waits for its collector.
-        let sampled = match self.fresh_reading(&container) {
-            Some(fresh) => Ok(fresh),
-            None => runtime.stats(&container).await,
-        };
+        let sampled = self.sample_now(&container).await;
         let reading = match sampled {
             Ok(s) if !s.is_empty() => {
                 if let Some(read_at) = s.read_at {
@@ -226,13 +223,21 @@ impl Agent {
                 None
             }
         };
+        // A stopped app must stay stopped: no restart policy may bring it back, not even when the
+        // engine itself restarts. A person may still start it by hand. Docker restarts a container
+        // with policy `always` when the daemon starts, so its policy is set aside first. Podman
+        // never restarts a container stopped through its API, and its Docker API cannot change a
+        // policy: there the policy stays.
+        let podman = runtime.engine().await.is_ok_and(|e| e.podman);
+        let set_aside = state.may_restart_itself() && !podman;
+        if state.may_restart_itself() && podman {
+            tracing::info!(app = %record.id, policy = state.restart_policy.as_deref().unwrap_or_default(), "Podman keeps the restart policy of a container it stopped");
+        }
         let record = self
-            .write_intent(record, &state, reading.as_ref(), intent)
+            .write_intent(record, &state, reading.as_ref(), intent, set_aside)
             .await?;
-        if state.may_restart_itself() {
-            // A stopped app must stay stopped: no restart policy may bring it back, not even when
-            // the engine itself restarts. A person may still start it by hand. Without that
-            // guarantee the stop does not go ahead.
+        if set_aside {
+            // Without that guarantee the stop does not go ahead.
             match runtime.set_restart_policy(&container, "no").await {
                 Ok(()) => tracing::info!(
                     app = %record.id,
@@ -310,6 +315,7 @@ impl Agent {
         state: &ContainerState,
         reading: Option<&RawStats>,
         intent: &StopIntent,
+        set_aside: bool,
     ) -> Result<AppRecord, AgentError> {
         let now = Utc::now();
         let observation = Observation {
@@ -321,10 +327,7 @@ impl Agent {
                 requested_at: intent.requested_at,
                 finished_at: None,
                 error: None,
-                previous_restart_policy: state
-                    .may_restart_itself()
-                    .then(|| state.restart_policy.clone())
-                    .flatten(),
+                previous_restart_policy: set_aside.then(|| state.restart_policy.clone()).flatten(),
             }),
             last_start: intent.restart.then(|| LastStart {
                 outcome: StartOutcome::Starting,

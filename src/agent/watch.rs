@@ -18,6 +18,10 @@ use crate::store::Observation;
 /// Longest wait between two attempts to reach the engine.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// How often the running containers are listed on an engine whose events come late (Podman), so
+/// that a record is true within half a second of a change behind the agent's back.
+const SWEEP_EVERY: Duration = Duration::from_millis(200);
+
 impl Agent {
     /// Makes every record true against the engine: at start-up, and whenever the event stream
     /// (re)connects, since events may have been missed. A record whose container cannot be
@@ -171,16 +175,50 @@ impl Agent {
             .events(Some(since))
             .await
             .map_err(AgentError::from_runtime)?;
-        while let Some(event) = events.next().await {
-            match event {
-                Ok(event) => self.on_event(&event).await,
-                Err(e) => {
-                    tracing::warn!(error = %e, "event stream failed");
-                    break;
-                }
+        // Podman reads its events from a file it polls, about a second late: beside them, one
+        // list of the running containers every SWEEP_EVERY finds what changed before they come.
+        let podman = self.runtime().engine().await.is_ok_and(|e| e.podman);
+        let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                event = events.next() => match event {
+                    Some(Ok(event)) => self.on_event(&event).await,
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "event stream failed");
+                        break;
+                    }
+                    None => break,
+                },
+                _ = sweep.tick(), if podman => self.sweep().await,
             }
         }
         Ok(())
+    }
+
+    /// Makes true every record whose container runs where the record says offline, or the other
+    /// way round, by one list of the running containers.
+    async fn sweep(&self) {
+        let running = match self.runtime().running().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, "running containers not listed");
+                return;
+            }
+        };
+        let records = match self.inner.store.list().await {
+            Ok(all) => all,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read records for a sweep");
+                return;
+            }
+        };
+        for record in records {
+            let runs = running.iter().any(|c| c.concerns(record.container_id()));
+            if runs != record.online() && !self.operation_under_way(&record.id) {
+                self.observe_container(record, "swept").await;
+            }
+        }
     }
 
     /// A container started or died: the records that name it are made true by inspecting it.
@@ -196,17 +234,24 @@ impl Agent {
             .into_iter()
             .filter(|r| event.concerns(r.container_id()))
         {
-            let id = record.id.clone();
-            let outcome = match self.sight(&record).await {
-                Ok(sighting) => self.record_sighting(record, sighting, Settler::Read).await,
-                Err(e) => Err(AgentError::from_runtime(e)),
+            let seen = match event.kind {
+                crate::runtime::EventKind::Started => "an engine event (start)",
+                crate::runtime::EventKind::Died => "an engine event (die)",
             };
-            match outcome {
-                Ok(r) => {
-                    tracing::info!(app = %id, kind = ?event.kind, online = r.online(), "container changed")
-                }
-                Err(e) => tracing::warn!(app = %id, error = %e, "could not follow an engine event"),
-            }
+            self.observe_container(record, seen).await;
+        }
+    }
+
+    /// Makes `record` say what its container is now, after `seen` told that it changed.
+    async fn observe_container(&self, record: AppRecord, seen: &str) {
+        let id = record.id.clone();
+        let outcome = match self.sight(&record).await {
+            Ok(sighting) => self.record_sighting(record, sighting, Settler::Read).await,
+            Err(e) => Err(AgentError::from_runtime(e)),
+        };
+        match outcome {
+            Ok(r) => tracing::info!(app = %id, seen, online = r.online(), "container changed"),
+            Err(e) => tracing::warn!(app = %id, error = %e, seen, "could not follow a change"),
         }
     }
 }

@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use bollard::errors::Error as BollardError;
 use bollard::models::{ContainerUpdateBody, RestartPolicy, RestartPolicyNameEnum};
 use bollard::query_parameters::{
-    EventsOptions, InspectContainerOptions, KillContainerOptions, StartContainerOptions,
-    StatsOptions, StopContainerOptions, WaitContainerOptions,
+    EventsOptions, InspectContainerOptions, KillContainerOptions, ListContainersOptions,
+    StartContainerOptions, StatsOptions, StopContainerOptions, WaitContainerOptions,
 };
 use bollard::{API_DEFAULT_VERSION, ClientVersion, Docker};
 use chrono::{DateTime, SubsecRound, Utc};
@@ -17,7 +17,7 @@ use futures_util::StreamExt;
 
 use super::{
     ContainerEvent, ContainerRuntime, ContainerState, EngineInfo, EventKind, EventStream, RawStats,
-    RuntimeError, StatsStream,
+    RunningContainer, RuntimeError, StatsStream,
 };
 use crate::config::DockerEndpoint;
 
@@ -93,11 +93,17 @@ impl DockerRuntime {
             api_version: version.api_version.unwrap_or_default(),
             negotiated_api_version: docker.client_version().to_string(),
             stop_takes_signal: docker.client_version() >= STOP_SIGNAL_API,
+            podman: version
+                .components
+                .iter()
+                .flatten()
+                .any(|c| c.name.contains("Podman")),
         };
         tracing::info!(
             engine = %info.version,
             api = %info.api_version,
             negotiated_api = %info.negotiated_api_version,
+            podman = info.podman,
             "connected to the Docker engine"
         );
         let connected = Connected { docker, info };
@@ -146,6 +152,19 @@ fn map_error(container: &str, err: BollardError) -> RuntimeError {
         | BollardError::HyperLegacyError { .. }) => RuntimeError::Unavailable(e.to_string()),
         other => RuntimeError::Engine(format!("{container}: {other}")),
     }
+}
+
+/// How often, and how long apart, an inspect that found a container in a state the Docker API
+/// does not have (Podman's passing `stopped`) is made again: a second in all.
+const PASSING_STATE_RETRIES: u32 = 40;
+const PASSING_STATE_PAUSE: Duration = Duration::from_millis(25);
+
+/// Whether `err` is an answer in a state the Docker API does not name.
+fn in_passing_state(err: &BollardError) -> bool {
+    matches!(
+        err,
+        BollardError::JsonDataError { .. } | BollardError::JsonSerdeError { .. }
+    ) && err.to_string().contains("unknown variant `stopped`")
 }
 
 /// Docker writes `0001-01-01T00:00:00Z` for "never". Times keep millisecond precision, as records
@@ -232,10 +251,22 @@ impl ContainerRuntime for DockerRuntime {
 
     async fn inspect(&self, container: &str) -> Result<ContainerState, RuntimeError> {
         let docker = self.client().await?;
-        let c = docker
-            .inspect_container(container, None::<InspectContainerOptions>)
-            .await
-            .map_err(|e| self.fail(container, e))?;
+        let mut attempts = 0;
+        let c = loop {
+            match docker
+                .inspect_container(container, None::<InspectContainerOptions>)
+                .await
+            {
+                Ok(c) => break c,
+                // Podman shows a container it is stopping as `stopped` for a moment, a state the
+                // Docker API does not have; it reads `exited` once Podman has cleaned up.
+                Err(e) if in_passing_state(&e) && attempts < PASSING_STATE_RETRIES => {
+                    attempts += 1;
+                    tokio::time::sleep(PASSING_STATE_PAUSE).await;
+                }
+                Err(e) => return Err(self.fail(container, e)),
+            }
+        };
         let state = c.state.unwrap_or_default();
         Ok(ContainerState {
             id: c.id.unwrap_or_default(),
@@ -345,19 +376,32 @@ impl ContainerRuntime for DockerRuntime {
             }),
             ..Default::default()
         };
-        docker
-            .update_container(container, update)
-            .await
-            .map_err(|e| self.fail(container, e))
+        match docker.update_container(container, update).await {
+            Ok(()) => Ok(()),
+            // Podman 4's Docker API has no update call: its 404 is about the route, not the
+            // container, which the inspect tells apart.
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404,
+                message,
+            }) => match self.inspect(container).await {
+                Ok(_) => Err(RuntimeError::Unsupported(format!(
+                    "the engine cannot change a container's restart policy ({message})"
+                ))),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(self.fail(container, e)),
+        }
     }
 
     async fn events(&self, since: Option<DateTime<Utc>>) -> Result<EventStream, RuntimeError> {
         let docker = self.client().await?;
         let filters = [
             ("type".to_owned(), vec!["container".to_owned()]),
+            // Podman filters on its own name for a container's end, `died`, though it reports
+            // the event as `die`; Docker ignores a name it does not know.
             (
                 "event".to_owned(),
-                vec!["start".to_owned(), "die".to_owned()],
+                vec!["start".to_owned(), "die".to_owned(), "died".to_owned()],
             ),
         ];
         let options = EventsOptions {
@@ -372,6 +416,30 @@ impl ContainerRuntime for DockerRuntime {
             }
         });
         Ok(Box::pin(stream))
+    }
+
+    async fn running(&self) -> Result<Vec<RunningContainer>, RuntimeError> {
+        let docker = self.client().await?;
+        let options = ListContainersOptions {
+            all: false,
+            ..Default::default()
+        };
+        let listed = docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| self.fail("the running containers", e))?;
+        Ok(listed
+            .into_iter()
+            .map(|c| RunningContainer {
+                id: c.id.unwrap_or_default(),
+                names: c
+                    .names
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|n| n.trim_start_matches('/').to_owned())
+                    .collect(),
+            })
+            .collect())
     }
 
     async fn wait_exit(&self, container: &str, limit: Duration) -> Result<bool, RuntimeError> {

@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 
 use super::{
     ContainerEvent, ContainerRuntime, ContainerState, EngineInfo, EventKind, EventStream, RawStats,
-    RuntimeError, StatsStream,
+    RunningContainer, RuntimeError, StatsStream,
 };
 
 #[derive(Debug, Default)]
@@ -348,6 +348,7 @@ impl ContainerRuntime for FakeRuntime {
             api_version: api_version.into(),
             negotiated_api_version: negotiated_api_version.into(),
             stop_takes_signal: self.stop_takes_signal,
+            podman: false,
         })
     }
 
@@ -490,6 +491,20 @@ impl ContainerRuntime for FakeRuntime {
         });
         self.leave("update");
         r
+    }
+
+    async fn running(&self) -> Result<Vec<RunningContainer>, RuntimeError> {
+        self.engine().await?;
+        let script = self.script.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(script
+            .containers
+            .iter()
+            .filter(|(_, c)| c.state.running)
+            .map(|(name, c)| RunningContainer {
+                id: c.state.id.clone(),
+                names: vec![name.clone()],
+            })
+            .collect())
     }
 
     async fn events(&self, _since: Option<DateTime<Utc>>) -> Result<EventStream, RuntimeError> {

@@ -58,10 +58,33 @@ pub enum EventKind {
 impl ContainerEvent {
     /// Whether a record's `containerId` (a name, a full id or an id prefix) names this container.
     pub fn concerns(&self, container_ref: &str) -> bool {
-        !container_ref.is_empty()
-            && (self.name.as_deref() == Some(container_ref)
-                || (container_ref.len() >= 12 && self.id.starts_with(container_ref)))
+        names(&self.id, self.name.as_deref(), container_ref)
     }
+}
+
+/// A container that runs, as the engine lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningContainer {
+    pub id: String,
+    pub names: Vec<String>,
+}
+
+impl RunningContainer {
+    /// Whether a record's `containerId` names this container.
+    pub fn concerns(&self, container_ref: &str) -> bool {
+        self.names
+            .iter()
+            .any(|n| names(&self.id, Some(n), container_ref))
+            || names(&self.id, None, container_ref)
+    }
+}
+
+/// Whether `container_ref` (a name, a full id or an id prefix of 12 or more) names the container
+/// with `id` and `name`.
+fn names(id: &str, name: Option<&str>, container_ref: &str) -> bool {
+    !container_ref.is_empty()
+        && (name == Some(container_ref)
+            || (container_ref.len() >= 12 && id.starts_with(container_ref)))
 }
 
 /// A container's stats readings as the engine collects them, one a second; it ends when the
@@ -83,6 +106,9 @@ pub struct EngineInfo {
     pub negotiated_api_version: String,
     /// Whether `POST /containers/{id}/stop` takes a `signal` (API 1.42 and later).
     pub stop_takes_signal: bool,
+    /// Podman's Docker-compatible service rather than Docker itself: it cannot change a
+    /// container's restart policy, and its events come late (it polls a file for them).
+    pub podman: bool,
 }
 
 /// How long a probe of the engine (readiness, the node report, the metrics' engine gauge) waits
@@ -120,6 +146,9 @@ pub enum RuntimeError {
     /// The engine answered with an error.
     #[error("the Docker engine refused the call: {0}")]
     Engine(String),
+    /// The engine has no such call (Podman 4 cannot change a restart policy).
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// The calls the agent makes on the container engine.
@@ -161,4 +190,6 @@ pub trait ContainerRuntime: Send + Sync + std::fmt::Debug {
     async fn set_restart_policy(&self, container: &str, policy: &str) -> Result<(), RuntimeError>;
     /// Container start and die events since `since` (replayed by the engine), then as they come.
     async fn events(&self, since: Option<DateTime<Utc>>) -> Result<EventStream, RuntimeError>;
+    /// The containers that run now, in one call.
+    async fn running(&self) -> Result<Vec<RunningContainer>, RuntimeError>;
 }

@@ -71,6 +71,41 @@ pub async fn docker() -> Docker {
         .clone()
 }
 
+/// Whether the engine under test is Podman's Docker-compatible service.
+pub async fn engine_is_podman() -> bool {
+    docker()
+        .await
+        .version()
+        .await
+        .expect("the engine's version")
+        .components
+        .iter()
+        .flatten()
+        .any(|c| c.name.contains("Podman"))
+}
+
+/// What a stop records of a restart policy it set aside: the policy's name on Docker; nothing on
+/// Podman, which keeps the policy (it never restarts a container stopped through its API, and its
+/// Docker API cannot change one).
+pub async fn set_aside(policy: &str) -> Value {
+    if engine_is_podman().await {
+        Value::Null
+    } else {
+        Value::from(policy)
+    }
+}
+
+/// The restart policy a container stopped by the agent has: `no` on Docker, its own on Podman.
+pub async fn policy_while_stopped(
+    policy: bollard::models::RestartPolicyNameEnum,
+) -> bollard::models::RestartPolicyNameEnum {
+    if engine_is_podman().await {
+        policy
+    } else {
+        bollard::models::RestartPolicyNameEnum::NO
+    }
+}
+
 /// The workload image, built once per test binary: `tests/workload/workload.c` compiled with
 /// `gcc -static` and imported as a one-file image.
 pub async fn workload_image() -> String {
