@@ -264,7 +264,7 @@ async fn the_sdk_request_and_both_token_schemes_work() {
 }
 
 #[tokio::test]
-async fn an_unreachable_engine_is_503_and_records_stay_untouched() {
+async fn an_unreachable_engine_is_503_reads_come_from_the_store_and_records_stay_untouched() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("no-engine.sock");
     let agent = AgentProcess::start_with(AgentOptions {
@@ -284,17 +284,27 @@ async fn an_unreachable_engine_is_503_and_records_stay_untouched() {
     let a = client.stop(&id).await;
     assert_error(&a, 503, "docker_unavailable");
     assert!(started.elapsed() < Duration::from_secs(15), "fails fast");
-    assert_error(
-        &client.get(&format!("/v1/apps/{id}")).await,
-        503,
-        "docker_unavailable",
+    // A read answers from the store, saying that the engine could not be asked.
+    let read = client.get(&format!("/v1/apps/{id}")).await;
+    assert_eq!(read.status, 200, "{read:?}");
+    assert!(
+        read.body["engineUnavailable"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("unreachable")),
+        "{read:?}"
     );
+    let unmarked = |mut v: Value| {
+        v.as_object_mut().unwrap().remove("engineUnavailable");
+        v
+    };
     let list = client.get("/v1/apps").await;
     assert_eq!(list.status, 200);
     assert_eq!(
-        list.body["applications"][0], reg.body,
+        unmarked(list.body["applications"][0].clone()),
+        unmarked(reg.body.clone()),
         "the record is untouched"
     );
+    assert_eq!(unmarked(read.body), unmarked(reg.body));
     let health = client.send(client.http.get(client.url("/healthz"))).await;
     assert_eq!(health.status, 200);
     let ready = client.send(client.http.get(client.url("/readyz"))).await;

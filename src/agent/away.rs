@@ -20,8 +20,10 @@ impl Agent {
             .clone()
     }
 
-    /// An engine call found the engine unreachable.
-    pub(super) fn engine_failed(&self, message: &str) {
+    /// An engine call found the engine unreachable, for the reason `detail` gives.
+    pub(super) fn engine_failed(&self, detail: &str) {
+        let message = crate::runtime::RuntimeError::Unavailable(detail.to_owned()).to_string();
+        let message = message.as_str();
         let mut away = self
             .inner
             .engine_away
@@ -61,6 +63,9 @@ impl Agent {
         tokio::spawn(async move {
             match probe(agent.runtime().ping()).await {
                 Ok(()) => agent.engine_answered(),
+                Err(crate::runtime::RuntimeError::Unavailable(detail)) => {
+                    agent.engine_failed(&detail)
+                }
                 Err(e) => agent.engine_failed(&e.to_string()),
             }
             agent.inner.probing.store(false, Ordering::Release);

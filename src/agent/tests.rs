@@ -295,6 +295,54 @@ async fn containers_changing_behind_the_agents_back_update_their_records() {
 }
 
 #[tokio::test]
+async fn on_podman_a_sweep_of_the_running_containers_keeps_records_true_without_events() {
+    let f = fixture(true, &[("a", json!({"containerId": "ca"}))]).await;
+    f.fake.set_podman();
+    let watcher = f.agent.spawn_watcher();
+    wait_for(|| f.fake.watchers() == 1).await;
+    f.fake.crash("ca", 1, false);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while f.stored("a").await.expect("record").online() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the crash was never seen"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let r = f.stored("a").await.expect("record");
+    assert_eq!(r.last_exit.expect("exit").exit_code, 1);
+    f.fake.start_by_hand("ca");
+    while !f.stored("a").await.expect("record").online() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the start was never seen"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    watcher.abort();
+}
+
+#[tokio::test]
+async fn on_podman_a_stop_keeps_the_restart_policy() {
+    let f = fixture(true, &[("a", json!({"containerId": "ca"}))]).await;
+    f.fake.set_podman();
+    f.fake.set_restart_policy("ca", "always");
+    f.fake.clear_calls();
+    let r = f.stop("a").await.expect("stopped");
+    assert!(
+        !f.fake.calls().iter().any(|c| c.starts_with("update")),
+        "{:?}",
+        f.fake.calls()
+    );
+    assert_eq!(
+        r.last_stop.expect("stop").previous_restart_policy,
+        None,
+        "nothing was set aside"
+    );
+    assert_eq!(f.fake.state("ca").restart_policy.as_deref(), Some("always"));
+}
+
+#[tokio::test]
 async fn a_stop_disables_the_restart_policy_first() {
     let f = fixture(false, &[("a", json!({"containerId": "ca"}))]).await;
     f.fake.set_restart_policy("ca", "always");

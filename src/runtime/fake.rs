@@ -46,6 +46,8 @@ struct Script {
     root_dir: Option<String>,
     /// Whether the engine is on another host.
     remote: bool,
+    /// Whether it says it is Podman; its events then never come (the extreme of late).
+    podman: bool,
 }
 
 /// Now, at the millisecond precision the real runtime gives engine times.
@@ -178,7 +180,15 @@ impl FakeRuntime {
         self.emit(name, EventKind::Started);
     }
 
+    /// From now on the engine says it is Podman, and sends no events at all.
+    pub fn set_podman(&self) {
+        self.with(|s| s.podman = true);
+    }
+
     fn emit(&self, name: &str, kind: EventKind) {
+        if self.with(|s| s.podman) {
+            return;
+        }
         let _ = self.events.send(ContainerEvent {
             id: format!("{name}-id"),
             name: Some(name.to_owned()),
@@ -348,7 +358,7 @@ impl ContainerRuntime for FakeRuntime {
             api_version: api_version.into(),
             negotiated_api_version: negotiated_api_version.into(),
             stop_takes_signal: self.stop_takes_signal,
-            podman: false,
+            podman: self.with(|s| s.podman),
         })
     }
 
