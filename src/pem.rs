@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use rustls::RootCertStore;
 use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -109,4 +110,34 @@ pub(crate) fn rustls_message(err: &rustls::Error) -> String {
         rustls::Error::General(message) => message.clone(),
         other => other.to_string(),
     }
+}
+
+/// Why a file of CA certificates cannot serve as roots.
+#[derive(Debug)]
+pub(crate) enum RootsError {
+    /// It cannot be read, or is not PEM.
+    File(TlsError),
+    /// It holds no certificate, or one that is not a usable CA certificate; the words say which.
+    Unusable(String),
+}
+
+/// The CA certificates of a PEM file (`what` names it in errors) as a root store.
+pub(crate) fn read_roots(what: &'static str, path: &Path) -> Result<RootCertStore, RootsError> {
+    let cas = read_certificates(what, path).map_err(RootsError::File)?;
+    if cas.is_empty() {
+        return Err(RootsError::Unusable(
+            "it holds no certificate (expected one or more \"BEGIN CERTIFICATE\" blocks)".into(),
+        ));
+    }
+    let mut roots = RootCertStore::empty();
+    for (n, ca) in cas.into_iter().enumerate() {
+        roots.add(ca).map_err(|err| {
+            RootsError::Unusable(format!(
+                "certificate {} in it is not a usable CA certificate: {}",
+                n + 1,
+                rustls_message(&err)
+            ))
+        })?;
+    }
+    Ok(roots)
 }

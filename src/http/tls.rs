@@ -7,11 +7,11 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
-use rustls::{InconsistentKeys, RootCertStore, ServerConfig};
+use rustls::{InconsistentKeys, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
 pub use crate::pem::TlsError;
-use crate::pem::{read_certificates, read_key, rustls_message};
+use crate::pem::{RootsError, read_certificates, read_key, read_roots, rustls_message};
 
 /// The only application protocol offered. The server speaks HTTP/1.1 and nothing else, so a client
 /// must never be told through ALPN that it may use h2.
@@ -177,22 +177,10 @@ fn client_verifier(
         path: path.to_path_buf(),
         message,
     };
-    let cas = read_certificates(CLIENT_CA_FILE, path)?;
-    if cas.is_empty() {
-        return Err(bad(
-            "it holds no certificate (expected one or more \"BEGIN CERTIFICATE\" blocks)".into(),
-        ));
-    }
-    let mut roots = RootCertStore::empty();
-    for (n, ca) in cas.into_iter().enumerate() {
-        roots.add(ca).map_err(|err| {
-            bad(format!(
-                "certificate {} in it is not a usable CA certificate: {}",
-                n + 1,
-                rustls_message(&err)
-            ))
-        })?;
-    }
+    let roots = read_roots(CLIENT_CA_FILE, path).map_err(|e| match e {
+        RootsError::File(e) => e,
+        RootsError::Unusable(message) => bad(message),
+    })?;
     // The builder's default refuses clients that present no certificate, which is what a
     // configured client CA is meant to achieve.
     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(provider))
@@ -226,7 +214,7 @@ mod tests {
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
         KeyPair, KeyUsagePurpose, PublicKeyData, SignatureAlgorithm,
     };
-    use rustls::ClientConfig;
+    use rustls::{ClientConfig, RootCertStore};
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};

@@ -16,7 +16,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use rustls::{ClientConfig, RootCertStore};
 
 use super::ReportError;
-use crate::pem::{TlsError, read_certificates, read_key, rustls_message};
+use crate::pem::{RootsError, TlsError, read_certificates, read_key, read_roots, rustls_message};
 use crate::telemetry::ReportOutcome;
 
 /// How long a report may take, from connecting to the end of the answer.
@@ -92,37 +92,23 @@ pub fn client_tls(
     identity: Option<(&Path, &Path)>,
 ) -> Result<ClientConfig, ReportError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
-            let cas = read_certificates("report CA", path)?;
-            let bad = |message: String| ReportError::BadCa {
+    let roots = match ca_file {
+        Some(path) => read_roots("report CA", path).map_err(|e| match e {
+            RootsError::File(e) => ReportError::Tls(e),
+            RootsError::Unusable(message) => ReportError::BadCa {
                 path: path.to_owned(),
                 message,
-            };
-            if cas.is_empty() {
-                return Err(bad(
-                    "it holds no certificate (expected \"BEGIN CERTIFICATE\" blocks)".into(),
-                ));
-            }
-            for (n, ca) in cas.into_iter().enumerate() {
-                roots.add(ca).map_err(|e| {
-                    bad(format!(
-                        "certificate {} in it is not a usable CA certificate: {}",
-                        n + 1,
-                        rustls_message(&e)
-                    ))
-                })?;
-            }
-        }
+            },
+        })?,
         None => {
-            let found = rustls_native_certs::load_native_certs();
-            roots.add_parsable_certificates(found.certs);
+            let mut roots = RootCertStore::empty();
+            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
             if roots.is_empty() {
                 return Err(ReportError::NoRoots);
             }
+            roots
         }
-    }
+    };
     let builder = versions(provider)?.with_root_certificates(roots);
     match identity {
         Some((cert, key)) => {
