@@ -85,6 +85,11 @@ impl ReportOutcome {
         ReportOutcome::Unreachable,
     ];
 
+    /// Whether the batch leaves the outbox: acknowledged, or dropped.
+    pub fn ends_batch(self) -> bool {
+        matches!(self, ReportOutcome::Acknowledged | ReportOutcome::Rejected)
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             ReportOutcome::Acknowledged => "acknowledged",
@@ -302,10 +307,7 @@ impl Telemetry {
                 outcome: outcome.label(),
             };
             let _created = reports.get_or_create(&labels);
-            if matches!(
-                outcome,
-                ReportOutcome::Acknowledged | ReportOutcome::Rejected
-            ) {
+            if outcome.ends_batch() {
                 let _created = reported_changes.get_or_create(&labels);
             }
         }
@@ -388,10 +390,7 @@ impl Telemetry {
             outcome: outcome.label(),
         };
         self.reports.get_or_create(&labels).inc();
-        if matches!(
-            outcome,
-            ReportOutcome::Acknowledged | ReportOutcome::Rejected
-        ) {
+        if outcome.ends_batch() {
             self.reported_changes
                 .get_or_create(&labels)
                 .inc_by(u64::try_from(changes).unwrap_or(u64::MAX));

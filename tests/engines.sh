@@ -169,26 +169,39 @@ EOF
   wait_answer podman "$dir/podman.log"
 }
 
-pid_of() {
+pid_file_of() {
   case $1 in
-    docker26) cat "$BASE/docker26/dockerd.pid" 2>/dev/null || true ;;
-    podman) cat "$BASE/podman/podman.pid" 2>/dev/null || true ;;
+    docker26) echo "$BASE/docker26/dockerd.pid" ;;
+    podman) echo "$BASE/podman/podman.pid" ;;
   esac
 }
 
+pid_of() {
+  cat "$(pid_file_of "$1")" 2>/dev/null || true
+}
+
+# Whether `pid` is alive and is `command` (a pid file may outlive its process, and the pid be
+# reused by another).
+is_ours() {
+  local pid=$1 command=$2
+  [ -n "$pid" ] && as_root kill -0 "$pid" 2>/dev/null &&
+    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$command" ]
+}
+
 down_one() {
-  local name=$1 pid
+  local name=$1 pid command
   pid=$(pid_of "$name")
-  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+  case $name in docker26) command=dockerd ;; *) command=podman ;; esac
+  if is_ours "$pid" "$command"; then
     log "stopping $name (pid $pid)"
     as_root kill -TERM "$pid"
     for _ in $(seq 1 30); do
-      kill -0 "$pid" 2>/dev/null || break
+      is_ours "$pid" "$command" || break
       sleep 1
     done
-    kill -0 "$pid" 2>/dev/null && as_root kill -KILL "$pid"
+    if is_ours "$pid" "$command"; then as_root kill -KILL "$pid"; fi
   fi
-  rm -f "$(socket_of "$name")" "$BASE/$name/podman.pid"
+  rm -f "$(socket_of "$name")" "$(pid_file_of "$name")"
   remove_netns "$name"
 }
 
@@ -212,16 +225,24 @@ case $command in
     for name in $(names "$@"); do down_one "$name"; done
     ;;
   socket)
+    [ $# -eq 1 ] || { echo "usage: $0 socket NAME" >&2; exit 2; }
     echo "unix://$(socket_of "$1")"
     ;;
   test)
     mapfile -t chosen < <(names "$@")
     trap '"$0" down "${chosen[@]}"' EXIT
     "$0" up "${chosen[@]}" >/dev/null
+    failed=()
+    # Every engine is tested, whichever fails; the run fails at the end naming them.
     for name in "${chosen[@]}"; do
       log "engine-facing tests against $name"
-      DOCKER_HOST="unix://$(socket_of "$name")" cargo test --locked "${ENGINE_TESTS[@]}"
+      DOCKER_HOST="unix://$(socket_of "$name")" cargo test --locked "${ENGINE_TESTS[@]}" ||
+        failed+=("$name")
     done
+    if [ ${#failed[@]} -gt 0 ]; then
+      echo "engine-facing tests failed on: ${failed[*]}" >&2
+      exit 1
+    fi
     ;;
   *)
     echo "usage: $0 up|down|test [docker26|podman]... | socket NAME" >&2

@@ -62,11 +62,11 @@ impl Agent {
         let agent = self.clone();
         tokio::spawn(async move {
             match probe(agent.runtime().ping()).await {
-                Ok(()) => agent.engine_answered(),
                 Err(crate::runtime::RuntimeError::Unavailable(detail)) => {
                     agent.engine_failed(&detail)
                 }
-                Err(e) => agent.engine_failed(&e.to_string()),
+                // Any answer, an error included, says the engine is there.
+                Ok(()) | Err(_) => agent.engine_answered(),
             }
             agent.inner.probing.store(false, Ordering::Release);
         });

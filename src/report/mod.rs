@@ -87,12 +87,7 @@ impl Reporting {
             .token_file
             .clone()
             .ok_or_else(|| ReportError::Url("report.token_file is required with it".into()))?;
-        let credentials = Credentials::new(&read_token(&token_file)?).map_err(|message| {
-            ReportError::BadToken {
-                path: token_file.clone(),
-                message,
-            }
-        })?;
+        let credentials = Credentials::new(read_token(&token_file)?);
         let tls = if endpoint.https {
             let identity = config
                 .client_cert_file
@@ -122,13 +117,8 @@ impl Reporting {
     /// Reads the token file again (at SIGHUP); a file that cannot be used leaves the token in
     /// force.
     pub fn reload_token(&self) -> Result<(), ReportError> {
-        let token = read_token(&self.token_file)?;
-        self.credentials
-            .replace(&token)
-            .map_err(|message| ReportError::BadToken {
-                path: self.token_file.clone(),
-                message,
-            })
+        self.credentials.replace(read_token(&self.token_file)?);
+        Ok(())
     }
 
     /// Starts the sender; it runs until `stop` is cancelled.
@@ -234,7 +224,9 @@ impl Sender {
                 error,
                 retry_after,
             } => {
-                let wait = retry_after.unwrap_or_else(|| self.backoff.next_wait());
+                // Never sooner than the control plane asked, nor than the backoff allows.
+                let backoff = self.backoff.next_wait();
+                let wait = retry_after.map_or(backoff, |asked| asked.max(backoff));
                 tracing::warn!(
                     changes = batch.len(), first, last, %error,
                     retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),

@@ -25,8 +25,9 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest `Retry-After` honoured; a longer one is cut to this.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
-/// How much of a refusal's body is logged.
+/// How much of a refusal's body is logged, and how much of any answer is read.
 const LOGGED_BODY: usize = 512;
+const ANSWER_READ_LIMIT: usize = 64 * 1024;
 
 /// What the files of `[report]` say: the report token and the TLS settings.
 #[derive(Clone)]
@@ -42,17 +43,16 @@ impl std::fmt::Debug for Credentials {
 }
 
 impl Credentials {
-    pub fn new(token: &str) -> Result<Credentials, String> {
-        Ok(Credentials {
-            token: Arc::new(RwLock::new(bearer(token)?)),
-        })
+    /// Credentials sending `header` (from [`read_token`]).
+    pub fn new(header: HeaderValue) -> Credentials {
+        Credentials {
+            token: Arc::new(RwLock::new(header)),
+        }
     }
 
     /// Puts a new token in force.
-    pub fn replace(&self, token: &str) -> Result<(), String> {
-        let value = bearer(token)?;
-        *self.token.write().unwrap_or_else(|p| p.into_inner()) = value;
-        Ok(())
+    pub fn replace(&self, header: HeaderValue) {
+        *self.token.write().unwrap_or_else(|p| p.into_inner()) = header;
     }
 
     fn header(&self) -> HeaderValue {
@@ -74,15 +74,15 @@ fn bearer(token: &str) -> Result<HeaderValue, String> {
     Ok(value)
 }
 
-/// Reads the token from the first line of `path`, refusing the file like the tokens file.
-pub fn read_token(path: &Path) -> Result<String, ReportError> {
+/// Reads the token from the first line of `path`, refusing the file like the tokens file; returns
+/// the header that carries it.
+pub fn read_token(path: &Path) -> Result<HeaderValue, ReportError> {
     let text = crate::auth::read_private_file(path, "report token file")?;
-    let token = text.lines().next().unwrap_or("").trim().to_owned();
-    bearer(&token).map_err(|message| ReportError::BadToken {
+    let token = text.lines().next().unwrap_or("").trim();
+    bearer(token).map_err(|message| ReportError::BadToken {
         path: path.to_owned(),
         message,
-    })?;
-    Ok(token)
+    })
 }
 
 /// The rustls client configuration: the CA file's certificates, else the system's roots; and the
@@ -231,7 +231,10 @@ impl Transport {
                 .get(RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| retry_after(v, Utc::now()));
-            let body = response.into_body().collect().await;
+            // Only the start of an answer is ever logged: more is not read.
+            let body = http_body_util::Limited::new(response.into_body(), ANSWER_READ_LIMIT)
+                .collect()
+                .await;
             let text = match body {
                 Ok(b) => String::from_utf8_lossy(&b.to_bytes()).into_owned(),
                 Err(_) => String::new(),
@@ -380,12 +383,12 @@ mod tests {
 
     #[test]
     fn tokens_are_checked_and_never_quoted() {
-        assert!(Credentials::new("abc.DEF-123_~").is_ok());
+        assert!(bearer("abc.DEF-123_~").is_ok());
         for bad in ["", "two words", "tab\there", "é"] {
-            let e = Credentials::new(bad).expect_err(bad);
+            let e = bearer(bad).expect_err(bad);
             assert!(bad.is_empty() || !e.contains(bad), "{e}");
         }
-        let c = Credentials::new("s3cret").unwrap();
+        let c = Credentials::new(bearer("s3cret").unwrap());
         assert!(c.header().is_sensitive());
         assert!(!format!("{c:?}").contains("s3cret"));
     }

@@ -72,10 +72,7 @@ pub struct RunningContainer {
 impl RunningContainer {
     /// Whether a record's `containerId` names this container.
     pub fn concerns(&self, container_ref: &str) -> bool {
-        self.names
-            .iter()
-            .any(|n| names(&self.id, Some(n), container_ref))
-            || names(&self.id, None, container_ref)
+        self.names.iter().any(|n| n == container_ref) || names(&self.id, None, container_ref)
     }
 }
 
