@@ -24,8 +24,42 @@ use crate::record::{
     AppId, AppRecord, LastExit, LastStart, LastStop, Registration, ResourceMetrics, format_time,
 };
 
+/// The schema's steps, in order: step N takes the store to `PRAGMA user_version` N + 1.
+const MIGRATIONS: [&str; 5] = [
+    "CREATE TABLE IF NOT EXISTS apps (
+         id          TEXT PRIMARY KEY NOT NULL,
+         registered  TEXT NOT NULL,
+         metrics     TEXT,
+         last_exit   TEXT,
+         updated_at  TEXT NOT NULL
+     ) STRICT;",
+    // The agent's last stop of each app: its intent while under way, then its outcome.
+    "ALTER TABLE apps ADD COLUMN last_stop TEXT;",
+    // The agent's last start of each app: its intent while under way, then its outcome.
+    "ALTER TABLE apps ADD COLUMN last_start TEXT;",
+    // Generations: one counter per node that only goes up, a record's generation drawn from it in
+    // the transaction of each change, and a tombstone for each deletion. Records kept from before
+    // get generations in id order.
+    "CREATE TABLE IF NOT EXISTS counters (
+         name   TEXT PRIMARY KEY NOT NULL,
+         value  INTEGER NOT NULL
+     ) STRICT;
+     ALTER TABLE apps ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
+     UPDATE apps SET generation =
+         (SELECT count(*) FROM apps AS earlier WHERE earlier.id <= apps.id);
+     INSERT INTO counters (name, value) VALUES ('generation', (SELECT count(*) FROM apps));
+     CREATE TABLE IF NOT EXISTS tombstones (
+         id          TEXT PRIMARY KEY NOT NULL,
+         generation  INTEGER NOT NULL,
+         deleted_at  TEXT NOT NULL
+     ) STRICT;",
+    // The outbox: the highest generation the control plane has acknowledged. Nothing is
+    // acknowledged yet, so every record kept from before is reported once.
+    "INSERT OR IGNORE INTO counters (name, value) VALUES ('acknowledged', 0);",
+];
+
 /// Schema version written to `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -292,71 +326,8 @@ impl Store {
                 found: version,
             });
         }
-        if version < 1 {
-            conn.execute_batch(
-                "BEGIN;
-                 CREATE TABLE IF NOT EXISTS apps (
-                     id          TEXT PRIMARY KEY NOT NULL,
-                     registered  TEXT NOT NULL,
-                     metrics     TEXT,
-                     last_exit   TEXT,
-                     updated_at  TEXT NOT NULL
-                 ) STRICT;
-                 PRAGMA user_version = 1;
-                 COMMIT;",
-            )?;
-        }
-        if version < 2 {
-            // The agent's last stop of each app: its intent while under way, then its outcome.
-            conn.execute_batch(
-                "BEGIN;
-                 ALTER TABLE apps ADD COLUMN last_stop TEXT;
-                 PRAGMA user_version = 2;
-                 COMMIT;",
-            )?;
-        }
-        if version < 3 {
-            // The agent's last start of each app: its intent while under way, then its outcome.
-            conn.execute_batch(
-                "BEGIN;
-                 ALTER TABLE apps ADD COLUMN last_start TEXT;
-                 PRAGMA user_version = 3;
-                 COMMIT;",
-            )?;
-        }
-        if version < 4 {
-            // Generations: one counter per node that only goes up, a record's generation drawn from
-            // it in the transaction of each change, and a tombstone for each deletion. Records kept
-            // from before get generations in id order.
-            conn.execute_batch(
-                "BEGIN;
-                 CREATE TABLE IF NOT EXISTS counters (
-                     name   TEXT PRIMARY KEY NOT NULL,
-                     value  INTEGER NOT NULL
-                 ) STRICT;
-                 ALTER TABLE apps ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
-                 UPDATE apps SET generation =
-                     (SELECT count(*) FROM apps AS earlier WHERE earlier.id <= apps.id);
-                 INSERT INTO counters (name, value)
-                     VALUES ('generation', (SELECT count(*) FROM apps));
-                 CREATE TABLE IF NOT EXISTS tombstones (
-                     id          TEXT PRIMARY KEY NOT NULL,
-                     generation  INTEGER NOT NULL,
-                     deleted_at  TEXT NOT NULL
-                 ) STRICT;
-                 PRAGMA user_version = 4;
-                 COMMIT;",
-            )?;
-        }
-        if version < 5 {
-            // The outbox: the highest generation the control plane has acknowledged. Nothing is
-            // acknowledged yet, so every record kept from before is reported once.
-            conn.execute_batch(
-                "BEGIN;
-                 INSERT OR IGNORE INTO counters (name, value) VALUES ('acknowledged', 0);
-                 PRAGMA user_version = 5;
-                 COMMIT;",
-            )?;
+        for step in usize::try_from(version).unwrap_or(0)..MIGRATIONS.len() {
+            migrate(&conn, step)?;
         }
         let tables = load_all(&conn)?;
         let head = tables.by_generation.keys().next_back().copied();
@@ -718,6 +689,17 @@ impl Store {
         })
         .await
     }
+}
+
+/// Runs migration `step` in one transaction with the version it reaches, so that a crash between
+/// two steps leaves a store that the next start takes up where it stopped.
+fn migrate(conn: &Connection, step: usize) -> Result<(), StoreError> {
+    conn.execute_batch(&format!(
+        "BEGIN;\n{}\nPRAGMA user_version = {};\nCOMMIT;",
+        MIGRATIONS[step],
+        step + 1
+    ))?;
+    Ok(())
 }
 
 /// Draws the next generation from the node's counter, inside the caller's transaction, so that
@@ -1117,6 +1099,44 @@ mod tests {
         assert!(store.changes_after(outbox.acknowledged, 10).is_empty());
         // A resync reads everything there is: the records, not the acknowledged tombstone.
         assert_eq!(store.changes_after(0, 10).len(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_older_store_is_taken_up_step_by_step_and_its_records_reported_once() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("old.db");
+        {
+            // A store as an agent of schema 3 left it, with one record.
+            let conn = Connection::open(&path).expect("open");
+            for step in 0..3 {
+                migrate(&conn, step).expect("old schema");
+            }
+            conn.execute(
+                "INSERT INTO apps (id, registered, updated_at) VALUES ('a', ?1, ?2)",
+                params![r#"{"containerId":"ca"}"#, format_time(Utc::now())],
+            )
+            .expect("old row");
+        }
+        let store = Store::open(&path).expect("upgraded");
+        let a = AppId::parse("a").expect("id");
+        let record = store.get(&a).await.expect("get").expect("kept");
+        assert_eq!((record.container_id(), record.generation), ("ca", 1));
+        let outbox = store.outbox();
+        assert_eq!(
+            (outbox.pending, outbox.acknowledged, outbox.head),
+            (1, 0, 1)
+        );
+        let version: i64 = store
+            .with_conn(|c| Ok(c.pragma_query_value(None, "user_version", |r| r.get(0))?))
+            .await
+            .expect("version");
+        assert_eq!(version, SCHEMA_VERSION);
+        // The next change draws from the counter the upgrade set.
+        let (r, _) = store
+            .register(&a, reg(&a, "ca"), Utc::now())
+            .await
+            .expect("put");
+        assert_eq!(r.generation, 2);
     }
 
     #[tokio::test]
