@@ -8,6 +8,7 @@
 //! - [`stop`] turns a stop request into engine calls; [`metrics`] computes `docker stats` figures;
 //! - [`policy`] says who may do what to which app; [`auth`] knows tokens and principals;
 //! - [`runtime`] is the container engine behind a trait, with the bollard implementation;
+//!   [`cgroup`] reads a running container's figures from the host's own files;
 //! - [`store`] keeps records in SQLite, and is the outbox of [`report`], which pushes every change
 //!   to the control plane; [`record`] is the record's shape;
 //! - [`config`] reads the configuration; [`signals`] turns Unix signals into shutdown and reload;
@@ -16,6 +17,7 @@
 
 pub mod agent;
 pub mod auth;
+pub mod cgroup;
 pub mod config;
 pub mod host;
 pub mod http;

@@ -23,6 +23,39 @@ pub struct RawStats {
     pub memory_limit: u64,
     pub network_rx: u64,
     pub network_tx: u64,
+    /// Where the counters were read.
+    pub source: SampleSource,
+}
+
+/// Where a sample's figures were read, recorded with them (`sampleSource`) and counted.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum SampleSource {
+    /// The container's cgroup files and its network namespace's counters, read by the agent at
+    /// the moment of the sample.
+    Cgroup,
+    /// The engine's stats: its stream's latest reading, or a stats call.
+    #[default]
+    Engine,
+}
+
+impl SampleSource {
+    pub fn label(self) -> &'static str {
+        match self {
+            SampleSource::Cgroup => "cgroup",
+            SampleSource::Engine => "engine",
+        }
+    }
 }
 
 impl RawStats {
@@ -31,17 +64,21 @@ impl RawStats {
         self.cpu_total == 0 && self.memory_usage == 0 && self.memory_limit == 0
     }
 
-    /// CPU % over the interval between the engine's two readings, scaled by the container's CPUs;
-    /// 0 when the interval is empty (as `docker stats` shows it).
-    pub fn cpu_percent(&self) -> f64 {
-        let cpu_delta = self.cpu_total.saturating_sub(self.precpu_total);
-        let system_delta = self.system_total.saturating_sub(self.presystem_total);
-        if cpu_delta == 0 || system_delta == 0 || self.presystem_total == 0 {
-            return 0.0;
+    /// CPU % over the interval between two readings, scaled by the online CPUs, as `docker stats`
+    /// computes it. `None` without an interval: no previous reading, no system time between the
+    /// two, or a container counter that went back (a new cgroup, not a later reading of the same).
+    pub fn cpu_percent(&self) -> Option<f64> {
+        if self.presystem_total == 0
+            || self.system_total <= self.presystem_total
+            || self.cpu_total < self.precpu_total
+        {
+            return None;
         }
+        let cpu_delta = self.cpu_total - self.precpu_total;
+        let system_delta = self.system_total - self.presystem_total;
         let pct =
             cpu_delta as f64 / system_delta as f64 * f64::from(self.online_cpus.max(1)) * 100.0;
-        (pct * 100.0).round() / 100.0
+        Some((pct * 100.0).round() / 100.0)
     }
 
     /// Memory in use without reclaimable page cache.
@@ -49,6 +86,24 @@ impl RawStats {
         match self.memory_reclaimable {
             Some(r) if r < self.memory_usage => self.memory_usage - r,
             _ => self.memory_usage,
+        }
+    }
+}
+
+/// What a sample is for, as counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SamplePurpose {
+    /// The final sample of a stop.
+    Final,
+    /// The fresh figures of a read.
+    Read,
+}
+
+impl SamplePurpose {
+    pub fn label(self) -> &'static str {
+        match self {
+            SamplePurpose::Final => "final",
+            SamplePurpose::Read => "read",
         }
     }
 }
@@ -77,11 +132,12 @@ pub fn running_metrics(
 }
 
 fn fill_sample(m: &mut ResourceMetrics, stats: &RawStats) {
-    m.cpu_usage_percent = Some(stats.cpu_percent());
+    m.cpu_usage_percent = stats.cpu_percent();
     m.memory_usage_bytes = Some(stats.memory_used());
     m.memory_limit_bytes = Some(stats.memory_limit);
     m.network_rx_bytes = Some(stats.network_rx);
     m.network_tx_bytes = Some(stats.network_tx);
+    m.sample_source = Some(stats.source);
 }
 
 /// Final metrics of a container that has exited: the last reading taken before it stopped (if any),
@@ -170,12 +226,36 @@ mod tests {
             online_cpus: 2,
             ..Default::default()
         };
-        assert_eq!(s.cpu_percent(), 20.0);
+        assert_eq!(s.cpu_percent(), Some(20.0));
         let first = RawStats {
             presystem_total: 0,
+            precpu_total: 0,
             ..s.clone()
         };
-        assert_eq!(first.cpu_percent(), 0.0, "no previous reading, no interval");
+        assert_eq!(
+            first.cpu_percent(),
+            None,
+            "no previous reading, no interval"
+        );
+        let idle = RawStats {
+            cpu_total: 1_000_000,
+            ..s.clone()
+        };
+        assert_eq!(idle.cpu_percent(), Some(0.0), "an idle interval is 0 %");
+        let reset = RawStats {
+            cpu_total: 10,
+            ..s.clone()
+        };
+        assert_eq!(
+            reset.cpu_percent(),
+            None,
+            "a counter that went back has no interval"
+        );
+        let still = RawStats {
+            system_total: 10_000_000,
+            ..s
+        };
+        assert_eq!(still.cpu_percent(), None, "no system time between the two");
     }
 
     #[test]

@@ -103,6 +103,10 @@ pub struct ResourceMetrics {
     pub network_rx_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub network_tx_bytes: Option<u64>,
+    /// Where the sample's figures were read: `cgroup` (the container's cgroup files, read by the
+    /// agent at the moment of the sample) or `engine` (the engine's stats).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub sample_source: Option<crate::metrics::SampleSource>,
 }
 
 /// `engineUnavailable`: present on a record read while the engine could not be asked. The record
@@ -780,6 +784,7 @@ mod tests {
                 memory_limit_bytes: Some(2),
                 network_rx_bytes: Some(3),
                 network_tx_bytes: Some(4),
+                sample_source: Some(crate::metrics::SampleSource::Cgroup),
             }),
             last_exit: None,
             updated_at: t,

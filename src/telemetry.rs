@@ -19,6 +19,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::metrics::{SamplePurpose as Purpose, SampleSource};
 use crate::operation::Operation;
 
 /// The route an operation came through.
@@ -182,6 +183,17 @@ struct ReportLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SampleLabels {
+    source: &'static str,
+    purpose: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
     state: &'static str,
 }
@@ -192,8 +204,11 @@ const STOP_BUCKETS: [f64; 14] = [
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 600.0, 3600.0,
 ];
 
-/// Upper bounds of the final-sample age buckets, in seconds: a streamed reading is under 1.5 s old.
-const AGE_BUCKETS: [f64; 9] = [0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0, 10.0];
+/// Upper bounds of the final-sample age buckets, in seconds: a reading of the host's files is a
+/// millisecond old or less, one of the engine's stream under 1.5 s.
+const AGE_BUCKETS: [f64; 14] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0, 10.0,
+];
 
 /// The agent's figures, shared by the core and the HTTP layer.
 #[derive(Debug)]
@@ -203,6 +218,9 @@ pub struct Telemetry {
     counts: [Family<OutcomeLabels, Counter>; 3],
     seconds: [Family<RouteLabels, Histogram>; 3],
     sample_age: Histogram,
+    samples: Family<SampleLabels, Counter>,
+    sample_fallbacks: Counter,
+    followed: Family<SourceLabels, Gauge>,
     http: Family<StatusLabels, Counter>,
     engine_up: Gauge,
     records: Family<StateLabels, Gauge>,
@@ -269,6 +287,32 @@ impl Telemetry {
             "final_sample_age_seconds",
             "Age of the final resource sample when the stop signal was sent",
             sample_age.clone(),
+        );
+        let samples = Family::<SampleLabels, Counter>::default();
+        for source in [SampleSource::Cgroup, SampleSource::Engine] {
+            for purpose in [Purpose::Final, Purpose::Read] {
+                let _created = samples.get_or_create(&SampleLabels {
+                    source: source.label(),
+                    purpose: purpose.label(),
+                });
+            }
+        }
+        registry.register(
+            "samples",
+            "Resource samples taken, by where their figures were read (cgroup: the host's files; engine: the engine's stats) and what for (final: a stop's; read: a read's fresh figures)",
+            samples.clone(),
+        );
+        let sample_fallbacks = Counter::default();
+        registry.register(
+            "sample_fallbacks",
+            "Containers whose figures had to come from the engine's stats because the host's files could not give them (the log says why)",
+            sample_fallbacks.clone(),
+        );
+        let followed = Family::<SourceLabels, Gauge>::default();
+        registry.register(
+            "followed_containers",
+            "Running containers whose figures are followed, by source (cgroup: read on the host once a second; engine: the engine's stats stream)",
+            followed.clone(),
         );
         let http = Family::<StatusLabels, Counter>::default();
         registry.register(
@@ -344,6 +388,9 @@ impl Telemetry {
             counts,
             seconds,
             sample_age,
+            samples,
+            sample_fallbacks,
+            followed,
             http,
             engine_up,
             records,
@@ -375,6 +422,21 @@ impl Telemetry {
     /// A stop's final sample was this old when the stop began.
     pub fn final_sample_age(&self, seconds: f64) {
         self.sample_age.observe(seconds.max(0.0));
+    }
+
+    /// A sample's figures were read from `source`, for `purpose`.
+    pub fn sampled(&self, source: SampleSource, purpose: Purpose) {
+        self.samples
+            .get_or_create(&SampleLabels {
+                source: source.label(),
+                purpose: purpose.label(),
+            })
+            .inc();
+    }
+
+    /// A container's figures could not be read from the host's files.
+    pub fn sample_fallback(&self) {
+        self.sample_fallbacks.inc();
     }
 
     /// An HTTP request was answered with this status.
@@ -451,6 +513,16 @@ impl Telemetry {
         self.report_pending
             .set(i64::try_from(now.report_pending).unwrap_or(i64::MAX));
         self.report_oldest_age.set(now.report_oldest_age_secs);
+        for (source, n) in [
+            (SampleSource::Cgroup, now.followed_on_host),
+            (SampleSource::Engine, now.followed_streams),
+        ] {
+            self.followed
+                .get_or_create(&SourceLabels {
+                    source: source.label(),
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             // Encoding into a String cannot fail; should it, the scrape says so rather than lie.
@@ -487,6 +559,9 @@ pub struct Present {
     /// Changes not yet acknowledged by the control plane, and the age of the oldest.
     pub report_pending: usize,
     pub report_oldest_age_secs: f64,
+    /// Running containers followed on the host's files, and through the engine's stream.
+    pub followed_on_host: usize,
+    pub followed_streams: usize,
 }
 
 #[cfg(test)]
@@ -503,6 +578,8 @@ mod tests {
         t.ended(Operation::Restart, Route::V1, EXITED);
         t.took(Operation::Restart, Route::V1, 1.2);
         t.final_sample_age(0.8);
+        t.sampled(SampleSource::Cgroup, Purpose::Final);
+        t.sample_fallback();
         t.http_answered(200);
         t.http_answered(401);
         t.http_answered(401);
@@ -516,8 +593,15 @@ mod tests {
             stops_in_progress: 0,
             report_pending: 2,
             report_oldest_age_secs: 1.5,
+            followed_on_host: 7,
+            followed_streams: 1,
         });
         for line in [
+            "node_agent_samples_total{source=\"cgroup\",purpose=\"final\"} 1",
+            "node_agent_samples_total{source=\"engine\",purpose=\"read\"} 0",
+            "node_agent_sample_fallbacks_total 1",
+            "node_agent_followed_containers{source=\"cgroup\"} 7",
+            "node_agent_followed_containers{source=\"engine\"} 1",
             "node_agent_stops_total{route=\"v1\",outcome=\"stopped\"} 1",
             "node_agent_stops_total{route=\"okeanos\",outcome=\"refused\"} 1",
             "node_agent_stop_duration_seconds_bucket{le=\"0.5\",route=\"v1\"} 1",

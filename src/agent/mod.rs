@@ -142,8 +142,10 @@ struct Inner {
     operations: Mutex<HashMap<AppId, operation::UnderWay>>,
     /// Every operation's task, so that shutdown can let them finish.
     tasks: TaskTracker,
-    /// The latest stats reading of each running app.
+    /// The readings of each running app's figures.
     readings: Mutex<sampling::Readings>,
+    /// This host's files, where the engine runs on this host: samples read there.
+    host: Option<Arc<crate::cgroup::HostFiles>>,
     telemetry: Telemetry,
     /// Since when the engine has not answered, while it does not.
     engine_away: Mutex<Option<crate::record::EngineUnavailable>>,
@@ -172,8 +174,22 @@ impl Agent {
         node: WorkerNode,
         default_timeout: Option<u32>,
     ) -> Agent {
+        let host = crate::cgroup::HostFiles::of_this_host(runtime.is_local());
+        Agent::with_host_files(runtime, store, node, default_timeout, host)
+    }
+
+    /// An agent that reads containers' figures from `host` (the host's files, or a recorded set),
+    /// or only from the engine without.
+    pub fn with_host_files(
+        runtime: Arc<dyn ContainerRuntime>,
+        store: Store,
+        node: WorkerNode,
+        default_timeout: Option<u32>,
+        host: Option<crate::cgroup::HostFiles>,
+    ) -> Agent {
         Agent {
             inner: Arc::new(Inner {
+                host: host.map(Arc::new),
                 runtime,
                 store,
                 node,
@@ -340,7 +356,9 @@ impl Agent {
             .await?;
         if let Some(state) = state.filter(|s| s.running) {
             let container = record.container_id().to_owned();
-            let stats = self.sample_now(&container).await;
+            let stats = self
+                .sample_now(&container, &state, crate::metrics::SamplePurpose::Read)
+                .await;
             let stats = match stats {
                 Ok(s) => s,
                 Err(RuntimeError::Unavailable(m)) => return Err(AgentError::DockerUnavailable(m)),
@@ -379,9 +397,8 @@ impl Agent {
         settler: Settler,
     ) -> Result<AppRecord, AgentError> {
         let Sighting { at, state } = sighting;
-        let running = state.as_ref().is_some_and(|s| s.running);
-        if running {
-            self.follow_stats(record.container_id());
+        if let Some(s) = state.as_ref().filter(|s| s.running) {
+            self.follow(record.container_id(), s);
         }
         // The stream's last reading of the run that just ended, if the agent followed it.
         let reading = match &state {

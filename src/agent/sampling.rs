@@ -1,23 +1,87 @@
-//! The latest stats reading of every running app, kept from the engine's own one-a-second stream,
-//! so that a stop takes its final sample without waiting for the engine's collector (which costs
-//! one to two seconds a call) and a read answers fresh figures at once.
+//! The figures of every running app, at the moment they are asked for. Where the engine runs on
+//! this host, the agent reads each container's cgroup and network counters itself
+//! ([`crate::cgroup`]): a sample takes microseconds and costs the engine nothing. One ticker reads
+//! every such container once a second, for the start of the next CPU interval and for the last
+//! figures of a container that ends on its own. Where the host's files cannot serve (a remote
+//! engine, a process the agent cannot see, a layout it does not recognise, a file it may not
+//! read), the agent follows the engine's own one-a-second stats stream instead, and asks the engine
+//! when that has no fresh reading.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 
 use super::Agent;
-use crate::metrics::RawStats;
-use crate::runtime::RuntimeError;
+use crate::cgroup::{CpuPoint, HostFiles, Located, ReadError, Reading};
+use crate::metrics::{RawStats, SamplePurpose};
+use crate::runtime::{ContainerState, RuntimeError};
 
-/// A reading older than this is not fresh enough for a final sample; the engine sends one a second.
+/// A stream's reading older than this is not fresh enough for a final sample; the engine sends one
+/// a second.
 const FRESH: Duration = Duration::from_millis(1500);
+/// How often the ticker reads every container followed on the host.
+pub(super) const TICK: Duration = Duration::from_secs(1);
+/// The CPU interval a sample prefers at least, when the ticker's readings allow it; `docker stats`
+/// measures over about a second.
+const PREFERRED_INTERVAL: Duration = Duration::from_millis(500);
+/// The shortest CPU interval a sample measures over: `/proc/stat` counts in 10 ms ticks, so a
+/// shorter one would be mostly rounding. Only a container first seen this moment waits for it.
+const MIN_INTERVAL: Duration = Duration::from_millis(100);
+/// CPU points kept of each container: enough for an interval of half a second to a second and a
+/// half between ticks.
+const POINTS: usize = 3;
+/// How long a container whose cgroup has gone keeps its last figures for the record that has not
+/// noticed yet.
+const ENDED_KEPT: Duration = Duration::from_secs(60);
 
-/// The latest reading of each followed container, by the `containerId` its record names.
+/// The readings of each followed container, by the `containerId` its record names.
 #[derive(Debug, Default)]
 pub(super) struct Readings {
+    /// Containers read on the host.
+    host: HashMap<String, Tracked>,
+    /// Containers whose figures the host's files could not give, with the process (the run) they
+    /// were refused for; a new run is tried again.
+    refused: HashMap<String, u32>,
+    /// Containers whose engine stream is followed.
     latest: HashMap<String, Latest>,
+    /// Whether the ticker runs.
+    ticking: bool,
+}
+
+#[derive(Debug)]
+struct Tracked {
+    located: Located,
+    /// CPU points of this run, oldest first, with when they were read.
+    points: VecDeque<(Instant, CpuPoint)>,
+    /// The latest figures, for a container that ends on its own.
+    last: RawStats,
+    /// When a read found its cgroup gone.
+    ended: Option<Instant>,
+}
+
+impl Tracked {
+    /// The start of a CPU interval ending `now`: the newest point at least
+    /// [`PREFERRED_INTERVAL`] old, else the oldest there is.
+    fn interval_start(&self, now: Instant) -> Option<(Instant, CpuPoint)> {
+        self.points
+            .iter()
+            .rev()
+            .find(|(at, _)| now.saturating_duration_since(*at) >= PREFERRED_INTERVAL)
+            .or_else(|| self.points.front())
+            .copied()
+    }
+
+    fn note(&mut self, at: Instant, reading: &Reading) {
+        let before = self.points.back().map(|(_, p)| *p);
+        self.last = reading.to_raw(before);
+        self.points.push_back((at, reading.cpu_point()));
+        while self.points.len() > POINTS {
+            self.points.pop_front();
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -58,9 +122,256 @@ impl Agent {
             .unwrap_or_else(|p| p.into_inner())
     }
 
+    fn host_files(&self) -> Option<&Arc<HostFiles>> {
+        self.inner.host.as_ref()
+    }
+
+    /// Starts following the figures of a running container, unless already followed for this run:
+    /// on the host when its files serve, else through the engine's stream.
+    pub(super) fn follow(&self, container: &str, state: &ContainerState) {
+        if self.follow_on_host(container, state) {
+            return;
+        }
+        self.follow_stream(container);
+    }
+
+    /// Whether the container is followed on the host (found now, or already).
+    fn follow_on_host(&self, container: &str, state: &ContainerState) -> bool {
+        let Some(host) = self.host_files().cloned() else {
+            return false;
+        };
+        {
+            let readings = self.readings();
+            if readings
+                .host
+                .get(container)
+                .is_some_and(|t| t.located.pid == state.pid && t.ended.is_none())
+            {
+                return true;
+            }
+            if readings.refused.get(container) == Some(&state.pid) {
+                return false;
+            }
+        }
+        let first = host
+            .locate(state.pid, &state.id, state.host_network)
+            .and_then(|located| {
+                let reading = host.read(&located, host.system()?)?;
+                Ok((located, reading))
+            });
+        let now = Instant::now();
+        let mut readings = self.readings();
+        match first {
+            Ok((located, reading)) => {
+                tracing::debug!(%container, pid = state.pid, cgroup = located.version.label(), "figures read from the host's files");
+                let mut tracked = Tracked {
+                    located,
+                    points: VecDeque::new(),
+                    last: RawStats::default(),
+                    ended: None,
+                };
+                tracked.note(now, &reading);
+                readings.host.insert(container.to_owned(), tracked);
+                readings.refused.remove(container);
+                if !readings.ticking {
+                    readings.ticking = true;
+                    self.start_ticker();
+                }
+                true
+            }
+            Err(e) => {
+                tracing::info!(%container, pid = state.pid, reason = %e, "figures come from the engine's stats: the host's files cannot give them");
+                self.telemetry().sample_fallback();
+                readings.host.remove(container);
+                readings.refused.insert(container.to_owned(), state.pid);
+                false
+            }
+        }
+    }
+
+    /// Reads every container followed on the host once a [`TICK`], off the async threads, for as
+    /// long as the agent lives.
+    fn start_ticker(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                Agent { inner }.read_all().await;
+            }
+        });
+    }
+
+    async fn read_all(&self) {
+        let Some(host) = self.host_files().cloned() else {
+            return;
+        };
+        let followed: Vec<(String, Located)> = {
+            let mut readings = self.readings();
+            readings
+                .host
+                .retain(|_, t| t.ended.is_none_or(|at| at.elapsed() < ENDED_KEPT));
+            readings
+                .host
+                .iter()
+                .filter(|(_, t)| t.ended.is_none())
+                .map(|(c, t)| (c.clone(), t.located.clone()))
+                .collect()
+        };
+        if followed.is_empty() {
+            return;
+        }
+        let read = tokio::task::spawn_blocking(move || {
+            let system = host.system();
+            followed
+                .into_iter()
+                .map(|(container, located)| {
+                    let reading = match &system {
+                        Ok(system) => host.read(&located, *system),
+                        Err(e) => Err(ReadError::Malformed {
+                            path: "/proc/stat".into(),
+                            why: e.to_string(),
+                        }),
+                    };
+                    (container, located.pid, Instant::now(), reading)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        let Ok(read) = read else { return };
+        let mut to_stream = Vec::new();
+        {
+            let mut readings = self.readings();
+            for (container, pid, at, reading) in read {
+                let Some(t) = readings.host.get_mut(&container) else {
+                    continue;
+                };
+                if t.located.pid != pid {
+                    continue;
+                }
+                match reading {
+                    Ok(reading) => t.note(at, &reading),
+                    Err(ReadError::Gone) => t.ended = Some(at),
+                    Err(e) => {
+                        tracing::warn!(%container, error = %e, "figures come from the engine's stats from now on");
+                        readings.host.remove(&container);
+                        readings.refused.insert(container.clone(), pid);
+                        to_stream.push(container);
+                    }
+                }
+            }
+        }
+        for container in to_stream {
+            self.telemetry().sample_fallback();
+            self.follow_stream(&container);
+        }
+    }
+
+    /// A sample of the container's figures from the host, now, with CPU % since the start of a
+    /// recent interval. `None` when it is not followed on the host.
+    async fn sample_on_host(&self, container: &str) -> Option<Result<RawStats, ReadError>> {
+        let host = self.host_files()?.clone();
+        let located = {
+            let readings = self.readings();
+            let t = readings.host.get(container)?;
+            t.ended.is_none().then(|| t.located.clone())?
+        };
+        let read = || host.system().and_then(|system| host.read(&located, system));
+        let mut reading = match read() {
+            Ok(r) => r,
+            Err(e) => return Some(Err(e)),
+        };
+        let start = self
+            .readings()
+            .host
+            .get(container)?
+            .interval_start(Instant::now());
+        if let Some((from, _)) = start {
+            // Only a container first seen this moment has so young a start.
+            let young = from.elapsed();
+            if young < MIN_INTERVAL {
+                tokio::time::sleep(MIN_INTERVAL - young).await;
+                reading = match read() {
+                    Ok(r) => r,
+                    Err(e) => return Some(Err(e)),
+                };
+            }
+        }
+        let stats = reading.to_raw(start.map(|(_, p)| p));
+        if let Some(t) = self.readings().host.get_mut(container) {
+            t.last = stats.clone();
+        }
+        Some(Ok(stats))
+    }
+
+    /// A reading of the running `container` for a sample now: from the host's files when they
+    /// serve; else the engine stream's when it is fresh, else the engine's `stats` answer. An
+    /// engine answer without a previous CPU reading (Podman's, which streams one reading in five
+    /// seconds; a one-shot answer) is measured against the stream's last reading of the same run,
+    /// so that its CPU % covers a real interval of the container's own usage.
+    pub(super) async fn sample_now(
+        &self,
+        container: &str,
+        state: &ContainerState,
+        purpose: SamplePurpose,
+    ) -> Result<RawStats, RuntimeError> {
+        self.follow(container, state);
+        match self.sample_on_host(container).await {
+            Some(Ok(stats)) => {
+                self.telemetry().sampled(stats.source, purpose);
+                return Ok(stats);
+            }
+            // It has stopped: as the engine, no figures of a container that does not run.
+            Some(Err(ReadError::Gone)) => return Ok(RawStats::default()),
+            Some(Err(e)) => {
+                tracing::warn!(%container, error = %e, "figures come from the engine's stats from now on");
+                self.telemetry().sample_fallback();
+                {
+                    let mut readings = self.readings();
+                    readings.host.remove(container);
+                    readings.refused.insert(container.to_owned(), state.pid);
+                }
+                self.follow_stream(container);
+            }
+            None => {}
+        }
+        let stats = self.sample_from_engine(container).await?;
+        if !stats.is_empty() {
+            self.telemetry().sampled(stats.source, purpose);
+        }
+        Ok(stats)
+    }
+
+    async fn sample_from_engine(&self, container: &str) -> Result<RawStats, RuntimeError> {
+        if let Some(fresh) = self.fresh_reading(container) {
+            return Ok(fresh);
+        }
+        let mut stats = self.runtime().stats(container).await?;
+        if stats.presystem_total == 0 && !stats.is_empty() {
+            let before = self
+                .readings()
+                .latest
+                .get(container)
+                .map(|l| l.stats.clone())
+                .filter(|b| {
+                    b.system_total > 0
+                        && b.system_total < stats.system_total
+                        && b.cpu_total <= stats.cpu_total
+                });
+            if let Some(before) = before {
+                stats.precpu_total = before.cpu_total;
+                stats.presystem_total = before.system_total;
+            }
+        }
+        Ok(stats)
+    }
+
     /// Starts following a running container's stats stream, unless already followed. The stream
     /// ends with the container; seeing it run again starts it anew.
-    pub(super) fn follow_stats(&self, container: &str) {
+    fn follow_stream(&self, container: &str) {
         {
             let mut readings = self.readings();
             let entry = readings
@@ -100,42 +411,14 @@ impl Agent {
         });
     }
 
-    /// A reading taken less than [`FRESH`] ago over a real CPU interval, if the stream has one.
-    /// Its age counts from its arrival plus how late it came: a stream that falls behind on a busy
-    /// host delivers readings the engine took well before.
+    /// A stream reading taken less than [`FRESH`] ago over a real CPU interval, if the stream has
+    /// one. Its age counts from its arrival plus how late it came: a stream that falls behind on a
+    /// busy host delivers readings the engine took well before.
     pub(super) fn fresh_reading(&self, container: &str) -> Option<RawStats> {
         let readings = self.readings();
         let l = readings.latest.get(container)?;
         (l.at.elapsed() + l.late < FRESH && !l.stats.is_empty() && l.stats.presystem_total > 0)
             .then(|| l.stats.clone())
-    }
-
-    /// A reading of `container` for a sample now: the stream's when it is fresh, else the engine's
-    /// `stats` answer. An answer without a previous CPU reading (Podman's, which streams one
-    /// reading in five seconds; a one-shot answer) is measured against the stream's last reading
-    /// of the same run, so that its CPU % covers a real interval of the container's own usage.
-    pub(super) async fn sample_now(&self, container: &str) -> Result<RawStats, RuntimeError> {
-        if let Some(fresh) = self.fresh_reading(container) {
-            return Ok(fresh);
-        }
-        let mut stats = self.runtime().stats(container).await?;
-        if stats.presystem_total == 0 && !stats.is_empty() {
-            let before = self
-                .readings()
-                .latest
-                .get(container)
-                .map(|l| l.stats.clone())
-                .filter(|b| {
-                    b.system_total > 0
-                        && b.system_total < stats.system_total
-                        && b.cpu_total <= stats.cpu_total
-                });
-            if let Some(before) = before {
-                stats.precpu_total = before.cpu_total;
-                stats.presystem_total = before.system_total;
-            }
-        }
-        Ok(stats)
     }
 
     /// Whether the stream of `container` has delivered a reading, fresh or not.
@@ -147,33 +430,41 @@ impl Agent {
             .is_some_and(|l| !l.stats.is_empty())
     }
 
+    /// Whether `container` is followed on the host's files.
+    #[cfg(test)]
+    pub(super) fn followed_on_host(&self, container: &str) -> bool {
+        self.readings()
+            .host
+            .get(container)
+            .is_some_and(|t| t.ended.is_none())
+    }
+
     /// The last reading of a container that has stopped, taken at or after `since` (its last
-    /// start), and forgets it: a reading is someone's final sample only once. Its stream may not
+    /// start), and forgets it: a reading is someone's final sample only once. Its follower may not
     /// have noticed the end yet; no later reading of that run can come.
     pub(super) fn take_last_reading(
         &self,
         container: &str,
-        since: Option<chrono::DateTime<chrono::Utc>>,
+        since: Option<DateTime<Utc>>,
     ) -> Option<RawStats> {
         let mut readings = self.readings();
-        let l = readings.latest.get(container)?;
-        if l.stats.is_empty() {
-            return None;
-        }
-        let of_this_run = match (l.stats.read_at, since) {
+        let host = readings.host.remove(container).map(|t| t.last);
+        let stream = readings.latest.remove(container).map(|l| l.stats);
+        let of_this_run = |s: &RawStats| match (s.read_at, since) {
             (Some(read), Some(start)) => read >= start,
             _ => false,
         };
-        let stats = readings.latest.remove(container).map(|l| l.stats);
-        stats.filter(|_| of_this_run)
+        host.into_iter()
+            .chain(stream)
+            .find(|s| !s.is_empty() && of_this_run(s))
     }
 
-    /// How many containers are followed now.
-    pub fn followed(&self) -> usize {
-        self.readings()
-            .latest
-            .values()
-            .filter(|l| l.streaming)
-            .count()
+    /// How many containers are followed now: (on the host's files, through the engine's stream).
+    pub fn followed(&self) -> (usize, usize) {
+        let readings = self.readings();
+        (
+            readings.host.values().filter(|t| t.ended.is_none()).count(),
+            readings.latest.values().filter(|l| l.streaming).count(),
+        )
     }
 }

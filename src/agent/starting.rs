@@ -287,8 +287,8 @@ impl Agent {
             _ => (None, None),
         };
         let running = state.as_ref().is_some_and(|s| s.running);
-        if running {
-            self.follow_stats(&container);
+        if let Some(s) = state.as_ref().filter(|s| s.running) {
+            self.follow(&container, s);
         }
         let start = LastStart {
             outcome: if running {

@@ -203,10 +203,12 @@ impl Agent {
             Some(state) => (record, state),
             None => self.running_state(record).await?,
         };
-        // The final sample must be taken before the stop: a stopped container has no stats. The
-        // stream's latest reading is at most about a second old; without one, the engine is asked,
-        // which waits for its collector.
-        let sampled = self.sample_now(&container).await;
+        // The final sample must be taken before the stop: a stopped container has no figures. It
+        // is read from the host's files at this moment; where they cannot serve, it is the engine
+        // stream's latest reading (at most about a second old) or the engine's stats answer.
+        let sampled = self
+            .sample_now(&container, &state, crate::metrics::SamplePurpose::Final)
+            .await;
         let reading = match sampled {
             Ok(s) if !s.is_empty() => {
                 if let Some(read_at) = s.read_at {

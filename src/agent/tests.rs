@@ -2,11 +2,13 @@
 
 use super::*;
 use crate::auth::Access;
+use crate::metrics::SampleSource;
 use crate::operation::Operation;
 use crate::record::{StartOutcome, StopOutcome};
 use crate::runtime::PROBE_LIMIT;
 use crate::runtime::fake::FakeRuntime;
 use crate::stop::{Signal, StopRequest};
+use chrono::SubsecRound;
 use serde_json::json;
 
 struct Fixture {
@@ -155,6 +157,145 @@ async fn followed_app(streams: impl FnOnce(&FakeRuntime)) -> Fixture {
         .await
         .expect("registered");
     f
+}
+
+/// The file set of a container recorded on a cgroup v1 host (see `crate::cgroup`'s tests).
+const RECORDED_PID: u32 = 3225;
+const RECORDED_ID: &str = "dca844d1baf66552442a1032114f67ddaefc1ee229d2e95497f13bf34a412964";
+
+fn recorded(snap: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("src/cgroup/testdata/v1-cgroupfs")
+        .join(snap)
+}
+
+/// Copies the files of `from` over `to`, as the counters of the host move on.
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).expect("copy");
+        }
+    }
+}
+
+/// App `a` on running container `ca`, whose host files are a copy of the recorded snapshot `a`.
+async fn app_on_host_files() -> (Fixture, tempfile::TempDir) {
+    let host = tempfile::tempdir().expect("dir");
+    copy_tree(&recorded("a"), host.path());
+    let dir = tempfile::tempdir().expect("dir");
+    let store = Store::open(&dir.path().join("a.db")).expect("store");
+    let fake = FakeRuntime::new(true);
+    let node = WorkerNode {
+        id: "n".into(),
+        node_name: "N".into(),
+    };
+    let files = crate::cgroup::HostFiles::at(host.path()).expect("host files");
+    let agent = Agent::with_host_files(Arc::new(fake.clone()), store, node, None, Some(files));
+    fake.add_running("ca", &["SIGTERM"]);
+    fake.set_process("ca", RECORDED_ID, RECORDED_PID);
+    agent
+        .register(&operator(), &id("a"), json!({"containerId": "ca"}))
+        .await
+        .expect("registered");
+    fake.clear_calls();
+    let f = Fixture {
+        agent,
+        fake,
+        _dir: dir,
+    };
+    (f, host)
+}
+
+#[tokio::test]
+async fn a_stop_reads_its_final_sample_from_the_hosts_files_without_the_engines_stats() {
+    let (f, host) = app_on_host_files().await;
+    assert!(f.agent.followed_on_host("ca"));
+    // A second later on the host: the counters of snapshot `b`.
+    copy_tree(&recorded("b"), host.path());
+    let before = Utc::now();
+    let r = f.stop("a").await.expect("stopped");
+    let m = r.metrics.expect("metrics");
+    assert_eq!(m.sample_source, Some(SampleSource::Cgroup));
+    // Over the interval since registration's reading: the recorded 100.16 %.
+    assert_eq!(m.cpu_usage_percent, Some(100.16));
+    assert_eq!(m.memory_usage_bytes, Some(18_100_224 - 737_280));
+    assert_eq!(m.memory_limit_bytes, Some(64 * 1024 * 1024));
+    assert_eq!(m.network_rx_bytes, Some(736));
+    assert!(m.timestamp >= before.trunc_subsecs(3), "read at the stop");
+    assert_eq!(
+        f.fake.request_calls(),
+        ["inspect ca", "stop ca - t=10", "inspect ca"],
+        "no stats call, no stream"
+    );
+    let text = f.agent.telemetry().render(&Default::default());
+    assert!(
+        text.contains("node_agent_samples_total{source=\"cgroup\",purpose=\"final\"} 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_read_answers_figures_from_the_hosts_files() {
+    let (f, host) = app_on_host_files().await;
+    copy_tree(&recorded("b"), host.path());
+    let r = f.agent.get(&operator(), &id("a")).await.expect("read");
+    let m = r.metrics.expect("metrics");
+    assert!(m.online);
+    assert_eq!(m.sample_source, Some(SampleSource::Cgroup));
+    assert_eq!(m.cpu_usage_percent, Some(100.16));
+    assert!(
+        !f.fake
+            .request_calls()
+            .iter()
+            .any(|c| c.starts_with("stats"))
+    );
+}
+
+#[tokio::test]
+async fn host_files_that_cannot_be_read_give_way_to_the_engines_stats() {
+    let (f, host) = app_on_host_files().await;
+    // memory.stat made unreadable (a directory where the file was).
+    let stat = host.path().join(format!(
+        "sys/fs/cgroup/memory/docker/{RECORDED_ID}/memory.stat"
+    ));
+    std::fs::remove_file(&stat).expect("rm");
+    std::fs::create_dir(&stat).expect("mkdir");
+    let r = f.stop("a").await.expect("stopped");
+    let m = r.metrics.expect("metrics");
+    assert_eq!(m.sample_source, Some(SampleSource::Engine));
+    // The fake engine's figures, not zeros from the broken file.
+    assert_eq!(m.memory_usage_bytes, Some(4096));
+    assert_eq!(m.cpu_usage_percent, Some(20.0));
+    assert!(f.fake.request_calls().iter().any(|c| c == "stats ca"));
+    assert!(!f.agent.followed_on_host("ca"));
+    let text = f.agent.telemetry().render(&Default::default());
+    assert!(
+        text.contains("node_agent_sample_fallbacks_total 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_container_the_host_files_show_gone_is_not_sampled_as_zeros() {
+    let (f, host) = app_on_host_files().await;
+    std::fs::remove_dir_all(
+        host.path()
+            .join(format!("sys/fs/cgroup/cpuacct/docker/{RECORDED_ID}")),
+    )
+    .expect("rm");
+    // Gone from the host while the engine still said it runs: the container has ended, and the
+    // stop takes no sample of it. No figures, rather than zeros.
+    let r = f.stop("a").await.expect("stopped");
+    let m = r.metrics.expect("metrics");
+    assert!(!m.online);
+    assert_eq!(m.memory_usage_bytes, None);
+    assert_eq!(m.cpu_usage_percent, None);
+    assert!(!f.fake.request_calls().iter().any(|c| c == "stats ca"));
 }
 
 /// Polls `done` every 10 ms until it holds, for at most ten seconds.

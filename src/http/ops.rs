@@ -126,8 +126,11 @@ pub async fn metrics(
         .agent
         .telemetry()
         .report_status(&ctx.agent.store().outbox());
+    let (followed_on_host, followed_streams) = ctx.agent.followed();
     let text = ctx.agent.telemetry().render(&Present {
         engine_up,
+        followed_on_host,
+        followed_streams,
         online,
         offline: registered - online,
         stops_in_progress: ctx.agent.stops_in_progress(),

@@ -20,6 +20,7 @@ use super::{
     RunningContainer, RuntimeError, StatsStream,
 };
 use crate::config::DockerEndpoint;
+use crate::metrics::SampleSource;
 
 /// Budget of every call but stop and wait: an engine slower than this counts as unavailable.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -222,6 +223,7 @@ fn to_raw_stats(s: bollard::models::ContainerStatsResponse) -> RawStats {
         memory_limit: memory.limit.unwrap_or(0),
         network_rx: rx,
         network_tx: tx,
+        source: SampleSource::Engine,
     }
 }
 
@@ -268,7 +270,14 @@ impl ContainerRuntime for DockerRuntime {
             }
         };
         let state = c.state.unwrap_or_default();
+        let host_network = c
+            .host_config
+            .as_ref()
+            .and_then(|h| h.network_mode.as_deref())
+            == Some("host");
         Ok(ContainerState {
+            pid: state.pid.and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
+            host_network,
             id: c.id.unwrap_or_default(),
             running: state.running.unwrap_or(false),
             started_at: engine_time(state.started_at.as_deref()),
@@ -561,7 +570,7 @@ mod tests {
             },
         ] {
             let stats = recorded(e.file);
-            assert_eq!(stats.cpu_percent(), e.cpu, "{}", e.file);
+            assert_eq!(stats.cpu_percent(), Some(e.cpu), "{}", e.file);
             assert_eq!(stats.memory_used(), e.memory, "{}", e.file);
             assert_eq!(stats.memory_limit, e.limit, "{}", e.file);
             assert_eq!(

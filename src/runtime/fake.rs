@@ -134,6 +134,17 @@ impl FakeRuntime {
         self.with(|s| s.stream_readings = Some((skew, chrono::Duration::zero())));
     }
 
+    /// Gives a container the full id and main process the engine would report, as a file set
+    /// recorded on a host names them.
+    pub fn set_process(&self, name: &str, id: &str, pid: u32) {
+        self.with(|s| {
+            if let Some(c) = s.containers.get_mut(name) {
+                c.state.id = id.to_owned();
+                c.state.pid = pid;
+            }
+        });
+    }
+
     /// Sets a container's restart policy.
     pub fn set_restart_policy(&self, name: &str, policy: &str) {
         self.with(|s| {

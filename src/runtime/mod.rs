@@ -26,6 +26,10 @@ pub struct ContainerState {
     pub stop_timeout: Option<u32>,
     /// Its restart policy's name (`no`, `always`, `unless-stopped`, `on-failure`), if any.
     pub restart_policy: Option<String>,
+    /// Its main process in the engine's pid namespace while it runs, else 0.
+    pub pid: u32,
+    /// Whether it shares the host's network namespace (`NetworkMode: host`).
+    pub host_network: bool,
 }
 
 impl ContainerState {

@@ -1,0 +1,447 @@
+//! A running container's figures read from this host's own files, the way the engine reads them:
+//! its cgroup (v1 or v2, under the cgroupfs or the systemd driver), the counters of its network
+//! namespace, and the host's CPU time. A reading takes microseconds, where the engine's stats call
+//! waits for its one-second collector.
+//!
+//! Everything here refuses rather than guesses: a file that cannot be read or parsed is an error,
+//! never a zero, so that a wrong final sample is never taken for a missing one. The `/proc` files
+//! are parsed with `procfs-core`; the cgroup files, a number or a list of keyed numbers each, by
+//! [`parse`].
+
+mod parse;
+#[cfg(test)]
+mod tests;
+
+use std::io;
+use std::path::{Component, Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use procfs_core::{ExplicitSystemInfo, FromRead, FromReadSI};
+
+use crate::metrics::{RawStats, SampleSource};
+
+/// `/proc/stat` counts in USER_HZ, 100 on every architecture Linux runs Docker on (the engine
+/// assumes the same).
+const USER_HZ: u64 = 100;
+const NANOS_PER_TICK: u64 = 1_000_000_000 / USER_HZ;
+
+/// The host's files, seen from `root` (`/` in the daemon; a recorded file set in tests).
+#[derive(Debug, Clone)]
+pub struct HostFiles {
+    root: PathBuf,
+    /// `MemTotal`: the limit the engine reports for a container without one of its own.
+    machine_memory: u64,
+}
+
+/// Where one container's figures are read, found once per run of the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located {
+    /// The container's main process, whose `/proc` entry names its cgroup and network namespace.
+    pub pid: u32,
+    pub version: CgroupVersion,
+    cpu: CpuFile,
+    memory: MemoryFiles,
+    /// `/proc/<pid>/net/dev`; `None` for a container on the host's network, whose counters are the
+    /// host's (the engine reports none for it either).
+    net_dev: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupVersion {
+    V1,
+    V2,
+}
+
+impl CgroupVersion {
+    pub fn label(self) -> &'static str {
+        match self {
+            CgroupVersion::V1 => "v1",
+            CgroupVersion::V2 => "v2",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum CpuFile {
+    /// `cpuacct.usage`, nanoseconds.
+    V1(PathBuf),
+    /// `cpu.stat`, whose `usage_usec` counts microseconds.
+    V2(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum MemoryFiles {
+    /// `memory.usage_in_bytes`, `memory.limit_in_bytes`, `memory.stat` (`total_inactive_file`).
+    V1 { dir: PathBuf },
+    /// `memory.current`, `memory.max`, `memory.stat` (`inactive_file`).
+    V2 { dir: PathBuf },
+}
+
+/// The host's CPU time, as the engine computes its `system_cpu_usage`: the first seven fields of
+/// `/proc/stat`'s `cpu` line (user to softirq; not steal), in nanoseconds, and the online CPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SystemCpu {
+    pub total_ns: u64,
+    pub online_cpus: u32,
+}
+
+/// One reading of a container's counters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reading {
+    pub at: DateTime<Utc>,
+    /// The cgroup's CPU time, nanoseconds.
+    pub cpu_ns: u64,
+    pub system: SystemCpu,
+    pub memory_usage: u64,
+    /// `total_inactive_file` (v1) or `inactive_file` (v2): page cache the kernel may reclaim.
+    pub memory_inactive_file: Option<u64>,
+    pub memory_limit: u64,
+    pub network_rx: u64,
+    pub network_tx: u64,
+}
+
+/// The CPU counters of a reading, the start of the next interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuPoint {
+    pub cpu_ns: u64,
+    pub system_ns: u64,
+}
+
+impl Reading {
+    pub fn cpu_point(&self) -> CpuPoint {
+        CpuPoint {
+            cpu_ns: self.cpu_ns,
+            system_ns: self.system.total_ns,
+        }
+    }
+
+    /// The reading as the engine's stats answer would give it, with CPU % over the interval since
+    /// `before` (none without one: one reading alone has no interval).
+    pub fn to_raw(&self, before: Option<CpuPoint>) -> RawStats {
+        let before = before.unwrap_or(CpuPoint {
+            cpu_ns: 0,
+            system_ns: 0,
+        });
+        RawStats {
+            read_at: Some(self.at),
+            cpu_total: self.cpu_ns,
+            precpu_total: before.cpu_ns,
+            system_total: self.system.total_ns,
+            presystem_total: before.system_ns,
+            online_cpus: self.system.online_cpus,
+            memory_usage: self.memory_usage,
+            memory_reclaimable: self.memory_inactive_file,
+            memory_limit: self.memory_limit,
+            network_rx: self.network_rx,
+            network_tx: self.network_tx,
+            source: SampleSource::Cgroup,
+        }
+    }
+}
+
+/// Why a container's figures cannot be read from the host's files; its samples then come from the
+/// engine.
+#[derive(Debug, thiserror::Error)]
+pub enum Unusable {
+    #[error("the engine gave no process id")]
+    NoPid,
+    #[error(
+        "process {pid} is not visible in /proc (ProtectProc=invisible, or another pid namespace)"
+    )]
+    Hidden { pid: u32 },
+    #[error("process {pid}'s cgroup {path:?} does not name the container")]
+    NotTheContainer { pid: u32, path: String },
+    #[error("no {controller} controller in process {pid}'s cgroups")]
+    NoController { pid: u32, controller: &'static str },
+    #[error("no mount of the {what} hierarchy holds {path:?}")]
+    NotMounted { what: String, path: String },
+    #[error(transparent)]
+    Read(#[from] ReadError),
+}
+
+/// Why a reading failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The cgroup or the process is gone: the container has stopped.
+    #[error("the container's cgroup or process is gone")]
+    Gone,
+    #[error("cannot read {path}: {source}")]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot parse {path}: {why}")]
+    Malformed { path: PathBuf, why: String },
+}
+
+impl ReadError {
+    fn io(path: &Path, source: io::Error) -> ReadError {
+        // ENOENT: the cgroup directory or /proc/<pid> was removed; ENODEV: a cgroup file read
+        // while its cgroup is removed; ESRCH: the process ended while its entry was read.
+        let gone = source.kind() == io::ErrorKind::NotFound
+            || matches!(
+                source.raw_os_error(),
+                Some(code) if code == rustix::io::Errno::NODEV.raw_os_error()
+                    || code == rustix::io::Errno::SRCH.raw_os_error()
+            );
+        if gone {
+            ReadError::Gone
+        } else {
+            ReadError::Unreadable {
+                path: path.to_owned(),
+                source,
+            }
+        }
+    }
+
+    fn malformed(path: &Path, why: impl std::fmt::Display) -> ReadError {
+        ReadError::Malformed {
+            path: path.to_owned(),
+            why: why.to_string(),
+        }
+    }
+}
+
+impl HostFiles {
+    /// This host's files, when the engine runs on this host: a remote engine's containers are not
+    /// here. `None` when `/proc/meminfo` cannot be read (no `/proc`, as in some sandboxes).
+    pub fn of_this_host(engine_is_local: bool) -> Option<HostFiles> {
+        if !engine_is_local {
+            return None;
+        }
+        match HostFiles::at("/") {
+            Ok(files) => Some(files),
+            Err(e) => {
+                tracing::info!(error = %e, "samples come from the engine: the host's files cannot be read");
+                None
+            }
+        }
+    }
+
+    /// The host's files under `root`.
+    pub fn at(root: impl Into<PathBuf>) -> Result<HostFiles, ReadError> {
+        let root = root.into();
+        let path = root.join("proc/meminfo");
+        let meminfo = procfs_core::Meminfo::from_read(open(&path)?)
+            .map_err(|e| ReadError::malformed(&path, e))?;
+        Ok(HostFiles {
+            root,
+            machine_memory: meminfo.mem_total,
+        })
+    }
+
+    fn path(&self, absolute: impl AsRef<Path>) -> PathBuf {
+        let relative = absolute
+            .as_ref()
+            .strip_prefix("/")
+            .unwrap_or(absolute.as_ref());
+        self.root.join(relative)
+    }
+
+    /// Finds where the figures of `container_id` (the full id), whose main process is `pid`, are
+    /// read, and checks that they can be: the process's cgroup must name the container, so that a
+    /// pid from another pid namespace, or one reused, is never read as the container's.
+    pub fn locate(
+        &self,
+        pid: u32,
+        container_id: &str,
+        host_network: bool,
+    ) -> Result<Located, Unusable> {
+        if pid == 0 {
+            return Err(Unusable::NoPid);
+        }
+        let path = self.path(format!("/proc/{pid}/cgroup"));
+        let cgroups = match open(&path) {
+            Ok(file) => procfs_core::ProcessCGroups::from_read(file)
+                .map_err(|e| ReadError::malformed(&path, e))?,
+            Err(ReadError::Gone) => return Err(Unusable::Hidden { pid }),
+            Err(e) => return Err(e.into()),
+        };
+        let mountinfo = self.path("/proc/self/mountinfo");
+        let mounts = procfs_core::process::MountInfos::from_read(open(&mountinfo)?)
+            .map_err(|e| ReadError::malformed(&mountinfo, e))?;
+        let find = |controller: &'static str| -> Result<(CgroupVersion, PathBuf), Unusable> {
+            let (version, cgroup) = cgroups
+                .0
+                .iter()
+                .find(|c| c.controllers.iter().any(|n| n == controller))
+                .map(|c| (CgroupVersion::V1, c))
+                .or_else(|| {
+                    cgroups
+                        .0
+                        .iter()
+                        .find(|c| c.hierarchy == 0 && c.controllers.is_empty())
+                        .map(|c| (CgroupVersion::V2, c))
+                })
+                .ok_or(Unusable::NoController { pid, controller })?;
+            if !cgroup.pathname.contains(container_id) {
+                return Err(Unusable::NotTheContainer {
+                    pid,
+                    path: cgroup.pathname.clone(),
+                });
+            }
+            let dir = self.mounted(&mounts, version, controller, &cgroup.pathname)?;
+            Ok((version, dir))
+        };
+        let (cpu_version, cpu_dir) = find("cpuacct")?;
+        let (memory_version, memory_dir) = find("memory")?;
+        let cpu = match cpu_version {
+            CgroupVersion::V1 => CpuFile::V1(cpu_dir.join("cpuacct.usage")),
+            CgroupVersion::V2 => CpuFile::V2(cpu_dir.join("cpu.stat")),
+        };
+        let memory = match memory_version {
+            CgroupVersion::V1 => MemoryFiles::V1 { dir: memory_dir },
+            CgroupVersion::V2 => MemoryFiles::V2 { dir: memory_dir },
+        };
+        Ok(Located {
+            pid,
+            version: memory_version,
+            cpu,
+            memory,
+            net_dev: (!host_network).then(|| self.path(format!("/proc/{pid}/net/dev"))),
+        })
+    }
+
+    /// The directory of cgroup `pathname` in this host's mount of its hierarchy: a v1 hierarchy
+    /// that carries `controller`, or the v2 one. A cgroup outside the mount's root (another cgroup
+    /// namespace's) is not visible.
+    fn mounted(
+        &self,
+        mounts: &procfs_core::process::MountInfos,
+        version: CgroupVersion,
+        controller: &str,
+        pathname: &str,
+    ) -> Result<PathBuf, Unusable> {
+        let what = match version {
+            CgroupVersion::V1 => format!("cgroup v1 {controller}"),
+            CgroupVersion::V2 => "cgroup v2".to_owned(),
+        };
+        let not_mounted = || Unusable::NotMounted {
+            what: what.clone(),
+            path: pathname.to_owned(),
+        };
+        let relative = Path::new(pathname);
+        if relative
+            .components()
+            .any(|c| matches!(c, Component::ParentDir))
+        {
+            return Err(not_mounted());
+        }
+        mounts
+            .0
+            .iter()
+            .filter(|m| match version {
+                CgroupVersion::V1 => {
+                    m.fs_type == "cgroup" && m.super_options.contains_key(controller)
+                }
+                CgroupVersion::V2 => m.fs_type == "cgroup2",
+            })
+            .find_map(|m| {
+                let inside = relative.strip_prefix(&m.root).ok()?;
+                Some(self.path(&m.mount_point).join(inside))
+            })
+            .ok_or_else(not_mounted)
+    }
+
+    /// The host's CPU time now.
+    pub fn system(&self) -> Result<SystemCpu, ReadError> {
+        let path = self.path("/proc/stat");
+        let info = ExplicitSystemInfo {
+            boot_time_secs: 0,
+            ticks_per_second: USER_HZ,
+            page_size: 4096,
+            is_little_endian: cfg!(target_endian = "little"),
+        };
+        let stats = procfs_core::KernelStats::from_read(open(&path)?, &info)
+            .map_err(|e| ReadError::malformed(&path, e))?;
+        let t = &stats.total;
+        let ticks = [
+            Some(t.user),
+            Some(t.nice),
+            Some(t.system),
+            Some(t.idle),
+            t.iowait,
+            t.irq,
+            t.softirq,
+        ]
+        .into_iter()
+        .map(|v| v.ok_or_else(|| ReadError::malformed(&path, "a cpu line of fewer than 7 fields")))
+        .sum::<Result<u64, ReadError>>()?;
+        Ok(SystemCpu {
+            total_ns: ticks.saturating_mul(NANOS_PER_TICK),
+            online_cpus: u32::try_from(stats.cpu_time.len()).unwrap_or(u32::MAX),
+        })
+    }
+
+    /// Reads the container's counters now, with `system` read just before. The network counters
+    /// are read first, while the process is sure to be the container's; a cgroup that is gone
+    /// then means the container has stopped, and no reading of it is made.
+    pub fn read(&self, located: &Located, system: SystemCpu) -> Result<Reading, ReadError> {
+        let at = Utc::now();
+        let (network_rx, network_tx) = match &located.net_dev {
+            Some(path) => {
+                let devices = procfs_core::net::InterfaceDeviceStatus::from_read(open(path)?)
+                    .map_err(|e| ReadError::malformed(path, e))?;
+                // As the engine: the container's own interfaces, not its loopback.
+                devices
+                    .0
+                    .values()
+                    .filter(|d| d.name != "lo")
+                    .fold((0u64, 0u64), |(rx, tx), d| {
+                        (
+                            rx.saturating_add(d.recv_bytes),
+                            tx.saturating_add(d.sent_bytes),
+                        )
+                    })
+            }
+            None => (0, 0),
+        };
+        let cpu_ns = match &located.cpu {
+            CpuFile::V1(path) => parse::number(path, &read(path)?)?,
+            CpuFile::V2(path) => parse::keyed(path, &read(path)?, "usage_usec")?
+                .ok_or_else(|| ReadError::malformed(path, "no usage_usec"))?
+                .saturating_mul(1000),
+        };
+        let (usage, limit, stat, inactive_key) = match &located.memory {
+            MemoryFiles::V1 { dir } => (
+                dir.join("memory.usage_in_bytes"),
+                dir.join("memory.limit_in_bytes"),
+                dir.join("memory.stat"),
+                "total_inactive_file",
+            ),
+            MemoryFiles::V2 { dir } => (
+                dir.join("memory.current"),
+                dir.join("memory.max"),
+                dir.join("memory.stat"),
+                "inactive_file",
+            ),
+        };
+        let memory_usage = parse::number(&usage, &read(&usage)?)?;
+        let own_limit = parse::limit(&limit, &read(&limit)?)?;
+        let memory_inactive_file = parse::keyed(&stat, &read(&stat)?, inactive_key)?;
+        Ok(Reading {
+            at,
+            cpu_ns,
+            system,
+            memory_usage,
+            memory_inactive_file,
+            // As the engine: no limit of its own, or one above the host's memory, is the host's.
+            memory_limit: if self.machine_memory > 0 {
+                own_limit.min(self.machine_memory)
+            } else {
+                own_limit
+            },
+            network_rx,
+            network_tx,
+        })
+    }
+}
+
+fn open(path: &Path) -> Result<std::fs::File, ReadError> {
+    std::fs::File::open(path).map_err(|e| ReadError::io(path, e))
+}
+
+fn read(path: &Path) -> Result<String, ReadError> {
+    std::fs::read_to_string(path).map_err(|e| ReadError::io(path, e))
+}
