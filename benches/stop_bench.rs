@@ -24,6 +24,16 @@ use futures_util::future::join_all;
 use serde_json::Value;
 
 const PAIRS: usize = 20;
+/// Pairs of the stops of young apps, and of the stops right after the agent's own start.
+const YOUNG_PAIRS: usize = 12;
+/// How long after its start a young app is stopped.
+const YOUNG: Duration = Duration::from_millis(300);
+/// How long after the last registration the fleet of young apps is stopped.
+const FLEET_YOUNG: Duration = Duration::from_secs(1);
+/// Running apps whose cost to the engine and to the agent is measured.
+const COST_APPS: usize = 100;
+/// Each window of the cost phase, with and without the agent, twice each.
+const COST_WINDOW: Duration = Duration::from_secs(15);
 const FLEET: usize = 40;
 const FLEET_ROUNDS: usize = 3;
 /// Rounds of the fleet of starts (its containers serve every round, so rounds are cheap).
@@ -390,6 +400,52 @@ async fn paired_stops(
     (a_ms, r_ms, ages)
 }
 
+/// Rounds of a fleet: `FLEET` apps registered beside as many raw containers, stopped all at once
+/// `settle` after the last registration, agent and raw alternating which goes first. Returns the
+/// wall times (ms) of the agent's and the raw rounds, and adds the final samples' ages to `ages`.
+async fn fleet_rounds(
+    client: &Client,
+    settle: Duration,
+    ages: &mut Vec<f64>,
+) -> (Vec<f64>, Vec<f64>) {
+    let (mut a_wall, mut r_wall) = (Vec::new(), Vec::new());
+    for round in 0..FLEET_ROUNDS {
+        let ws = workloads(2 * FLEET).await;
+        let (left, right) = ws.split_at(FLEET);
+        let ids = register_all(client, left).await;
+        tokio::time::sleep(settle).await;
+        let run_agent = || async {
+            let started = Instant::now();
+            let answers = join_all(ids.iter().map(|id| client.stop(id))).await;
+            let wall = started.elapsed().as_secs_f64() * 1000.0;
+            assert!(answers.iter().all(|a| a.status == 200));
+            (
+                wall,
+                answers
+                    .iter()
+                    .map(|a| sample_age(&a.body))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let run_raw = || async {
+            let started = Instant::now();
+            join_all(right.iter().map(|w| raw_stop(&w.name))).await;
+            started.elapsed().as_secs_f64() * 1000.0
+        };
+        let (wall, fleet_ages) = if round % 2 == 0 {
+            let agent_run = run_agent().await;
+            r_wall.push(run_raw().await);
+            agent_run
+        } else {
+            r_wall.push(run_raw().await);
+            run_agent().await
+        };
+        a_wall.push(wall);
+        ages.extend(fleet_ages);
+    }
+    (a_wall, r_wall)
+}
+
 /// The agent as the shipped unit runs it, reporting to `receiver`.
 fn reporting_agent(receiver: &Receiver) -> AgentProcess {
     AgentProcess::start_with(AgentOptions {
@@ -485,6 +541,133 @@ async fn report_phase() {
     );
 }
 
+/// CPU time (user + system) of `pid` so far, in seconds; `/proc/<pid>/stat` counts in USER_HZ.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the command: state is field 3; utime and stime are fields 14 and 15.
+    let ticks = |i: usize| {
+        fields
+            .get(i - 3)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (ticks(14) + ticks(15)) as f64 / 100.0
+}
+
+/// The engine's processes: its daemon (from the pid file beside its socket, else
+/// `/var/run/docker.pid`), everything the daemon runs (its containerd), and the containerd shims
+/// (which read the cgroups for the engine's stats).
+fn engine_pids() -> Vec<u32> {
+    let socket = common::engine_socket();
+    let pid_file = socket
+        .parent()
+        .map(|d| d.join("dockerd.pid"))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| "/var/run/docker.pid".into());
+    let daemon: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap_or_else(|e| panic!("the engine's pid file {}: {e}", pid_file.display()))
+        .trim()
+        .parse()
+        .unwrap();
+    let mut parents = std::collections::HashMap::new();
+    let mut shims = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim().starts_with("containerd-shim") {
+            shims.push(pid);
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if let Some(ppid) = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u32>().ok())
+        {
+            parents.insert(pid, ppid);
+        }
+    }
+    let descends = |mut pid: u32| {
+        while let Some(&ppid) = parents.get(&pid) {
+            if ppid == daemon {
+                return true;
+            }
+            if ppid <= 1 {
+                return false;
+            }
+            pid = ppid;
+        }
+        false
+    };
+    let mut pids: Vec<u32> = parents.keys().copied().filter(|&p| descends(p)).collect();
+    pids.push(daemon);
+    pids.extend(shims);
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}
+
+fn cpu_of(pids: &[u32]) -> f64 {
+    pids.iter().map(|&p| cpu_secs(p)).sum()
+}
+
+/// The cost of following running apps: the engine's CPU over windows with and without an agent
+/// following `COST_APPS` running apps, alternating, and the agent's own CPU.
+async fn cost_phase() {
+    let ws = workloads(COST_APPS).await;
+    let mut agent: Option<AgentProcess> = None;
+    let (mut without, mut with, mut own) = (Vec::new(), Vec::new(), Vec::new());
+    for window in 0..4 {
+        let following = window % 2 == 1;
+        if following {
+            let a = AgentProcess::start_with(AgentOptions {
+                log_filter: Some("info".into()),
+                env: vec![("MALLOC_ARENA_MAX".into(), UNIT_ARENAS.into())],
+                ..Default::default()
+            });
+            register_all(&a.client(), &ws).await;
+            agent = Some(a);
+        } else if let Some(mut a) = agent.take() {
+            a.terminate();
+        }
+        // Let registrations, first readings and the end of the last window settle.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let pids = engine_pids();
+        let engine_before = cpu_of(&pids);
+        let agent_before = agent.as_ref().map(|a| cpu_secs(a.pid()));
+        tokio::time::sleep(COST_WINDOW).await;
+        let secs = COST_WINDOW.as_secs_f64();
+        let engine = (cpu_of(&pids) - engine_before) / secs * 100.0;
+        if following {
+            with.push(engine);
+            let a = agent.as_ref().unwrap();
+            own.push((cpu_secs(a.pid()) - agent_before.unwrap()) / secs * 100.0);
+        } else {
+            without.push(engine);
+        }
+    }
+    drop(agent);
+    let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len() as f64;
+    let added = mean(&with) - mean(&without);
+    println!(
+        "| engine CPU, {COST_APPS} running apps ({}×{} s windows each) | {:.2} % with the agent | | {:.2} % without | | added {added:.2} % of a core | ≤ 0.5 % |",
+        with.len(),
+        COST_WINDOW.as_secs(),
+        mean(&with),
+        mean(&without),
+    );
+    println!(
+        "| the agent's own CPU, {COST_APPS} running apps | {:.2} % of a core | | | | | ≤ 1 % |",
+        mean(&own)
+    );
+    drop(ws);
+}
+
 /// Seconds from the final sample to the stop's request: how old the sample was when the stop began.
 fn sample_age(record: &Value) -> f64 {
     let t = |v: &Value| chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap();
@@ -494,8 +677,9 @@ fn sample_age(record: &Value) -> f64 {
 }
 
 /// Whether a phase runs: all by default, or those named in `STOP_BENCH_PHASES` (comma-separated:
-/// one, fleet, one-start, one-restart, fleet-start, report, reject, memory, start; `start` is the agent's
-/// own start-up time, `one-start` the start of an app).
+/// one, fleet, young, after-start, fleet-young, cost, one-start, one-restart, fleet-start, report,
+/// reject, memory, start; `start` is the agent's own start-up time, `one-start` the start of an
+/// app).
 fn phase(name: &str) -> bool {
     std::env::var("STOP_BENCH_PHASES").map_or(true, |p| p.split(',').any(|x| x.trim() == name))
 }
@@ -595,41 +779,7 @@ async fn bench() {
 
     // A fleet: concurrent stops, agent against raw, alternating which goes first.
     if phase("fleet") {
-        let (mut a_wall, mut r_wall) = (Vec::new(), Vec::new());
-        for round in 0..FLEET_ROUNDS {
-            let ws = workloads(2 * FLEET).await;
-            let (left, right) = ws.split_at(FLEET);
-            let ids = register_all(&client, left).await;
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            let run_agent = || async {
-                let started = Instant::now();
-                let answers = join_all(ids.iter().map(|id| client.stop(id))).await;
-                let wall = started.elapsed().as_secs_f64() * 1000.0;
-                assert!(answers.iter().all(|a| a.status == 200));
-                (
-                    wall,
-                    answers
-                        .iter()
-                        .map(|a| sample_age(&a.body))
-                        .collect::<Vec<_>>(),
-                )
-            };
-            let run_raw = || async {
-                let started = Instant::now();
-                join_all(right.iter().map(|w| raw_stop(&w.name))).await;
-                started.elapsed().as_secs_f64() * 1000.0
-            };
-            let (wall, fleet_ages) = if round % 2 == 0 {
-                let agent_run = run_agent().await;
-                r_wall.push(run_raw().await);
-                agent_run
-            } else {
-                r_wall.push(run_raw().await);
-                run_agent().await
-            };
-            a_wall.push(wall);
-            ages.extend(fleet_ages);
-        }
+        let (a_wall, r_wall) = fleet_rounds(&client, Duration::from_secs(3), &mut ages).await;
         row(
             &format!("fleet of {FLEET}, wall ({FLEET_ROUNDS} rounds)"),
             a_wall,
@@ -644,6 +794,95 @@ async fn bench() {
         println!(
             "| final sample age at the stop | {age50:.2} s | {age90:.2} s | | | max {max_age:.2} s | ≤ ~1 s |"
         );
+    }
+
+    let mut young_ages = Vec::new();
+    // Young apps: registered as their container starts, stopped 0.3 s after the start.
+    if phase("young") {
+        let (mut a_ms, mut r_ms) = (Vec::new(), Vec::new());
+        for i in 0..YOUNG_PAIRS {
+            let started = Instant::now();
+            let (mine, raw) = futures_util::join!(Workload::start("exit"), Workload::start("exit"));
+            let id = app_id();
+            client.register(&id, &mine.name).await;
+            tokio::time::sleep(YOUNG.saturating_sub(started.elapsed())).await;
+            if i % 2 == 1 {
+                r_ms.push(raw_stop(&raw.name).await);
+            }
+            let (ms, rec) = agent_stop(&client, &id).await;
+            a_ms.push(ms);
+            young_ages.push(sample_age(&rec));
+            if i % 2 == 0 {
+                r_ms.push(raw_stop(&raw.name).await);
+            }
+        }
+        row(
+            &format!("stop 0.3 s after registration and start ({YOUNG_PAIRS} pairs)"),
+            a_ms,
+            r_ms,
+            "ms",
+            "≤ 1.10",
+        );
+    }
+
+    // Stops right after the agent's own start: an agent with one running app is restarted, and
+    // the app stopped as soon as the agent listens.
+    if phase("after-start") {
+        let mut fresh = AgentProcess::start_with(AgentOptions {
+            log_filter: Some("info".into()),
+            env: vec![("MALLOC_ARENA_MAX".into(), UNIT_ARENAS.into())],
+            ..Default::default()
+        });
+        let (mut a_ms, mut r_ms) = (Vec::new(), Vec::new());
+        for i in 0..YOUNG_PAIRS {
+            let (mine, raw) = futures_util::join!(Workload::start("exit"), Workload::start("exit"));
+            let id = app_id();
+            fresh.client().register(&id, &mine.name).await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            fresh.terminate();
+            fresh.restart();
+            let fresh_client = fresh.client();
+            if i % 2 == 1 {
+                r_ms.push(raw_stop(&raw.name).await);
+            }
+            let (ms, rec) = agent_stop(&fresh_client, &id).await;
+            a_ms.push(ms);
+            young_ages.push(sample_age(&rec));
+            if i % 2 == 0 {
+                r_ms.push(raw_stop(&raw.name).await);
+            }
+        }
+        row(
+            &format!("stop right after the agent's own start ({YOUNG_PAIRS} pairs)"),
+            a_ms,
+            r_ms,
+            "ms",
+            "≤ 1.10",
+        );
+    }
+
+    // A fleet of young apps: 40 registered as they start, all stopped at once 1 s later.
+    if phase("fleet-young") {
+        let (a_wall, r_wall) = fleet_rounds(&client, FLEET_YOUNG, &mut young_ages).await;
+        row(
+            &format!("fleet of {FLEET} stopped 1 s after start, wall ({FLEET_ROUNDS} rounds)"),
+            a_wall,
+            r_wall,
+            "ms",
+            "≤ 1.25",
+        );
+    }
+    if !young_ages.is_empty() {
+        let ms: Vec<f64> = young_ages.iter().map(|s| s * 1000.0).collect();
+        let (age50, age90) = stats(ms.clone());
+        let max_age = ms.iter().cloned().fold(f64::MIN, f64::max);
+        println!(
+            "| final sample age at the stop, young apps (request − sample; < 0: read after the request came) | {age50:.1} ms | {age90:.1} ms | | | max {max_age:.1} ms | ≤ 50 ms |"
+        );
+    }
+
+    if phase("cost") {
+        cost_phase().await;
     }
 
     // One start: stopped containers (each run once and stopped, the agent's by the agent), started

@@ -18,7 +18,7 @@ BASE="$ROOT/target/engines"
 ALL=(docker26 podman)
 # The tests that drive the engine: stops and signals, starts and restarts, ~okeanos, events and
 # crashes, an engine that goes away.
-ENGINE_TESTS=(--test stop --test start --test okeanos --test world --test engine)
+ENGINE_TESTS=(--test stop --test start --test okeanos --test world --test engine --test sampling)
 
 log() { printf '==> %s\n' "$*" >&2; }
 as_root() {
@@ -167,6 +167,12 @@ EOF
     system service --time=0 "unix://$(socket_of podman)" \
     >"$dir/podman.log" 2>&1 </dev/null &
   wait_answer podman "$dir/podman.log"
+  # As Docker's socket: the docker group may use it, so that a test can run the agent as an
+  # unprivileged user in that group, as its systemd unit runs it.
+  if getent group docker >/dev/null; then
+    as_root chgrp docker "$(socket_of podman)"
+    as_root chmod 0660 "$(socket_of podman)"
+  fi
 }
 
 pid_file_of() {

@@ -268,4 +268,12 @@ fn the_unit_keeps_what_the_daemon_depends_on() {
             .all(|v| v != "pid"),
         "ProcSubset=pid hides /proc/meminfo and /proc/loadavg"
     );
+    // Final samples read each container's /proc/<pid>/cgroup and /proc/<pid>/net/dev, which
+    // ProtectProc=invisible or noaccess hide (the container's processes are not the agent's user's).
+    assert!(
+        service_values(&text, "ProtectProc")
+            .iter()
+            .all(|v| v == "default"),
+        "ProtectProc= other than default hides the containers' processes"
+    );
 }

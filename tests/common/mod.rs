@@ -362,6 +362,10 @@ pub struct AgentOptions {
     pub report_url: Option<String>,
     /// `[report] resync_secs`.
     pub report_resync_secs: Option<u64>,
+    /// Run the agent as this user and group (through util-linux's `setpriv`), with the engine
+    /// socket's group as its only other group, as the systemd unit runs it; its directory is
+    /// given to that user.
+    pub run_as: Option<u32>,
 }
 
 /// The bearer token an agent under test sends with its reports.
@@ -394,6 +398,7 @@ pub struct AgentProcess {
     /// Every line the agent has logged so far.
     log: Arc<Mutex<Vec<String>>>,
     child: Option<Child>,
+    run_as: Option<u32>,
 }
 
 pub const OPERATOR_TOKEN_NAME: &str = "test-operator";
@@ -477,14 +482,36 @@ impl AgentProcess {
             stdout: Arc::default(),
             log: Arc::default(),
             child: None,
+            run_as: options.run_as,
         };
+        if let Some(uid) = options.run_as {
+            chown_tree(agent.dir.path(), uid);
+        }
         agent.spawn();
         agent
     }
 
     /// Starts the binary and waits for its "listening" line.
     fn spawn(&mut self) {
-        let mut child = agent_command()
+        let mut command = match self.run_as {
+            None => agent_command(),
+            Some(uid) => {
+                use std::os::unix::fs::MetadataExt;
+                let socket_group = std::fs::metadata(engine_socket())
+                    .expect("the engine's socket")
+                    .gid();
+                let mut command = Command::new("setpriv");
+                outside_systemd(&mut command);
+                command.args([
+                    format!("--reuid={uid}"),
+                    format!("--regid={uid}"),
+                    format!("--groups={socket_group}"),
+                    env!("CARGO_BIN_EXE_node-agent").to_owned(),
+                ]);
+                command
+            }
+        };
+        let mut child = command
             .arg("--config")
             .arg(self.config_path())
             .env("RUST_LOG", &self.log_filter)
@@ -964,6 +991,24 @@ pub async fn raw_http(base: &str, request: &[u8]) -> (u16, String) {
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     (status, body)
+}
+
+/// Gives `dir` and everything in it to user and group `uid`.
+fn chown_tree(dir: &Path, uid: u32) {
+    std::os::unix::fs::chown(dir, Some(uid), Some(uid)).unwrap_or_else(|e| {
+        panic!(
+            "chown {}: {e} (running the agent as another user needs root)",
+            dir.display()
+        )
+    });
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            chown_tree(&path, uid);
+        } else {
+            std::os::unix::fs::chown(&path, Some(uid), Some(uid)).unwrap();
+        }
+    }
 }
 
 /// Removes what systemd tells a service it starts, should the tests themselves run under systemd;
