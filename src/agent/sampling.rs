@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 
 use super::Agent;
-use crate::cgroup::{CpuPoint, HostFiles, Located, ReadError, Reading};
+use crate::cgroup::{CpuPoint, HostFiles, Located, ReadError, Reading, Unusable};
 use crate::metrics::{RawStats, SamplePurpose};
 use crate::runtime::{ContainerState, RuntimeError};
 
@@ -36,6 +36,17 @@ const POINTS: usize = 3;
 /// How long a container whose cgroup has gone keeps its last figures for the record that has not
 /// noticed yet.
 const ENDED_KEPT: Duration = Duration::from_secs(60);
+
+/// How a container stands with the host's files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnHost {
+    /// Its figures are read there.
+    Followed,
+    /// Its cgroup or process is gone: it has ended.
+    Ended,
+    /// They cannot be read there; the engine's stats serve.
+    Refused,
+}
 
 /// The readings of each followed container, by the `containerId` its record names.
 #[derive(Debug, Default)]
@@ -129,16 +140,15 @@ impl Agent {
     /// Starts following the figures of a running container, unless already followed for this run:
     /// on the host when its files serve, else through the engine's stream.
     pub(super) fn follow(&self, container: &str, state: &ContainerState) {
-        if self.follow_on_host(container, state) {
-            return;
+        if self.follow_on_host(container, state) == OnHost::Refused {
+            self.follow_stream(container);
         }
-        self.follow_stream(container);
     }
 
-    /// Whether the container is followed on the host (found now, or already).
-    fn follow_on_host(&self, container: &str, state: &ContainerState) -> bool {
+    /// Follows the container on the host's files, unless already followed for this run.
+    fn follow_on_host(&self, container: &str, state: &ContainerState) -> OnHost {
         let Some(host) = self.host_files().cloned() else {
-            return false;
+            return OnHost::Refused;
         };
         {
             let readings = self.readings();
@@ -147,10 +157,10 @@ impl Agent {
                 .get(container)
                 .is_some_and(|t| t.located.pid == state.pid && t.ended.is_none())
             {
-                return true;
+                return OnHost::Followed;
             }
             if readings.refused.get(container) == Some(&state.pid) {
-                return false;
+                return OnHost::Refused;
             }
         }
         let first = host
@@ -177,14 +187,16 @@ impl Agent {
                     readings.ticking = true;
                     self.start_ticker();
                 }
-                true
+                OnHost::Followed
             }
+            // It ended since the engine said it runs: nothing to follow.
+            Err(Unusable::Read(ReadError::Gone)) => OnHost::Ended,
             Err(e) => {
                 tracing::info!(%container, pid = state.pid, reason = %e, "figures come from the engine's stats: the host's files cannot give them");
                 self.telemetry().sample_fallback();
                 readings.host.remove(container);
                 readings.refused.insert(container.to_owned(), state.pid);
-                false
+                OnHost::Refused
             }
         }
     }
@@ -448,6 +460,7 @@ impl Agent {
         since: Option<DateTime<Utc>>,
     ) -> Option<RawStats> {
         let mut readings = self.readings();
+        readings.refused.remove(container);
         let host = readings.host.remove(container).map(|t| t.last);
         let stream = readings.latest.remove(container).map(|l| l.stats);
         let of_this_run = |s: &RawStats| match (s.read_at, since) {
