@@ -229,7 +229,22 @@ fn token_new(name: &str, role: Role, user_id: Option<String>) -> ExitCode {
     }
 }
 
+/// Raises the soft limit of open files to the hard one, as most daemons do: the agent keeps four
+/// cgroup files open for each running container it follows, besides its connections. A limit it
+/// cannot raise is left as it is (containers beyond it are sampled through the engine).
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            eprintln!("node-agent: cannot raise the open files limit: {e}");
+        }
+    }
+}
+
 fn serve(path: &std::path::Path) -> ExitCode {
+    raise_open_files_limit();
     // Blocking work is the store's writes, which take one connection in turn: a few threads serve
     // them, and fewer threads keep fewer allocator arenas resident.
     let runtime = match tokio::runtime::Builder::new_multi_thread()

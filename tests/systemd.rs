@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 const UNIT: &str = "node-agent.service";
-const BINARY: &str = "/usr/local/bin/node-agent";
+const BINARY: &str = "/usr/bin/node-agent";
 const MAX_EXPOSURE: f64 = 2.0;
 
 fn unit_path() -> PathBuf {

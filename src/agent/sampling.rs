@@ -27,9 +27,12 @@ pub(super) const TICK: Duration = Duration::from_secs(1);
 /// The CPU interval a sample prefers at least, when the ticker's readings allow it; `docker stats`
 /// measures over about a second.
 const PREFERRED_INTERVAL: Duration = Duration::from_millis(500);
-/// The shortest CPU interval a sample measures over: `/proc/stat` counts in 10 ms ticks, so a
-/// shorter one would be mostly rounding. Only a container first seen this moment waits for it.
-const MIN_INTERVAL: Duration = Duration::from_millis(100);
+/// Below this, `/proc/stat`'s 10 ms ticks would be too coarse a measure of the host's CPU time
+/// over the interval: it is taken from the wall clock instead ([`crate::cgroup::SystemCpu::over`]).
+const TICKS_SUFFICE: Duration = Duration::from_millis(100);
+/// The shortest CPU interval a sample measures over. Only a container first seen at the very
+/// moment of its sample waits for it.
+const SHORTEST: Duration = Duration::from_millis(10);
 /// CPU points kept of each container: enough for an interval of half a second to a second and a
 /// half between ticks.
 const POINTS: usize = 3;
@@ -301,18 +304,29 @@ impl Agent {
             .host
             .get(container)?
             .interval_start(Instant::now());
-        if let Some((from, _)) = start {
-            // Only a container first seen this moment has so young a start.
-            let young = from.elapsed();
-            if young < MIN_INTERVAL {
-                tokio::time::sleep(MIN_INTERVAL - young).await;
+        let mut before = start.map(|(_, point)| point);
+        if let Some((from, point)) = start {
+            let mut interval = from.elapsed();
+            if interval < SHORTEST {
+                tokio::time::sleep(SHORTEST - interval).await;
                 reading = match read() {
                     Ok(r) => r,
                     Err(e) => return Some(Err(e)),
                 };
+                interval = from.elapsed();
+            }
+            if interval < TICKS_SUFFICE {
+                let system_ns = reading
+                    .system
+                    .total_ns
+                    .saturating_sub(reading.system.over(interval));
+                before = Some(CpuPoint {
+                    cpu_ns: point.cpu_ns,
+                    system_ns,
+                });
             }
         }
-        let stats = reading.to_raw(start.map(|(_, p)| p));
+        let stats = reading.to_raw(before);
         if let Some(t) = self.readings().host.get_mut(container) {
             t.last = stats.clone();
         }

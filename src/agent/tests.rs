@@ -185,8 +185,16 @@ fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
 
 /// App `a` on running container `ca`, whose host files are a copy of the recorded snapshot `a`.
 async fn app_on_host_files() -> (Fixture, tempfile::TempDir) {
+    app_on_host_files_with(|_| {}).await
+}
+
+/// [`app_on_host_files`], with the host's files changed by `prepare` before the agent sees them.
+async fn app_on_host_files_with(
+    prepare: impl FnOnce(&std::path::Path),
+) -> (Fixture, tempfile::TempDir) {
     let host = tempfile::tempdir().expect("dir");
     copy_tree(&recorded("a"), host.path());
+    prepare(host.path());
     let dir = tempfile::tempdir().expect("dir");
     let store = Store::open(&dir.path().join("a.db")).expect("store");
     let fake = FakeRuntime::new(true);
@@ -215,7 +223,9 @@ async fn app_on_host_files() -> (Fixture, tempfile::TempDir) {
 async fn a_stop_reads_its_final_sample_from_the_hosts_files_without_the_engines_stats() {
     let (f, host) = app_on_host_files().await;
     assert!(f.agent.followed_on_host("ca"));
-    // A second later on the host: the counters of snapshot `b`.
+    // Long enough for /proc/stat's ticks to measure the interval, then the counters a second
+    // later on the host (snapshot `b`).
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
     copy_tree(&recorded("b"), host.path());
     let before = Utc::now();
     let r = f.stop("a").await.expect("stopped");
@@ -242,6 +252,7 @@ async fn a_stop_reads_its_final_sample_from_the_hosts_files_without_the_engines_
 #[tokio::test]
 async fn a_read_answers_figures_from_the_hosts_files() {
     let (f, host) = app_on_host_files().await;
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
     copy_tree(&recorded("b"), host.path());
     let r = f.agent.get(&operator(), &id("a")).await.expect("read");
     let m = r.metrics.expect("metrics");
@@ -258,13 +269,15 @@ async fn a_read_answers_figures_from_the_hosts_files() {
 
 #[tokio::test]
 async fn host_files_that_cannot_be_read_give_way_to_the_engines_stats() {
-    let (f, host) = app_on_host_files().await;
-    // memory.stat made unreadable (a directory where the file was).
-    let stat = host.path().join(format!(
-        "sys/fs/cgroup/memory/docker/{RECORDED_ID}/memory.stat"
-    ));
-    std::fs::remove_file(&stat).expect("rm");
-    std::fs::create_dir(&stat).expect("mkdir");
+    // memory.stat unreadable (a directory where the file was).
+    let (f, _host) = app_on_host_files_with(|root| {
+        let stat = root.join(format!(
+            "sys/fs/cgroup/memory/docker/{RECORDED_ID}/memory.stat"
+        ));
+        std::fs::remove_file(&stat).expect("rm");
+        std::fs::create_dir(&stat).expect("mkdir");
+    })
+    .await;
     let r = f.stop("a").await.expect("stopped");
     let m = r.metrics.expect("metrics");
     assert_eq!(m.sample_source, Some(SampleSource::Engine));
@@ -283,11 +296,7 @@ async fn host_files_that_cannot_be_read_give_way_to_the_engines_stats() {
 #[tokio::test]
 async fn a_container_the_host_files_show_gone_is_not_sampled_as_zeros() {
     let (f, host) = app_on_host_files().await;
-    std::fs::remove_dir_all(
-        host.path()
-            .join(format!("sys/fs/cgroup/cpuacct/docker/{RECORDED_ID}")),
-    )
-    .expect("rm");
+    std::fs::remove_dir_all(host.path().join(format!("proc/{RECORDED_PID}"))).expect("rm");
     // Gone from the host while the engine still said it runs: the container has ended, and the
     // stop takes no sample of it. No figures, rather than zeros.
     let r = f.stop("a").await.expect("stopped");

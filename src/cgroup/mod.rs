@@ -14,6 +14,7 @@ mod tests;
 
 use std::io;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use procfs_core::{ExplicitSystemInfo, FromRead, FromReadSI};
@@ -33,17 +34,69 @@ pub struct HostFiles {
     machine_memory: u64,
 }
 
-/// Where one container's figures are read, found once per run of the container.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where one container's figures are read, found once per run of the container. Its cgroup files
+/// are opened once and read again from the start each time (a cgroup file gives its current
+/// value at every read from offset 0): no path is looked up per reading. Clones share the files.
+#[derive(Debug, Clone)]
 pub struct Located {
     /// The container's main process, whose `/proc` entry names its cgroup and network namespace.
     pub pid: u32,
     pub version: CgroupVersion,
-    cpu: CpuFile,
-    memory: MemoryFiles,
+    files: Arc<CgroupFiles>,
     /// `/proc/<pid>/net/dev`; `None` for a container on the host's network, whose counters are the
-    /// host's (the engine reports none for it either).
+    /// host's (the engine reports none for it either). Opened at each reading: an open file would
+    /// keep the container's network namespace alive after the container.
     net_dev: Option<PathBuf>,
+}
+
+impl Located {
+    /// The file the container's CPU time is read from.
+    pub fn cpu_path(&self) -> &Path {
+        &self.files.cpu.path
+    }
+}
+
+/// The open cgroup files of one container.
+#[derive(Debug)]
+struct CgroupFiles {
+    cpu: CgroupFile,
+    cpu_v2: bool,
+    usage: CgroupFile,
+    limit: CgroupFile,
+    stat: CgroupFile,
+    /// The key of `stat` that counts inactive file pages.
+    inactive_key: &'static str,
+}
+
+#[derive(Debug)]
+struct CgroupFile {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl CgroupFile {
+    fn open(path: PathBuf) -> Result<CgroupFile, ReadError> {
+        let file = open(&path)?;
+        Ok(CgroupFile { path, file })
+    }
+
+    /// The file's text now, read from its start.
+    fn read(&self) -> Result<String, ReadError> {
+        use std::os::unix::fs::FileExt;
+        let mut text = Vec::with_capacity(512);
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = self
+                .file
+                .read_at(&mut chunk, text.len() as u64)
+                .map_err(|e| ReadError::io(&self.path, e))?;
+            if n == 0 {
+                break;
+            }
+            text.extend_from_slice(&chunk[..n]);
+        }
+        String::from_utf8(text).map_err(|_| ReadError::malformed(&self.path, "not UTF-8"))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,28 +114,30 @@ impl CgroupVersion {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum CpuFile {
-    /// `cpuacct.usage`, nanoseconds.
-    V1(PathBuf),
-    /// `cpu.stat`, whose `usage_usec` counts microseconds.
-    V2(PathBuf),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum MemoryFiles {
-    /// `memory.usage_in_bytes`, `memory.limit_in_bytes`, `memory.stat` (`total_inactive_file`).
-    V1 { dir: PathBuf },
-    /// `memory.current`, `memory.max`, `memory.stat` (`inactive_file`).
-    V2 { dir: PathBuf },
-}
-
 /// The host's CPU time, as the engine computes its `system_cpu_usage`: the first seven fields of
 /// `/proc/stat`'s `cpu` line (user to softirq; not steal), in nanoseconds, and the online CPUs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SystemCpu {
     pub total_ns: u64,
     pub online_cpus: u32,
+    /// Time the hypervisor took from this host's CPUs (the eighth field), which the engine's sum
+    /// leaves out.
+    pub steal_ns: u64,
+}
+
+impl SystemCpu {
+    /// The host's CPU time over `wall`, in the engine's meaning, without `/proc/stat`'s 10 ms
+    /// ticks: the wall time on every online CPU, less the share the hypervisor has stolen since
+    /// boot. For intervals too short for the ticks to count them well.
+    pub fn over(&self, wall: std::time::Duration) -> u64 {
+        let all = self.total_ns.saturating_add(self.steal_ns);
+        let share = if all == 0 {
+            1.0
+        } else {
+            self.total_ns as f64 / all as f64
+        };
+        (wall.as_nanos() as f64 * f64::from(self.online_cpus) * share) as u64
+    }
 }
 
 /// One reading of a container's counters.
@@ -286,19 +341,28 @@ impl HostFiles {
         };
         let (cpu_version, cpu_dir) = find("cpuacct")?;
         let (memory_version, memory_dir) = find("memory")?;
-        let cpu = match cpu_version {
-            CgroupVersion::V1 => CpuFile::V1(cpu_dir.join("cpuacct.usage")),
-            CgroupVersion::V2 => CpuFile::V2(cpu_dir.join("cpu.stat")),
+        let cpu_v2 = cpu_version == CgroupVersion::V2;
+        let cpu = cpu_dir.join(if cpu_v2 { "cpu.stat" } else { "cpuacct.usage" });
+        let (usage, limit, inactive_key) = match memory_version {
+            CgroupVersion::V1 => (
+                "memory.usage_in_bytes",
+                "memory.limit_in_bytes",
+                "total_inactive_file",
+            ),
+            CgroupVersion::V2 => ("memory.current", "memory.max", "inactive_file"),
         };
-        let memory = match memory_version {
-            CgroupVersion::V1 => MemoryFiles::V1 { dir: memory_dir },
-            CgroupVersion::V2 => MemoryFiles::V2 { dir: memory_dir },
+        let files = CgroupFiles {
+            cpu: CgroupFile::open(cpu)?,
+            cpu_v2,
+            usage: CgroupFile::open(memory_dir.join(usage))?,
+            limit: CgroupFile::open(memory_dir.join(limit))?,
+            stat: CgroupFile::open(memory_dir.join("memory.stat"))?,
+            inactive_key,
         };
         Ok(Located {
             pid,
             version: memory_version,
-            cpu,
-            memory,
+            files: Arc::new(files),
             net_dev: (!host_network).then(|| self.path(format!("/proc/{pid}/net/dev"))),
         })
     }
@@ -371,6 +435,7 @@ impl HostFiles {
         Ok(SystemCpu {
             total_ns: ticks.saturating_mul(NANOS_PER_TICK),
             online_cpus: u32::try_from(stats.cpu_time.len()).unwrap_or(u32::MAX),
+            steal_ns: t.steal.unwrap_or(0).saturating_mul(NANOS_PER_TICK),
         })
     }
 
@@ -397,29 +462,17 @@ impl HostFiles {
             }
             None => (0, 0),
         };
-        let cpu_ns = match &located.cpu {
-            CpuFile::V1(path) => parse::number(path, &read(path)?)?,
-            CpuFile::V2(path) => parse::keyed(path, &read(path)?, "usage_usec")?
-                .ok_or_else(|| ReadError::malformed(path, "no usage_usec"))?
-                .saturating_mul(1000),
+        let f = &located.files;
+        let cpu_ns = if f.cpu_v2 {
+            parse::keyed(&f.cpu.path, &f.cpu.read()?, "usage_usec")?
+                .ok_or_else(|| ReadError::malformed(&f.cpu.path, "no usage_usec"))?
+                .saturating_mul(1000)
+        } else {
+            parse::number(&f.cpu.path, &f.cpu.read()?)?
         };
-        let (usage, limit, stat, inactive_key) = match &located.memory {
-            MemoryFiles::V1 { dir } => (
-                dir.join("memory.usage_in_bytes"),
-                dir.join("memory.limit_in_bytes"),
-                dir.join("memory.stat"),
-                "total_inactive_file",
-            ),
-            MemoryFiles::V2 { dir } => (
-                dir.join("memory.current"),
-                dir.join("memory.max"),
-                dir.join("memory.stat"),
-                "inactive_file",
-            ),
-        };
-        let memory_usage = parse::number(&usage, &read(&usage)?)?;
-        let own_limit = parse::limit(&limit, &read(&limit)?)?;
-        let memory_inactive_file = parse::keyed(&stat, &read(&stat)?, inactive_key)?;
+        let memory_usage = parse::number(&f.usage.path, &f.usage.read()?)?;
+        let own_limit = parse::limit(&f.limit.path, &f.limit.read()?)?;
+        let memory_inactive_file = parse::keyed(&f.stat.path, &f.stat.read()?, f.inactive_key)?;
         Ok(Reading {
             at,
             cpu_ns,
@@ -440,8 +493,4 @@ impl HostFiles {
 
 fn open(path: &Path) -> Result<std::fs::File, ReadError> {
     std::fs::File::open(path).map_err(|e| ReadError::io(path, e))
-}
-
-fn read(path: &Path) -> Result<String, ReadError> {
-    std::fs::read_to_string(path).map_err(|e| ReadError::io(path, e))
 }

@@ -46,6 +46,11 @@ fn the_system_cpu_time_is_the_engines_sum_of_seven_fields() {
     // cpu  3250 0 2573 64509 605 0 338 4178 0 0: user to softirq, not steal.
     assert_eq!(system.total_ns, 71_275 * 10_000_000);
     assert_eq!(system.online_cpus, 2);
+    assert_eq!(system.steal_ns, 4_178 * 10_000_000);
+    // A short interval from the wall clock: two CPUs, less the share stolen since boot.
+    let second = system.over(std::time::Duration::from_secs(1));
+    let expected = 2e9 * 71_275.0 / (71_275.0 + 4_178.0);
+    assert!((second as f64 - expected).abs() < 1.0, "{second}");
 }
 
 #[test]
@@ -70,10 +75,7 @@ fn each_layout_is_found() {
         let root = set(layout).join("a");
         let located = host(&root).locate(PID, ID, false).expect(layout);
         assert_eq!(located.version, version, "{layout}");
-        let path = match &located.cpu {
-            CpuFile::V1(p) | CpuFile::V2(p) => p.clone(),
-        };
-        assert_eq!(path, root.join(cpu), "{layout}");
+        assert_eq!(located.cpu_path(), root.join(cpu), "{layout}");
     }
 }
 
@@ -221,6 +223,7 @@ fn unreadable_or_malformed_files_are_errors_never_zeros() {
     // A directory where a file should be cannot be read: an error, not "gone".
     std::fs::remove_file(memory.join("memory.stat")).expect("test file");
     std::fs::create_dir(memory.join("memory.stat")).expect("test file");
+    let located = h.locate(PID, ID, false).expect("located");
     assert!(matches!(
         h.read(&located, system),
         Err(ReadError::Unreadable { .. })
@@ -233,14 +236,32 @@ fn a_cgroup_or_process_that_is_gone_means_the_container_stopped() {
     let h = host(dir.path());
     let located = h.locate(PID, ID, false).expect("located");
     let system = h.system().expect("system");
+    std::fs::remove_dir_all(dir.path().join(format!("proc/{PID}"))).expect("test file");
+    assert!(matches!(h.read(&located, system), Err(ReadError::Gone)));
     std::fs::remove_dir_all(
         dir.path()
             .join(format!("sys/fs/cgroup/cpuacct/docker/{ID}")),
     )
     .expect("test file");
-    assert!(matches!(h.read(&located, system), Err(ReadError::Gone)));
-    std::fs::remove_dir_all(dir.path().join(format!("proc/{PID}"))).expect("test file");
-    assert!(matches!(h.read(&located, system), Err(ReadError::Gone)));
+    assert!(matches!(
+        h.locate(PID, ID, false),
+        Err(Unusable::Hidden { .. })
+    ));
+    // A cgroup file read once its cgroup is removed fails with ENODEV; a process's entry read as
+    // it ends, with ESRCH.
+    for errno in [
+        rustix::io::Errno::NODEV,
+        rustix::io::Errno::SRCH,
+        rustix::io::Errno::NOENT,
+    ] {
+        let e = std::io::Error::from_raw_os_error(errno.raw_os_error());
+        assert!(matches!(ReadError::io(Path::new("x"), e), ReadError::Gone));
+    }
+    let denied = std::io::Error::from_raw_os_error(rustix::io::Errno::ACCESS.raw_os_error());
+    assert!(matches!(
+        ReadError::io(Path::new("x"), denied),
+        ReadError::Unreadable { .. }
+    ));
 }
 
 #[test]

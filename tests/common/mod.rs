@@ -362,10 +362,18 @@ pub struct AgentOptions {
     pub report_url: Option<String>,
     /// `[report] resync_secs`.
     pub report_resync_secs: Option<u64>,
+    /// `[report] ca_file`, and `client_cert_file` with `client_key_file`.
+    pub report_ca_file: Option<PathBuf>,
+    pub report_identity: Option<(PathBuf, PathBuf)>,
     /// Run the agent as this user and group (through util-linux's `setpriv`), with the engine
     /// socket's group as its only other group, as the systemd unit runs it; its directory is
     /// given to that user.
     pub run_as: Option<u32>,
+    /// `[http] listen`; unset is a free loopback port.
+    pub listen: Option<String>,
+    /// Run the agent in this network namespace (`/run/netns/NAME`), entered with `nsenter`; only
+    /// its network is its own, so it still reaches the engine's Unix socket.
+    pub netns: Option<String>,
 }
 
 /// The bearer token an agent under test sends with its reports.
@@ -399,6 +407,7 @@ pub struct AgentProcess {
     log: Arc<Mutex<Vec<String>>>,
     child: Option<Child>,
     run_as: Option<u32>,
+    netns: Option<String>,
 }
 
 pub const OPERATOR_TOKEN_NAME: &str = "test-operator";
@@ -427,8 +436,9 @@ impl AgentProcess {
             http.push_str(&format!("header_timeout_secs = {t}\n"));
         }
         http.push_str(&options.http_extra);
+        let listen = options.listen.as_deref().unwrap_or("127.0.0.1:0");
         let mut config = format!(
-            "[node]\nid = \"{NODE_ID}\"\nname = \"{NODE_NAME}\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n{http}\n[store]\npath = \"{}\"\n\n[auth]\ntokens_file = \"{}\"\n",
+            "[node]\nid = \"{NODE_ID}\"\nname = \"{NODE_NAME}\"\n\n[http]\nlisten = \"{listen}\"\n{http}\n[store]\npath = \"{}\"\n\n[auth]\ntokens_file = \"{}\"\n",
             dir.path().join("state/node-agent.db").display(),
             dir.path().join("tokens.toml").display(),
         );
@@ -454,6 +464,16 @@ impl AgentProcess {
             ));
             if let Some(secs) = options.report_resync_secs {
                 config.push_str(&format!("resync_secs = {secs}\n"));
+            }
+            if let Some(ca) = &options.report_ca_file {
+                config.push_str(&format!("ca_file = \"{}\"\n", ca.display()));
+            }
+            if let Some((cert, key)) = &options.report_identity {
+                config.push_str(&format!(
+                    "client_cert_file = \"{}\"\nclient_key_file = \"{}\"\n",
+                    cert.display(),
+                    key.display()
+                ));
             }
         }
         config.push('\n');
@@ -483,6 +503,7 @@ impl AgentProcess {
             log: Arc::default(),
             child: None,
             run_as: options.run_as,
+            netns: options.netns.clone(),
         };
         if let Some(uid) = options.run_as {
             chown_tree(agent.dir.path(), uid);
@@ -493,9 +514,19 @@ impl AgentProcess {
 
     /// Starts the binary and waits for its "listening" line.
     fn spawn(&mut self) {
-        let mut command = match self.run_as {
-            None => agent_command(),
-            Some(uid) => {
+        let mut command = match (self.run_as, &self.netns) {
+            (None, Some(netns)) => {
+                let mut command = Command::new("nsenter");
+                outside_systemd(&mut command);
+                command.args([
+                    format!("--net=/run/netns/{netns}"),
+                    "--".to_owned(),
+                    env!("CARGO_BIN_EXE_node-agent").to_owned(),
+                ]);
+                command
+            }
+            (None, None) => agent_command(),
+            (Some(uid), _) => {
                 use std::os::unix::fs::MetadataExt;
                 let socket_group = std::fs::metadata(engine_socket())
                     .expect("the engine's socket")

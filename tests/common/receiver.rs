@@ -82,16 +82,22 @@ pub struct Receiver {
 impl Receiver {
     /// A receiver that acknowledges every report, on a free loopback port.
     pub async fn start() -> Receiver {
-        Self::start_with(None).await
+        Self::start_with("127.0.0.1:0", None).await
     }
 
     /// A receiver that speaks HTTPS with `tls`.
     pub async fn start_tls(tls: rustls::ServerConfig) -> Receiver {
-        Self::start_with(Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))).await
+        Self::start_tls_at("127.0.0.1:0", tls).await
     }
 
-    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> Receiver {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    /// A receiver that speaks HTTPS with `tls` on `addr` (in the calling thread's network
+    /// namespace).
+    pub async fn start_tls_at(addr: &str, tls: rustls::ServerConfig) -> Receiver {
+        Self::start_with(addr, Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))).await
+    }
+
+    async fn start_with(addr: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> Receiver {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let receiver = Receiver {
             addr: listener.local_addr().unwrap(),
             shared: Arc::new(Shared {
