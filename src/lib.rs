@@ -253,11 +253,19 @@ pub async fn run(
     reloads: impl futures_util::Stream<Item = ()> + Send + Unpin + 'static,
 ) -> Result<(), RunError> {
     let services = Services::open(&config)?;
-    let (listeners, tls) = bind_listeners(&config).await?;
-
     // Records are reconciled with the engine, and followed through its events, in the background:
-    // the agent serves at once, with or without the engine.
+    // the agent serves at once, with or without the engine. Started before the listeners are
+    // bound, so that the engine's connection and the first readings of the running apps are
+    // under way by the time the first request comes.
     let watcher = services.agent.spawn_watcher();
+    let (listeners, tls) = match bind_listeners(&config).await {
+        Ok(bound) => bound,
+        Err(e) => {
+            watcher.abort();
+            return Err(e);
+        }
+    };
+
     // Changes are pushed to the control plane by a task of their own, which nothing waits on.
     let reporter_stop = CancellationToken::new();
     let reporter = services

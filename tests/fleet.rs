@@ -438,13 +438,22 @@ async fn scenario(net: Network) {
         "every change reached the receiver {:?} after the thaw and the reconnection",
         reconnected.elapsed()
     );
+    // What each node cost the control plane: its reports, and the changes they carried.
     let reports = receiver.reports();
-    let changes: usize = reports.iter().map(|r| r.changes().len()).sum();
-    eprintln!(
-        "receiver: {} reports carrying {changes} changes from {NODES} nodes over {:?}",
-        reports.len(),
-        started.elapsed()
-    );
+    for i in 0..NODES {
+        let of_node: Vec<_> = reports
+            .iter()
+            .filter(|r| r.body["nodeId"] == format!("node-{i}"))
+            .collect();
+        assert!(!of_node.is_empty(), "no report from node {i}");
+        let changes: usize = of_node.iter().map(|r| r.changes().len()).sum();
+        let span = of_node.last().unwrap().at - of_node[0].at;
+        eprintln!(
+            "node {i}: {} reports carrying {changes} changes over {span:?} ({:.1} reports/s)",
+            of_node.len(),
+            of_node.len() as f64 / span.as_secs_f64().max(1.0)
+        );
+    }
 
     // A client without the control plane's certificate is refused on every node.
     let anonymous = https(&fleet, None);

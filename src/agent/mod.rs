@@ -403,7 +403,11 @@ impl Agent {
         // The stream's last reading of the run that just ended, if the agent followed it.
         let reading = match &state {
             Some(s) if !s.running => self.take_last_reading(record.container_id(), s.started_at),
-            _ => None,
+            Some(_) => None,
+            None => {
+                self.forget(record.container_id());
+                None
+            }
         };
         let inner = self.inner.clone();
         let now = Utc::now();

@@ -240,17 +240,18 @@ impl Agent {
             return;
         }
         let read = tokio::task::spawn_blocking(move || {
-            let system = host.system();
+            // Without the host's CPU time there is no reading this tick; the next may have it.
+            let system = match host.system() {
+                Ok(system) => system,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the host's CPU time could not be read; no readings this second");
+                    return Vec::new();
+                }
+            };
             followed
                 .into_iter()
                 .map(|(container, located)| {
-                    let reading = match &system {
-                        Ok(system) => host.read(&located, *system),
-                        Err(e) => Err(ReadError::Malformed {
-                            path: "/proc/stat".into(),
-                            why: e.to_string(),
-                        }),
-                    };
+                    let reading = host.read(&located, system);
                     (container, located.pid, Instant::now(), reading)
                 })
                 .collect::<Vec<_>>()
@@ -302,7 +303,8 @@ impl Agent {
         let start = self
             .readings()
             .host
-            .get(container)?
+            .get(container)
+            .filter(|t| t.located.pid == located.pid)?
             .interval_start(Instant::now());
         let mut before = start.map(|(_, point)| point);
         if let Some((from, point)) = start {
@@ -327,7 +329,12 @@ impl Agent {
             }
         }
         let stats = reading.to_raw(before);
-        if let Some(t) = self.readings().host.get_mut(container) {
+        if let Some(t) = self
+            .readings()
+            .host
+            .get_mut(container)
+            .filter(|t| t.located.pid == located.pid)
+        {
             t.last = stats.clone();
         }
         Some(Ok(stats))
@@ -484,6 +491,15 @@ impl Agent {
         host.into_iter()
             .chain(stream)
             .find(|s| !s.is_empty() && of_this_run(s))
+    }
+
+    /// Forgets everything followed of a container that is gone (removed, or its record's container
+    /// no longer exists).
+    pub(super) fn forget(&self, container: &str) {
+        let mut readings = self.readings();
+        readings.host.remove(container);
+        readings.latest.remove(container);
+        readings.refused.remove(container);
     }
 
     /// How many containers are followed now: (on the host's files, through the engine's stream).

@@ -43,10 +43,51 @@ pub struct Located {
     pub pid: u32,
     pub version: CgroupVersion,
     files: Arc<CgroupFiles>,
-    /// `/proc/<pid>/net/dev`; `None` for a container on the host's network, whose counters are the
-    /// host's (the engine reports none for it either). Opened at each reading: an open file would
-    /// keep the container's network namespace alive after the container.
-    net_dev: Option<PathBuf>,
+    /// `/proc/<pid>`, opened once, whose `net/dev` is opened at each reading; `None` for a
+    /// container on the host's network, whose counters are the host's (the engine reports none
+    /// for it either). The directory stays the container's process's: once that has ended, a
+    /// reading fails rather than find a new process under a reused pid. `net/dev` itself is not
+    /// kept open: that would keep the container's network namespace alive after the container.
+    net: Option<Arc<ProcDir>>,
+}
+
+/// A process's `/proc` directory, held open.
+#[derive(Debug)]
+struct ProcDir {
+    path: PathBuf,
+    dir: rustix::fd::OwnedFd,
+}
+
+impl ProcDir {
+    fn open(path: PathBuf) -> Result<ProcDir, ReadError> {
+        use rustix::fs::{Mode, OFlags};
+        let dir = rustix::fs::open(
+            &path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| ReadError::io(&path, e.into()))?;
+        Ok(ProcDir { path, dir })
+    }
+
+    /// `net/dev` of this very process, read now.
+    fn net_dev(&self) -> Result<Vec<u8>, ReadError> {
+        use rustix::fs::{Mode, OFlags};
+        use std::io::Read;
+        let path = self.path.join("net/dev");
+        let fd = rustix::fs::openat(
+            &self.dir,
+            "net/dev",
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| ReadError::io(&path, e.into()))?;
+        let mut bytes = Vec::with_capacity(1024);
+        std::fs::File::from(fd)
+            .read_to_end(&mut bytes)
+            .map_err(|e| ReadError::io(&path, e))?;
+        Ok(bytes)
+    }
 }
 
 impl Located {
@@ -80,21 +121,26 @@ impl CgroupFile {
         Ok(CgroupFile { path, file })
     }
 
-    /// The file's text now, read from its start.
+    /// The file's text now, read from its start in one read: a cgroup file is generated whole at
+    /// each read from offset 0, and two readers of the same file (the ticker and a sample) must
+    /// not splice one reading's tail onto another's head. Only a file larger than the buffer,
+    /// which no cgroup file this reads is, takes more reads.
     fn read(&self) -> Result<String, ReadError> {
         use std::os::unix::fs::FileExt;
-        let mut text = Vec::with_capacity(512);
-        let mut chunk = [0u8; 4096];
+        let mut text = vec![0u8; 16 * 1024];
+        let mut len = 0;
         loop {
             let n = self
                 .file
-                .read_at(&mut chunk, text.len() as u64)
+                .read_at(&mut text[len..], len as u64)
                 .map_err(|e| ReadError::io(&self.path, e))?;
-            if n == 0 {
+            len += n;
+            if n == 0 || len < text.len() {
                 break;
             }
-            text.extend_from_slice(&chunk[..n]);
+            text.resize(text.len() * 2, 0);
         }
+        text.truncate(len);
         String::from_utf8(text).map_err(|_| ReadError::malformed(&self.path, "not UTF-8"))
     }
 }
@@ -306,16 +352,27 @@ impl HostFiles {
         if pid == 0 {
             return Err(Unusable::NoPid);
         }
+        if container_id.len() < 12 {
+            return Err(Unusable::NotTheContainer {
+                pid,
+                path: format!("(an id of {} characters)", container_id.len()),
+            });
+        }
         let path = self.path(format!("/proc/{pid}/cgroup"));
-        let cgroups = match open(&path) {
-            Ok(file) => procfs_core::ProcessCGroups::from_read(file)
+        let cgroups = match read_bytes(&path) {
+            Ok(bytes) => procfs_core::ProcessCGroups::from_read(bytes.as_slice())
                 .map_err(|e| ReadError::malformed(&path, e))?,
+            // Ended, where this host's /proc shows every process; else hidden from the agent.
+            Err(ReadError::Gone) if self.path("/proc/1").exists() => {
+                return Err(ReadError::Gone.into());
+            }
             Err(ReadError::Gone) => return Err(Unusable::Hidden { pid }),
             Err(e) => return Err(e.into()),
         };
         let mountinfo = self.path("/proc/self/mountinfo");
-        let mounts = procfs_core::process::MountInfos::from_read(open(&mountinfo)?)
-            .map_err(|e| ReadError::malformed(&mountinfo, e))?;
+        let mounts =
+            procfs_core::process::MountInfos::from_read(read_bytes(&mountinfo)?.as_slice())
+                .map_err(|e| ReadError::malformed(&mountinfo, e))?;
         let find = |controller: &'static str| -> Result<(CgroupVersion, PathBuf), Unusable> {
             let (version, cgroup) = cgroups
                 .0
@@ -330,13 +387,19 @@ impl HostFiles {
                         .map(|c| (CgroupVersion::V2, c))
                 })
                 .ok_or(Unusable::NoController { pid, controller })?;
-            if !cgroup.pathname.contains(container_id) {
+            // The container's own cgroup: the one named by its id. Its main process may sit in a
+            // cgroup below it (`init`, `container`), which is not the whole container.
+            let Some(at) = cgroup.pathname.find(container_id) else {
                 return Err(Unusable::NotTheContainer {
                     pid,
                     path: cgroup.pathname.clone(),
                 });
-            }
-            let dir = self.mounted(&mounts, version, controller, &cgroup.pathname)?;
+            };
+            let end = cgroup.pathname[at..]
+                .find('/')
+                .map_or(cgroup.pathname.len(), |slash| at + slash);
+            let own = &cgroup.pathname[..end];
+            let dir = self.mounted(&mounts, version, controller, own)?;
             Ok((version, dir))
         };
         let (cpu_version, cpu_dir) = find("cpuacct")?;
@@ -351,19 +414,34 @@ impl HostFiles {
             ),
             CgroupVersion::V2 => ("memory.current", "memory.max", "inactive_file"),
         };
+        let proc_dir = self.path(format!("/proc/{pid}"));
+        // A file missing while the process lives is a layout this does not know (a controller
+        // not delegated, say), not an ended container.
+        let open = |path: PathBuf| match CgroupFile::open(path.clone()) {
+            Err(ReadError::Gone) if proc_dir.exists() => Err(Unusable::NotMounted {
+                what: "a cgroup file".to_owned(),
+                path: path.display().to_string(),
+            }),
+            other => other.map_err(Unusable::from),
+        };
         let files = CgroupFiles {
-            cpu: CgroupFile::open(cpu)?,
+            cpu: open(cpu)?,
             cpu_v2,
-            usage: CgroupFile::open(memory_dir.join(usage))?,
-            limit: CgroupFile::open(memory_dir.join(limit))?,
-            stat: CgroupFile::open(memory_dir.join("memory.stat"))?,
+            usage: open(memory_dir.join(usage))?,
+            limit: open(memory_dir.join(limit))?,
+            stat: open(memory_dir.join("memory.stat"))?,
             inactive_key,
+        };
+        let net = if host_network {
+            None
+        } else {
+            Some(Arc::new(ProcDir::open(proc_dir)?))
         };
         Ok(Located {
             pid,
             version: memory_version,
             files: Arc::new(files),
-            net_dev: (!host_network).then(|| self.path(format!("/proc/{pid}/net/dev"))),
+            net,
         })
     }
 
@@ -444,10 +522,11 @@ impl HostFiles {
     /// then means the container has stopped, and no reading of it is made.
     pub fn read(&self, located: &Located, system: SystemCpu) -> Result<Reading, ReadError> {
         let at = Utc::now();
-        let (network_rx, network_tx) = match &located.net_dev {
-            Some(path) => {
-                let devices = procfs_core::net::InterfaceDeviceStatus::from_read(open(path)?)
-                    .map_err(|e| ReadError::malformed(path, e))?;
+        let (network_rx, network_tx) = match &located.net {
+            Some(proc_dir) => {
+                let bytes = proc_dir.net_dev()?;
+                let devices = procfs_core::net::InterfaceDeviceStatus::from_read(bytes.as_slice())
+                    .map_err(|e| ReadError::malformed(&proc_dir.path.join("net/dev"), e))?;
                 // As the engine: the container's own interfaces, not its loopback.
                 devices
                     .0
@@ -493,4 +572,10 @@ impl HostFiles {
 
 fn open(path: &Path) -> Result<std::fs::File, ReadError> {
     std::fs::File::open(path).map_err(|e| ReadError::io(path, e))
+}
+
+/// A file's bytes, with errors of the read itself (a process that ends while its entry is read)
+/// told apart as for the open.
+fn read_bytes(path: &Path) -> Result<Vec<u8>, ReadError> {
+    std::fs::read(path).map_err(|e| ReadError::io(path, e))
 }
