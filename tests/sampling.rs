@@ -62,21 +62,32 @@ async fn engine_stats(container: &str) -> bollard::models::ContainerStatsRespons
 
 /// The engine's own figures of `container`: (CPU % between two of its answers a second apart,
 /// memory without inactive file pages). Two answers, because Podman's carry no previous reading.
+/// Podman's `system_cpu_usage` does not count the host's CPU time as Docker's does (it advances
+/// by about one CPU-second a second, whatever the CPUs), so on Podman the container's CPU time is
+/// set against the time between the two answers' `read`.
 async fn engine_figures(container: &str) -> (f64, u64) {
     let first = engine_stats(container).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let s = engine_stats(container).await;
-    let (before, now) = (first.cpu_stats.unwrap(), s.cpu_stats.clone().unwrap());
+    let (before, now) = (first.cpu_stats.clone().unwrap(), s.cpu_stats.clone().unwrap());
     let total =
         |c: &bollard::models::ContainerCpuStats| c.cpu_usage.as_ref().unwrap().total_usage.unwrap();
-    let cpus = now.online_cpus.unwrap_or_else(|| {
-        let percpu = now.cpu_usage.as_ref().and_then(|u| u.percpu_usage.as_ref());
-        u32::try_from(percpu.map_or(1, Vec::len)).unwrap()
-    });
-    let cpu_pct = (total(&now) - total(&before)) as f64
-        / (now.system_cpu_usage.unwrap() - before.system_cpu_usage.unwrap()) as f64
-        * f64::from(cpus)
-        * 100.0;
+    let cpu_delta = (total(&now) - total(&before)) as f64;
+    let cpu_pct = if common::engine_is_podman().await {
+        let read = |r: &bollard::models::ContainerStatsResponse| {
+            DateTime::parse_from_rfc3339(r.read.as_deref().unwrap()).unwrap()
+        };
+        let wall = (read(&s) - read(&first)).num_nanoseconds().unwrap() as f64;
+        cpu_delta / wall * 100.0
+    } else {
+        let cpus = now.online_cpus.unwrap_or_else(|| {
+            let percpu = now.cpu_usage.as_ref().and_then(|u| u.percpu_usage.as_ref());
+            u32::try_from(percpu.map_or(1, Vec::len)).unwrap()
+        });
+        cpu_delta / (now.system_cpu_usage.unwrap() - before.system_cpu_usage.unwrap()) as f64
+            * f64::from(cpus)
+            * 100.0
+    };
     let memory = s.memory_stats.unwrap();
     let stats = memory.stats.unwrap_or_default();
     let inactive = stats
