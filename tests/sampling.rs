@@ -69,7 +69,10 @@ async fn engine_figures(container: &str) -> (f64, u64) {
     let first = engine_stats(container).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let s = engine_stats(container).await;
-    let (before, now) = (first.cpu_stats.clone().unwrap(), s.cpu_stats.clone().unwrap());
+    let (before, now) = (
+        first.cpu_stats.clone().unwrap(),
+        s.cpu_stats.clone().unwrap(),
+    );
     let total =
         |c: &bollard::models::ContainerCpuStats| c.cpu_usage.as_ref().unwrap().total_usage.unwrap();
     let cpu_delta = (total(&now) - total(&before)) as f64;
