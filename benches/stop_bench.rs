@@ -385,19 +385,35 @@ async fn paired_stops(
     ids: &[String],
     raw: &[Workload],
 ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-    let (mut a_ms, mut r_ms, mut ages) = (Vec::new(), Vec::new(), Vec::new());
+    let mut times = Times::default();
     for (i, (id, w)) in ids.iter().zip(raw).enumerate() {
+        times.stop_pair(i, client, id, &w.name).await;
+    }
+    (times.agent, times.raw, times.ages)
+}
+
+/// The times of pairs of stops, agent and raw (ms), and the ages of the agent's final samples (s).
+#[derive(Default)]
+struct Times {
+    agent: Vec<f64>,
+    raw: Vec<f64>,
+    ages: Vec<f64>,
+}
+
+impl Times {
+    /// Pair `i`: app `id` stopped through the agent and container `raw` through the engine, the
+    /// raw stop first in odd pairs.
+    async fn stop_pair(&mut self, i: usize, client: &Client, id: &str, raw: &str) {
         if i % 2 == 1 {
-            r_ms.push(raw_stop(&w.name).await);
+            self.raw.push(raw_stop(raw).await);
         }
         let (ms, rec) = agent_stop(client, id).await;
-        a_ms.push(ms);
-        ages.push(sample_age(&rec));
+        self.agent.push(ms);
+        self.ages.push(sample_age(&rec));
         if i % 2 == 0 {
-            r_ms.push(raw_stop(&w.name).await);
+            self.raw.push(raw_stop(raw).await);
         }
     }
-    (a_ms, r_ms, ages)
 }
 
 /// Rounds of a fleet: `FLEET` apps registered beside as many raw containers, stopped all at once
@@ -799,26 +815,19 @@ async fn bench() {
     let mut young_ages = Vec::new();
     // Young apps: registered as soon as their container has started, stopped 0.3 s later.
     if phase("young") {
-        let (mut a_ms, mut r_ms) = (Vec::new(), Vec::new());
+        let mut times = Times::default();
         for i in 0..YOUNG_PAIRS {
             let (mine, raw) = futures_util::join!(Workload::start("exit"), Workload::start("exit"));
             let id = app_id();
             client.register(&id, &mine.name).await;
             tokio::time::sleep(YOUNG).await;
-            if i % 2 == 1 {
-                r_ms.push(raw_stop(&raw.name).await);
-            }
-            let (ms, rec) = agent_stop(&client, &id).await;
-            a_ms.push(ms);
-            young_ages.push(sample_age(&rec));
-            if i % 2 == 0 {
-                r_ms.push(raw_stop(&raw.name).await);
-            }
+            times.stop_pair(i, &client, &id, &raw.name).await;
         }
+        young_ages.extend(times.ages);
         row(
             &format!("stop 0.3 s after registration and start ({YOUNG_PAIRS} pairs)"),
-            a_ms,
-            r_ms,
+            times.agent,
+            times.raw,
             "ms",
             "≤ 1.10",
         );
@@ -832,7 +841,7 @@ async fn bench() {
             env: vec![("MALLOC_ARENA_MAX".into(), UNIT_ARENAS.into())],
             ..Default::default()
         });
-        let (mut a_ms, mut r_ms) = (Vec::new(), Vec::new());
+        let mut times = Times::default();
         for i in 0..YOUNG_PAIRS {
             let (mine, raw) = futures_util::join!(Workload::start("exit"), Workload::start("exit"));
             let id = app_id();
@@ -840,21 +849,13 @@ async fn bench() {
             tokio::time::sleep(Duration::from_secs(2)).await;
             fresh.terminate();
             fresh.restart();
-            let fresh_client = fresh.client();
-            if i % 2 == 1 {
-                r_ms.push(raw_stop(&raw.name).await);
-            }
-            let (ms, rec) = agent_stop(&fresh_client, &id).await;
-            a_ms.push(ms);
-            young_ages.push(sample_age(&rec));
-            if i % 2 == 0 {
-                r_ms.push(raw_stop(&raw.name).await);
-            }
+            times.stop_pair(i, &fresh.client(), &id, &raw.name).await;
         }
+        young_ages.extend(times.ages);
         row(
             &format!("stop right after the agent's own start ({YOUNG_PAIRS} pairs)"),
-            a_ms,
-            r_ms,
+            times.agent,
+            times.raw,
             "ms",
             "≤ 1.10",
         );

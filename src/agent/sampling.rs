@@ -195,13 +195,21 @@ impl Agent {
             // It ended since the engine said it runs: nothing to follow.
             Err(Unusable::Read(ReadError::Gone)) => OnHost::Ended,
             Err(e) => {
-                tracing::info!(%container, pid = state.pid, reason = %e, "figures come from the engine's stats: the host's files cannot give them");
-                self.telemetry().sample_fallback();
-                readings.host.remove(container);
-                readings.refused.insert(container.to_owned(), state.pid);
+                drop(readings);
+                self.refuse(container, state.pid, &e);
                 OnHost::Refused
             }
         }
+    }
+
+    /// Gives up reading `container`'s run `pid` on the host, for `why`: its samples come from the
+    /// engine's stats from now on (the caller follows its stream). Logged and counted once a run.
+    fn refuse(&self, container: &str, pid: u32, why: &dyn std::fmt::Display) {
+        tracing::warn!(%container, pid, reason = %why, "figures come from the engine's stats: the host's files cannot give them");
+        self.telemetry().sample_fallback();
+        let mut readings = self.readings();
+        readings.host.remove(container);
+        readings.refused.insert(container.to_owned(), pid);
     }
 
     /// Reads every container followed on the host once a [`TICK`], off the async threads, for as
@@ -258,7 +266,7 @@ impl Agent {
         })
         .await;
         let Ok(read) = read else { return };
-        let mut to_stream = Vec::new();
+        let mut refused = Vec::new();
         {
             let mut readings = self.readings();
             for (container, pid, at, reading) in read {
@@ -271,17 +279,12 @@ impl Agent {
                 match reading {
                     Ok(reading) => t.note(at, &reading),
                     Err(ReadError::Gone) => t.ended = Some(at),
-                    Err(e) => {
-                        tracing::warn!(%container, error = %e, "figures come from the engine's stats from now on");
-                        readings.host.remove(&container);
-                        readings.refused.insert(container.clone(), pid);
-                        to_stream.push(container);
-                    }
+                    Err(e) => refused.push((container, pid, e)),
                 }
             }
         }
-        for container in to_stream {
-            self.telemetry().sample_fallback();
+        for (container, pid, e) in refused {
+            self.refuse(&container, pid, &e);
             self.follow_stream(&container);
         }
     }
@@ -360,13 +363,7 @@ impl Agent {
             // It has stopped: as the engine, no figures of a container that does not run.
             Some(Err(ReadError::Gone)) => return Ok(RawStats::default()),
             Some(Err(e)) => {
-                tracing::warn!(%container, error = %e, "figures come from the engine's stats from now on");
-                self.telemetry().sample_fallback();
-                {
-                    let mut readings = self.readings();
-                    readings.host.remove(container);
-                    readings.refused.insert(container.to_owned(), state.pid);
-                }
+                self.refuse(container, state.pid, &e);
                 self.follow_stream(container);
             }
             None => {}

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::auth::Access;
+use crate::cgroup::recorded::{self as recorded_set, copy_tree};
 use crate::metrics::SampleSource;
 use crate::operation::Operation;
 use crate::record::{StartOutcome, StopOutcome};
@@ -159,28 +160,8 @@ async fn followed_app(streams: impl FnOnce(&FakeRuntime)) -> Fixture {
     f
 }
 
-/// The file set of a container recorded on a cgroup v1 host (see `crate::cgroup`'s tests).
-const RECORDED_PID: u32 = 3225;
-const RECORDED_ID: &str = "dca844d1baf66552442a1032114f67ddaefc1ee229d2e95497f13bf34a412964";
-
 fn recorded(snap: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("src/cgroup/testdata/v1-cgroupfs")
-        .join(snap)
-}
-
-/// Copies the files of `from` over `to`, as the counters of the host move on.
-fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read_dir") {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("type").is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).expect("copy");
-        }
-    }
+    crate::cgroup::recorded::set("v1-cgroupfs").join(snap)
 }
 
 /// App `a` on running container `ca`, whose host files are a copy of the recorded snapshot `a`.
@@ -205,7 +186,7 @@ async fn app_on_host_files_with(
     let files = crate::cgroup::HostFiles::at(host.path()).expect("host files");
     let agent = Agent::with_host_files(Arc::new(fake.clone()), store, node, None, Some(files));
     fake.add_running("ca", &["SIGTERM"]);
-    fake.set_process("ca", RECORDED_ID, RECORDED_PID);
+    fake.set_process("ca", recorded_set::ID, recorded_set::PID);
     agent
         .register(&operator(), &id("a"), json!({"containerId": "ca"}))
         .await
@@ -272,7 +253,8 @@ async fn host_files_that_cannot_be_read_give_way_to_the_engines_stats() {
     // memory.stat unreadable (a directory where the file was).
     let (f, _host) = app_on_host_files_with(|root| {
         let stat = root.join(format!(
-            "sys/fs/cgroup/memory/docker/{RECORDED_ID}/memory.stat"
+            "sys/fs/cgroup/memory/docker/{}/memory.stat",
+            recorded_set::ID
         ));
         std::fs::remove_file(&stat).expect("rm");
         std::fs::create_dir(&stat).expect("mkdir");
@@ -296,7 +278,7 @@ async fn host_files_that_cannot_be_read_give_way_to_the_engines_stats() {
 #[tokio::test]
 async fn a_container_the_host_files_show_gone_is_not_sampled_as_zeros() {
     let (f, host) = app_on_host_files().await;
-    std::fs::remove_dir_all(host.path().join(format!("proc/{RECORDED_PID}"))).expect("rm");
+    std::fs::remove_dir_all(host.path().join(format!("proc/{}", recorded_set::PID))).expect("rm");
     // Gone from the host while the engine still said it runs: the container has ended, and the
     // stop takes no sample of it. No figures, rather than zeros.
     let r = f.stop("a").await.expect("stopped");

@@ -10,6 +10,8 @@
 
 mod parse;
 #[cfg(test)]
+pub(crate) mod recorded;
+#[cfg(test)]
 mod tests;
 
 use std::io;
@@ -117,7 +119,7 @@ struct CgroupFile {
 
 impl CgroupFile {
     fn open(path: PathBuf) -> Result<CgroupFile, ReadError> {
-        let file = open(&path)?;
+        let file = std::fs::File::open(&path).map_err(|e| ReadError::io(&path, e))?;
         Ok(CgroupFile { path, file })
     }
 
@@ -324,7 +326,7 @@ impl HostFiles {
     pub fn at(root: impl Into<PathBuf>) -> Result<HostFiles, ReadError> {
         let root = root.into();
         let path = root.join("proc/meminfo");
-        let meminfo = procfs_core::Meminfo::from_read(open(&path)?)
+        let meminfo = procfs_core::Meminfo::from_read(read_bytes(&path)?.as_slice())
             .map_err(|e| ReadError::malformed(&path, e))?;
         Ok(HostFiles {
             root,
@@ -495,7 +497,7 @@ impl HostFiles {
             page_size: 4096,
             is_little_endian: cfg!(target_endian = "little"),
         };
-        let stats = procfs_core::KernelStats::from_read(open(&path)?, &info)
+        let stats = procfs_core::KernelStats::from_read(read_bytes(&path)?.as_slice(), &info)
             .map_err(|e| ReadError::malformed(&path, e))?;
         let t = &stats.total;
         let ticks = [
@@ -570,12 +572,8 @@ impl HostFiles {
     }
 }
 
-fn open(path: &Path) -> Result<std::fs::File, ReadError> {
-    std::fs::File::open(path).map_err(|e| ReadError::io(path, e))
-}
-
 /// A file's bytes, with errors of the read itself (a process that ends while its entry is read)
-/// told apart as for the open.
+/// told apart as those of the open: the `/proc` files are read whole, then parsed.
 fn read_bytes(path: &Path) -> Result<Vec<u8>, ReadError> {
     std::fs::read(path).map_err(|e| ReadError::io(path, e))
 }

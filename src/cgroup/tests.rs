@@ -4,21 +4,14 @@
 //! counters in the layouts of the systemd driver on cgroup v1 and of cgroup v2, in the kernel's
 //! formats.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use super::recorded::{ID, PID, copy_tree, set};
 use super::*;
 use crate::metrics::RawStats;
 
-const PID: u32 = 3225;
-const ID: &str = "dca844d1baf66552442a1032114f67ddaefc1ee229d2e95497f13bf34a412964";
 /// `MemTotal` of the recording host, in bytes.
 const MACHINE_MEMORY: u64 = 24_683_584 * 1024;
-
-fn set(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("src/cgroup/testdata")
-        .join(name)
-}
 
 fn host(dir: &Path) -> HostFiles {
     HostFiles::at(dir).expect("meminfo")
@@ -161,19 +154,6 @@ fn copy(layout: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     copy_tree(&set(layout).join("a"), dir.path());
     dir
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read_dir") {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("type").is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).expect("copy");
-        }
-    }
 }
 
 #[test]
