@@ -279,14 +279,33 @@ pub struct AuthConfig {
     /// The tokens file: names, roles and SHA-256 hashes of the accepted tokens.
     #[serde(default = "default_tokens_file")]
     pub tokens_file: PathBuf,
+    /// The longest stop `timeout` a user token may ask for, in seconds (0–3600); longer is a 400.
+    /// A user's stop cannot hold an app's guard, and a caller's answer, for an hour. Operators
+    /// may ask for up to 3600.
+    #[serde(default = "default_user_max_stop_timeout_secs")]
+    pub user_max_stop_timeout_secs: u32,
+    /// Concurrent `GET …/wait` calls one user token may hold (at least 1); more are refused with
+    /// 429, so that one tenant's waits cannot take the agent's connections. Operators have no cap.
+    #[serde(default = "default_max_waits_per_token")]
+    pub max_waits_per_token: usize,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
         Self {
             tokens_file: default_tokens_file(),
+            user_max_stop_timeout_secs: default_user_max_stop_timeout_secs(),
+            max_waits_per_token: default_max_waits_per_token(),
         }
     }
+}
+
+fn default_user_max_stop_timeout_secs() -> u32 {
+    60
+}
+
+fn default_max_waits_per_token() -> usize {
+    32
 }
 
 fn default_tokens_file() -> PathBuf {
@@ -516,6 +535,18 @@ impl Config {
         }
         if self.auth.tokens_file.as_os_str().is_empty() {
             return Err(bad("auth.tokens_file", "must not be empty".into()));
+        }
+        if self.auth.user_max_stop_timeout_secs > MAX_STOP_TIMEOUT_SECS {
+            return Err(bad(
+                "auth.user_max_stop_timeout_secs",
+                format!(
+                    "{} is not from 0 to {MAX_STOP_TIMEOUT_SECS}",
+                    self.auth.user_max_stop_timeout_secs
+                ),
+            ));
+        }
+        if self.auth.max_waits_per_token == 0 {
+            return Err(bad("auth.max_waits_per_token", "must be at least 1".into()));
         }
         self.report.validate(bad)
     }

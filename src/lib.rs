@@ -40,7 +40,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::Agent;
+use crate::agent::{Agent, Limits};
 use crate::auth::{TokenBook, Tokens, TokensError};
 use crate::config::Config;
 use crate::http::tls::{Tls, TlsError, TlsFiles};
@@ -174,7 +174,7 @@ impl Services {
             id: config.node.id.clone(),
             node_name: config.node.name.clone(),
         };
-        let agent = Agent::new(runtime, store, node, config.stop.default_timeout_secs);
+        let agent = Agent::new(runtime, store, node, Limits::of(config));
         Ok(Services {
             agent,
             tokens,

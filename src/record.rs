@@ -123,6 +123,10 @@ pub struct EngineUnavailable {
     pub message: String,
 }
 
+/// `engineUnavailable.message` of a record whose container the agent has not seen yet.
+pub const UNSEEN: &str = "the container has not been seen yet: the engine could not be asked \
+     when the record was registered; the record is made true once it answers";
+
 impl AppRecord {
     /// The record as answered, with `engineUnavailable` when the engine could not be asked.
     pub fn to_json_marked(&self, node: &WorkerNode, away: Option<&EngineUnavailable>) -> Value {
@@ -526,15 +530,27 @@ impl AppRecord {
             out.insert(k.clone(), v.clone());
         }
         out.insert("workerNodeId".into(), json_of(node));
-        // Until the agent has seen the container, the record says only that it is not known to run.
-        let unseen = ResourceMetrics {
-            timestamp: self.updated_at,
-            ..ResourceMetrics::default()
-        };
-        out.insert(
-            "currentResourceMetrics".into(),
-            json_of(self.metrics.as_ref().unwrap_or(&unseen)),
-        );
+        match &self.metrics {
+            Some(metrics) => {
+                out.insert("currentResourceMetrics".into(), json_of(metrics));
+            }
+            // The engine could not be asked when the record was registered: `online` (which the
+            // shape requires) is not known to be true, and the record says why it is not known.
+            None => {
+                let unseen = ResourceMetrics {
+                    timestamp: self.updated_at,
+                    ..ResourceMetrics::default()
+                };
+                out.insert("currentResourceMetrics".into(), json_of(&unseen));
+                out.insert(
+                    "engineUnavailable".into(),
+                    json_of(&EngineUnavailable {
+                        since: self.updated_at,
+                        message: UNSEEN.to_owned(),
+                    }),
+                );
+            }
+        }
         if let Some(e) = &self.last_exit {
             out.insert("lastExit".into(), json_of(e));
         }

@@ -277,6 +277,20 @@ pub struct Observation {
 }
 
 impl Observation {
+    /// Writes what was observed into `record`, keeping what it leaves out.
+    fn apply_to(self, record: &mut AppRecord) {
+        record.metrics = Some(self.metrics);
+        if self.last_exit.is_some() {
+            record.last_exit = self.last_exit;
+        }
+        if self.last_stop.is_some() {
+            record.last_stop = self.last_stop;
+        }
+        if self.last_start.is_some() {
+            record.last_start = self.last_start;
+        }
+    }
+
     /// New metrics, keeping the recorded exit and stop.
     pub fn metrics(metrics: ResourceMetrics) -> Observation {
         Observation {
@@ -505,6 +519,7 @@ impl Store {
         id: &AppId,
         registration: Registration,
         now: DateTime<Utc>,
+        observe: impl FnOnce(&AppRecord) -> Option<Observation> + Send + 'static,
     ) -> Result<(AppRecord, Registered), StoreError> {
         let id = id.clone();
         let records = self.records.clone();
@@ -516,20 +531,31 @@ impl Store {
             let same_container = existing
                 .as_ref()
                 .is_some_and(|r| r.container_id() == registration.container_id());
-            let (metrics, last_exit, last_stop, last_start) = match existing {
-                Some(r) if same_container => (r.metrics, r.last_exit, r.last_stop, r.last_start),
-                _ => (None, None, None, None),
+            // What the agent knew of this same container is kept; a new container starts unseen.
+            let mut record = match existing {
+                Some(r) if same_container => AppRecord {
+                    registered: registration.registered,
+                    ..r
+                },
+                _ => AppRecord {
+                    id: id.clone(),
+                    registered: registration.registered,
+                    metrics: None,
+                    last_exit: None,
+                    last_stop: None,
+                    last_start: None,
+                    // Nothing was ever written of this container: no sighting is older than that.
+                    updated_at: DateTime::<Utc>::MIN_UTC,
+                    generation: 0,
+                },
             };
-            let record = AppRecord {
-                id: id.clone(),
-                registered: registration.registered,
-                metrics,
-                last_exit,
-                last_stop,
-                last_start,
-                updated_at: now,
-                generation: next_generation(&tx)?,
-            };
+            // Decided from the record as it stands, like any observation, and committed with the
+            // registration: no report ever carries the registration without what was seen.
+            if let Some(observation) = observe(&record) {
+                observation.apply_to(&mut record);
+            }
+            record.updated_at = now;
+            record.generation = next_generation(&tx)?;
             tx.execute("DELETE FROM tombstones WHERE id = ?1", [id.as_str()])?;
             tx.execute(
                 "INSERT INTO apps (id, registered, metrics, last_exit, last_stop, last_start, updated_at,
@@ -637,16 +663,7 @@ impl Store {
             let Some(observation) = observe(&record) else {
                 return Ok(Some(record));
             };
-            record.metrics = Some(observation.metrics);
-            if observation.last_exit.is_some() {
-                record.last_exit = observation.last_exit;
-            }
-            if observation.last_stop.is_some() {
-                record.last_stop = observation.last_stop;
-            }
-            if observation.last_start.is_some() {
-                record.last_start = observation.last_start;
-            }
+            observation.apply_to(&mut record);
             record.updated_at = now;
             record.generation = next_generation(&tx)?;
             tx.execute(
@@ -903,7 +920,7 @@ mod tests {
         {
             let store = Store::open(&path).expect("open");
             let (_, how) = store
-                .register(&id, reg(&id, "c1"), Utc::now())
+                .register(&id, reg(&id, "c1"), Utc::now(), |_| None)
                 .await
                 .expect("put");
             assert_eq!(how, Registered::Created);
@@ -926,7 +943,7 @@ mod tests {
         let store = Store::open(&dir.path().join("a.db")).expect("open");
         let id = AppId::parse("a").expect("id");
         store
-            .register(&id, reg(&id, "c1"), Utc::now())
+            .register(&id, reg(&id, "c1"), Utc::now(), |_| None)
             .await
             .expect("put");
         store
@@ -934,13 +951,13 @@ mod tests {
             .await
             .expect("obs");
         let (r, how) = store
-            .register(&id, reg(&id, "c1"), Utc::now())
+            .register(&id, reg(&id, "c1"), Utc::now(), |_| None)
             .await
             .expect("put");
         assert_eq!(how, Registered::Replaced);
         assert!(r.online());
         let (r, _) = store
-            .register(&id, reg(&id, "c2"), Utc::now())
+            .register(&id, reg(&id, "c2"), Utc::now(), |_| None)
             .await
             .expect("put");
         assert!(r.metrics.is_none());
@@ -972,12 +989,12 @@ mod tests {
         {
             let store = Store::open(&path).expect("open");
             let (r, _) = store
-                .register(&a, reg(&a, "ca"), Utc::now())
+                .register(&a, reg(&a, "ca"), Utc::now(), |_| None)
                 .await
                 .expect("put");
             generations.push(r.generation);
             let (r, _) = store
-                .register(&b, reg(&b, "cb"), Utc::now())
+                .register(&b, reg(&b, "cb"), Utc::now(), |_| None)
                 .await
                 .expect("put");
             generations.push(r.generation);
@@ -1009,7 +1026,7 @@ mod tests {
         );
         // Registered again after its deletion: newer than its tombstone, which goes.
         let (r, _) = store
-            .register(&a, reg(&a, "ca"), Utc::now())
+            .register(&a, reg(&a, "ca"), Utc::now(), |_| None)
             .await
             .expect("put");
         generations.push(r.generation);
@@ -1045,7 +1062,7 @@ mod tests {
             let head = store.head();
             for id in [&a, &b, &c] {
                 store
-                    .register(id, reg(id, id.as_str()), Utc::now())
+                    .register(id, reg(id, id.as_str()), Utc::now(), |_| None)
                     .await
                     .expect("put");
             }
@@ -1133,7 +1150,7 @@ mod tests {
         assert_eq!(version, SCHEMA_VERSION);
         // The next change draws from the counter the upgrade set.
         let (r, _) = store
-            .register(&a, reg(&a, "ca"), Utc::now())
+            .register(&a, reg(&a, "ca"), Utc::now(), |_| None)
             .await
             .expect("put");
         assert_eq!(r.generation, 2);
@@ -1146,7 +1163,7 @@ mod tests {
         for name in ["b", "a", "c"] {
             let id = AppId::parse(name).expect("id");
             store
-                .register(&id, reg(&id, name), Utc::now())
+                .register(&id, reg(&id, name), Utc::now(), |_| None)
                 .await
                 .expect("put");
         }

@@ -225,6 +225,7 @@ pub struct Telemetry {
     engine_up: Gauge,
     records: Family<StateLabels, Gauge>,
     stops_in_progress: Gauge,
+    waits_in_progress: Gauge,
     uptime: Gauge<f64, std::sync::atomic::AtomicU64>,
     reports: Family<ReportLabels, Counter>,
     reported_changes: Family<ReportLabels, Counter>,
@@ -338,6 +339,12 @@ impl Telemetry {
             "Stops under way at the last scrape",
             stops_in_progress.clone(),
         );
+        let waits_in_progress = Gauge::default();
+        registry.register(
+            "waits_in_progress",
+            "Waits (GET /v1/apps/{appId}/wait) under way, of every token",
+            waits_in_progress.clone(),
+        );
         let uptime = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         registry.register(
             "uptime_seconds",
@@ -395,6 +402,7 @@ impl Telemetry {
             engine_up,
             records,
             stops_in_progress,
+            waits_in_progress,
             uptime,
             started: Instant::now(),
         }
@@ -509,6 +517,8 @@ impl Telemetry {
             .set(i64::try_from(now.offline).unwrap_or(i64::MAX));
         self.stops_in_progress
             .set(i64::try_from(now.stops_in_progress).unwrap_or(i64::MAX));
+        self.waits_in_progress
+            .set(i64::try_from(now.waits_in_progress).unwrap_or(i64::MAX));
         self.uptime.set(self.started.elapsed().as_secs_f64());
         self.report_pending
             .set(i64::try_from(now.report_pending).unwrap_or(i64::MAX));
@@ -556,6 +566,8 @@ pub struct Present {
     pub online: usize,
     pub offline: usize,
     pub stops_in_progress: usize,
+    /// Waits under way, of every token.
+    pub waits_in_progress: usize,
     /// Changes not yet acknowledged by the control plane, and the age of the oldest.
     pub report_pending: usize,
     pub report_oldest_age_secs: f64,
@@ -591,6 +603,7 @@ mod tests {
             online: 3,
             offline: 1,
             stops_in_progress: 0,
+            waits_in_progress: 2,
             report_pending: 2,
             report_oldest_age_secs: 1.5,
             followed_on_host: 7,
@@ -601,6 +614,7 @@ mod tests {
             "node_agent_samples_total{source=\"engine\",purpose=\"read\"} 0",
             "node_agent_sample_fallbacks_total 1",
             "node_agent_followed_containers{source=\"cgroup\"} 7",
+            "node_agent_waits_in_progress 2",
             "node_agent_followed_containers{source=\"engine\"} 1",
             "node_agent_stops_total{route=\"v1\",outcome=\"stopped\"} 1",
             "node_agent_stops_total{route=\"okeanos\",outcome=\"refused\"} 1",

@@ -280,6 +280,13 @@ async fn an_unreachable_engine_is_503_reads_come_from_the_store_and_records_stay
         reg.body["currentResourceMetrics"]["online"], false,
         "not known to run"
     );
+    // The record says that it was not seen, rather than passing `false` off as what the engine said.
+    assert!(
+        reg.body["engineUnavailable"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("unreachable")),
+        "{reg:?}"
+    );
     let started = std::time::Instant::now();
     let a = client.stop(&id).await;
     assert_error(&a, 503, "docker_unavailable");

@@ -8,8 +8,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::team::{CAN, CANNOT, LEAD, OWNER, STRANGER, agent_with_users, as_user, team, team_app};
-use common::{Client, NODE_ID};
+use common::team::{
+    CAN, CANNOT, LEAD, OWNER, STRANGER, agent_with_users, agent_with_users_and, as_user, team,
+    team_app,
+};
+use common::{AgentOptions, Answer, Client, NODE_ID};
 use serde_json::{Value, json};
 
 #[derive(Clone, Copy, Debug)]
@@ -180,4 +183,114 @@ async fn reading_needs_only_membership_and_lists_show_only_what_may_be_read() {
         assert_eq!(hidden.status, 404, "{member}");
     }
     assert_eq!(visible(STRANGER).await, (vec![], 0));
+}
+
+/// `GET /v1/apps/{id}/wait?online=false&timeout={secs}` as `client`'s token, in a task.
+fn spawn_wait(client: &Client, id: &str, secs: u32) -> tokio::task::JoinHandle<Answer> {
+    let (c, path) = (
+        client.clone(),
+        format!("/v1/apps/{id}/wait?online=false&timeout={secs}"),
+    );
+    tokio::spawn(async move { c.get(&path).await })
+}
+
+/// Until the agent counts `n` waits under way.
+async fn until_waiting(client: &Client, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let line = format!("node_agent_waits_in_progress {n}");
+    while !client.metrics_text().await.lines().any(|l| l == line) {
+        assert!(Instant::now() < deadline, "never {n} waits under way");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One tenant cannot hold the agent: a user token's stop `timeout` and its concurrent waits are
+/// capped; operators are not, and other tokens' waits go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_token_is_capped_in_stop_timeout_and_concurrent_waits() {
+    let agent = agent_with_users_and(AgentOptions {
+        auth_extra: "user_max_stop_timeout_secs = 5\nmax_waits_per_token = 2\n".into(),
+        ..Default::default()
+    });
+    let client = agent.client();
+    let owner = as_user(&client, OWNER);
+    let (w, id) = team_app(&client, team()).await;
+
+    // Over the cap: 400, and nothing happens to the container.
+    for verb in ["stop", "restart"] {
+        let a = owner.operate(&id, verb, "?timeout=6").await;
+        assert_eq!(a.status, 400, "{verb}: {a:?}");
+        assert_eq!(a.body["error"], "bad_request", "{a:?}");
+        assert!(
+            a.body["message"].as_str().unwrap().contains("at most 5"),
+            "{a:?}"
+        );
+    }
+    assert!(w.running().await);
+
+    // Two waits of one user token hold its places; a third is 429 with Retry-After.
+    let held = [spawn_wait(&owner, &id, 3), spawn_wait(&owner, &id, 3)];
+    until_waiting(&client, 2).await;
+    let refused = owner
+        .get(&format!("/v1/apps/{id}/wait?online=false&timeout=3"))
+        .await;
+    assert_eq!(refused.status, 429, "{refused:?}");
+    assert_eq!(refused.body["status"], 429, "{refused:?}");
+    assert_eq!(refused.body["error"], "too_many_requests", "{refused:?}");
+    assert!(refused.body["message"].as_str().unwrap().contains("2"));
+    let retry = refused.headers.get("retry-after").expect("Retry-After");
+    assert!(retry.to_str().unwrap().parse::<u32>().unwrap() >= 1);
+    // Another user's token, and the operator's, are not held by them.
+    let lead = as_user(&client, LEAD)
+        .get(&format!("/v1/apps/{id}/wait?online=false&timeout=1"))
+        .await;
+    assert_eq!(lead.status, 408, "{lead:?}");
+    let operator: Vec<_> = (0..3).map(|_| spawn_wait(&client, &id, 1)).collect();
+    for a in operator {
+        let a = a.await.unwrap();
+        assert_eq!(a.status, 408, "{a:?}");
+    }
+    // A wait that holds at once takes no place.
+    let now = owner
+        .get(&format!("/v1/apps/{id}/wait?online=true&timeout=3"))
+        .await;
+    assert_eq!(now.status, 200, "{now:?}");
+    // Once the waits end, their places are free again.
+    for a in held {
+        assert_eq!(a.await.unwrap().status, 408);
+    }
+    let again = owner
+        .get(&format!("/v1/apps/{id}/wait?online=false&timeout=1"))
+        .await;
+    assert_eq!(again.status, 408, "{again:?}");
+
+    // At the cap, the user's stop goes ahead; the operator may ask for the whole range.
+    let a = owner.operate(&id, "stop", "?timeout=5").await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(client.start(&id).await.status, 200);
+    let a = client.operate(&id, "stop", "?timeout=3600").await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert!(!w.running().await);
+}
+
+/// A wait re-checks the caller's right to read the app at each wake: access taken away by a
+/// re-registration ends it as absent, and the new record is never shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_ends_as_absent_when_access_is_taken_away() {
+    let agent = agent_with_users();
+    let client = agent.client();
+    let (w, id) = team_app(&client, team()).await;
+    let waiting = spawn_wait(&as_user(&client, OWNER), &id, 30);
+    until_waiting(&client, 1).await;
+    let mut body = common::app_body(&id, &w.name);
+    body["userId"] = json!(STRANGER);
+    body["name"] = json!("someone else's now");
+    let started = Instant::now();
+    assert_eq!(client.register_body(&id, body).await.status, 200);
+    let a = waiting.await.unwrap();
+    assert_eq!(a.status, 404, "{a:?}");
+    assert_eq!(a.body["error"], "app_not_found", "{a:?}");
+    assert!(a.body.get("app").is_none(), "{a:?}");
+    assert!(!a.body.to_string().contains("someone else's now"), "{a:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
 }

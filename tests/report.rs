@@ -98,6 +98,40 @@ async fn wait_converged(receiver: &Receiver, client: &Client) {
     }
 }
 
+/// A registration is committed with what the engine says of its container: the control plane
+/// never hears of a running app as offline, not even for one report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_is_reported_with_what_the_engine_says() {
+    let receiver = Receiver::start().await;
+    let agent = reporting_agent(&receiver, None);
+    let client = agent.client();
+    let w = Workload::start("exit").await;
+    let (a, b) = (common::app_id(), common::app_id());
+    let ga = client.register(&a, &w.name).await;
+    let gb = client.register(&b, &w.name).await;
+    for answer in [&ga, &gb] {
+        assert_eq!(answer.status, 201, "{answer:?}");
+        assert_eq!(
+            answer.body["currentResourceMetrics"]["online"], true,
+            "{answer:?}"
+        );
+    }
+    // One commit per registration: nothing was committed before the engine was asked.
+    assert_eq!(generation(&gb), generation(&ga) + 1, "{ga:?} {gb:?}");
+    wait_converged(&receiver, &client).await;
+    for id in [&a, &b] {
+        for (app, _, change) in receiver.acknowledged() {
+            if &app == id {
+                assert_eq!(
+                    record(&change)["currentResourceMetrics"]["online"],
+                    true,
+                    "{change}"
+                );
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_from_every_source_arrive_in_generation_order() {
     let receiver = Receiver::start().await;

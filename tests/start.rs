@@ -45,14 +45,31 @@ fn time(v: &Value) -> DateTime<Utc> {
 
 /// Creates the container with restart policy `policy`.
 fn with_policy(policy: RestartPolicyNameEnum) -> impl FnOnce(&mut ContainerCreateBody) {
+    with_policy_retries(policy, None)
+}
+
+/// A restart policy with its maximum retry count (`on-failure:N`).
+fn with_policy_retries(
+    policy: RestartPolicyNameEnum,
+    maximum_retry_count: Option<i64>,
+) -> impl FnOnce(&mut ContainerCreateBody) {
     move |body| {
         body.host_config
             .get_or_insert_with(HostConfig::default)
             .restart_policy = Some(RestartPolicy {
             name: Some(policy),
-            maximum_retry_count: None,
+            maximum_retry_count,
         });
     }
+}
+
+/// The maximum retry count of the container's restart policy, as the engine has it.
+async fn retries_of(w: &Workload) -> Option<i64> {
+    w.inspect()
+        .await
+        .and_then(|c| c.host_config)
+        .and_then(|h| h.restart_policy)
+        .and_then(|p| p.maximum_retry_count)
 }
 
 /// The restart policy the engine has for the container.
@@ -172,11 +189,17 @@ fn spawn_operate(
 async fn a_start_runs_a_new_run_and_gives_the_restart_policy_back() {
     let agent = AgentProcess::start();
     let client = agent.client();
-    for (policy, name) in [
-        (RestartPolicyNameEnum::UNLESS_STOPPED, "unless-stopped"),
-        (RestartPolicyNameEnum::ALWAYS, "always"),
+    // The whole policy comes back: `on-failure:3` keeps its limit of three retries.
+    for (policy, retries, name) in [
+        (
+            RestartPolicyNameEnum::UNLESS_STOPPED,
+            None,
+            "unless-stopped",
+        ),
+        (RestartPolicyNameEnum::ALWAYS, None, "always"),
+        (RestartPolicyNameEnum::ON_FAILURE, Some(3), "on-failure:3"),
     ] {
-        let w = Workload::start_with("exit", with_policy(policy)).await;
+        let w = Workload::start_with("exit", with_policy_retries(policy, retries)).await;
         let id = app_id();
         client.register(&id, &w.name).await;
         let before = client.get(&format!("/v1/apps/{id}")).await;
@@ -207,6 +230,9 @@ async fn a_start_runs_a_new_run_and_gives_the_restart_policy_back() {
         assert_started_at_is_the_engines(r, &w).await;
         // The policy is back, and the record says so.
         assert_eq!(policy_of(&w).await, Some(policy), "{name}");
+        if let Some(retries) = retries {
+            assert_eq!(retries_of(&w).await, Some(retries), "{name}");
+        }
         assert_eq!(
             r["lastStart"]["restoredRestartPolicy"],
             common::set_aside(name).await,

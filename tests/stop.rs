@@ -392,3 +392,53 @@ async fn final_metrics_are_fresh_and_cpu_is_measured_over_a_real_interval() {
         "sampled at most about a second before the stop: {age}"
     );
 }
+
+/// An operator may bring the kill of a stop under way forward: the second stop joins the first,
+/// the container is killed at the earlier deadline, and both answer with the stopped record. A
+/// later deadline, and every other operation, is refused as under way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_brings_the_kill_of_a_stop_under_way_forward() {
+    let agent = AgentProcess::start();
+    let client = agent.client();
+    let (w, id) = client.running_app("ignore").await;
+    let started = Instant::now();
+    let first = {
+        let (client, id) = (client.clone(), id.clone());
+        tokio::spawn(async move { client.stop_query(&id, "?timeout=60").await })
+    };
+    // The first stop holds the app: a later kill, a restart, a start are refused as under way.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let later = client.stop_query(&id, "?timeout=120").await;
+        if later.status == 409 {
+            assert_eq!(later.body["error"], "stop_in_progress", "{later:?}");
+            break;
+        }
+        // Not yet admitted: the first stop's own request has not reached the agent.
+        assert!(Instant::now() < deadline, "{later:?}");
+    }
+    for verb in ["restart", "start"] {
+        let a = client.operate(&id, verb, "").await;
+        assert_eq!(a.status, 409, "{verb}: {a:?}");
+        assert_eq!(a.body["error"], "stop_in_progress", "{verb}: {a:?}");
+    }
+    let sooner = client.stop_query(&id, "?timeout=1").await;
+    assert_eq!(sooner.status, 200, "{sooner:?}");
+    let first = first.await.unwrap();
+    assert_eq!(first.status, 200, "{first:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "killed at the earlier deadline, not the first stop's 60 s: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(metrics(&sooner.body)["online"], false, "{sooner:?}");
+    assert_eq!(sooner.body["lastExit"]["killed"], true, "{sooner:?}");
+    assert_eq!(sooner.body["lastStop"]["outcome"], "stopped", "{sooner:?}");
+    for key in ["lastStop", "lastExit"] {
+        assert_eq!(
+            sooner.body[key], first.body[key],
+            "both answer the one stop's {key}"
+        );
+    }
+    assert!(!w.running().await);
+}

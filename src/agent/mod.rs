@@ -56,6 +56,12 @@ pub enum AgentError {
     DockerUnavailable(String),
     #[error("{0}")]
     Engine(String),
+    #[error("a user token may ask for a stop `timeout` of at most {cap} s, not {asked} s")]
+    TimeoutOverCap { asked: u32, cap: u32 },
+    #[error(
+        "token {token:?} already holds {cap} waits, the most one user token may; retry once one has ended"
+    )]
+    TooManyWaits { token: String, cap: usize },
     #[error("the record store failed")]
     Store(#[from] StoreError),
     #[error("{0}")]
@@ -78,6 +84,8 @@ impl AgentError {
             AgentError::BadRequest(_)
             | AgentError::NotFound(_)
             | AgentError::Forbidden(_)
+            | AgentError::TimeoutOverCap { .. }
+            | AgentError::TooManyWaits { .. }
             | AgentError::WaitTimeout { .. } => REFUSED,
             AgentError::DockerUnavailable(_) => ENGINE_UNAVAILABLE,
             AgentError::Engine(_) | AgentError::Store(_) | AgentError::Internal(_) => FAILED,
@@ -137,7 +145,9 @@ struct Inner {
     runtime: Arc<dyn ContainerRuntime>,
     store: Store,
     node: WorkerNode,
-    default_timeout: Option<u32>,
+    limits: Limits,
+    /// The waits each user token holds at this moment, by token name.
+    waits: Mutex<HashMap<String, usize>>,
     /// The operation under way on each app, if any.
     operations: Mutex<HashMap<AppId, operation::UnderWay>>,
     /// Every operation's task, so that shutdown can let them finish.
@@ -151,6 +161,39 @@ struct Inner {
     engine_away: Mutex<Option<crate::record::EngineUnavailable>>,
     /// Whether a probe for the engine's return is under way.
     probing: std::sync::atomic::AtomicBool,
+}
+
+/// What the core allows callers, and assumes where a request is silent: from the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// `[stop] default_timeout_secs`: a stop's grace when the request gives none (else the
+    /// container's own).
+    pub default_timeout: Option<u32>,
+    /// `[auth] user_max_stop_timeout_secs`: the longest stop `timeout` a user token may ask for.
+    pub user_max_stop_timeout: u32,
+    /// `[auth] max_waits_per_token`: the waits one user token may hold at once.
+    pub max_waits_per_token: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        let auth = crate::config::AuthConfig::default();
+        Limits {
+            default_timeout: None,
+            user_max_stop_timeout: auth.user_max_stop_timeout_secs,
+            max_waits_per_token: auth.max_waits_per_token,
+        }
+    }
+}
+
+impl Limits {
+    pub fn of(config: &crate::config::Config) -> Limits {
+        Limits {
+            default_timeout: config.stop.default_timeout_secs,
+            user_max_stop_timeout: config.auth.user_max_stop_timeout_secs,
+            max_waits_per_token: config.auth.max_waits_per_token,
+        }
+    }
 }
 
 /// Who settles a record: a read, or the operation that holds the app's guard.
@@ -172,10 +215,10 @@ impl Agent {
         runtime: Arc<dyn ContainerRuntime>,
         store: Store,
         node: WorkerNode,
-        default_timeout: Option<u32>,
+        limits: Limits,
     ) -> Agent {
         let host = crate::cgroup::HostFiles::of_this_host(runtime.is_local());
-        Agent::with_host_files(runtime, store, node, default_timeout, host)
+        Agent::with_host_files(runtime, store, node, limits, host)
     }
 
     /// An agent that reads containers' figures from `host` (the host's files, or a recorded set),
@@ -184,7 +227,7 @@ impl Agent {
         runtime: Arc<dyn ContainerRuntime>,
         store: Store,
         node: WorkerNode,
-        default_timeout: Option<u32>,
+        limits: Limits,
         host: Option<crate::cgroup::HostFiles>,
     ) -> Agent {
         Agent {
@@ -193,7 +236,8 @@ impl Agent {
                 runtime,
                 store,
                 node,
-                default_timeout,
+                limits,
+                waits: Mutex::default(),
                 operations: Mutex::new(HashMap::new()),
                 tasks: TaskTracker::new(),
                 readings: Mutex::default(),
@@ -286,12 +330,19 @@ impl Agent {
     ) -> Result<RegisterOutcome, AgentError> {
         self.may_manage_records(principal, "register")?;
         let registration = Registration::parse(id, body, &self.inner.node)?;
+        // Look first, then commit: the record committed (and reported) at registration already
+        // says what the engine says, never a guess that the next change corrects.
+        let settle = self
+            .look_before_registering(id, registration.container_id())
+            .await
+            .map(|sighting| self.settlement(registration.container_id(), sighting, Settler::Read));
         let (record, how) = self
             .inner
             .store
-            .register(id, registration, Utc::now())
+            .register(id, registration, Utc::now(), move |record| {
+                settle.and_then(|settle| settle(record))
+            })
             .await?;
-        let record = self.observe_registered(record).await?;
         Ok(RegisterOutcome {
             record,
             created: how == Registered::Created,
@@ -374,8 +425,13 @@ impl Agent {
 
     /// Inspects the container of `record`, noting when it looked.
     pub(super) async fn sight(&self, record: &AppRecord) -> Result<Sighting, RuntimeError> {
+        self.sight_container(record.container_id()).await
+    }
+
+    /// Inspects `container`, noting when it looked.
+    async fn sight_container(&self, container: &str) -> Result<Sighting, RuntimeError> {
         let at = Utc::now().trunc_subsecs(3);
-        match self.runtime().inspect(record.container_id()).await {
+        match self.runtime().inspect(container).await {
             Ok(state) => Ok(Sighting {
                 at,
                 state: Some(state),
@@ -396,47 +452,71 @@ impl Agent {
         sighting: Sighting,
         settler: Settler,
     ) -> Result<AppRecord, AgentError> {
-        let Sighting { at, state } = sighting;
-        if let Some(s) = state.as_ref().filter(|s| s.running) {
-            self.follow(record.container_id(), s);
-        }
-        // The stream's last reading of the run that just ended, if the agent followed it.
-        let reading = match &state {
-            Some(s) if !s.running => self.take_last_reading(record.container_id(), s.started_at),
-            Some(_) => None,
-            None => {
-                self.forget(record.container_id());
-                None
-            }
-        };
-        let inner = self.inner.clone();
-        let now = Utc::now();
+        let settle = self.settlement(record.container_id(), sighting, settler);
         let observed = self
             .inner
             .store
-            .observe(&record.id, record.container_id(), now, move |stored| {
-                if settler == Settler::Read
-                    && (inner.under_way(&stored.id, true) || stored.updated_at > at)
-                {
-                    return None;
-                }
-                match &state {
-                    Some(state) if state.running => running_observation(stored, state, now),
-                    _ => exited_observation(stored, state.as_ref(), reading.as_ref(), now),
-                }
-            })
+            .observe(&record.id, record.container_id(), Utc::now(), settle)
             .await?;
         Ok(observed.unwrap_or(record))
     }
 
-    /// Looks at the container of a just-registered record, so that the record says at once whether
-    /// it runs. An unreachable engine leaves the record as registered.
-    async fn observe_registered(&self, record: AppRecord) -> Result<AppRecord, AgentError> {
-        match self.sight(&record).await {
-            Ok(sighting) => self.record_sighting(record, sighting, Settler::Read).await,
+    /// What `sighting` of `container` makes a stored record say, decided from the record as stored
+    /// (see [`Agent::record_sighting`]); following the container while it runs, and taking the
+    /// stream's last reading of a run that just ended, on the way.
+    fn settlement(
+        &self,
+        container: &str,
+        sighting: Sighting,
+        settler: Settler,
+    ) -> impl FnOnce(&AppRecord) -> Option<Observation> + Send + 'static {
+        let Sighting { at, state } = sighting;
+        if let Some(s) = state.as_ref().filter(|s| s.running) {
+            self.follow(container, s);
+        }
+        // The stream's last reading of the run that just ended, if the agent followed it.
+        let reading = match &state {
+            Some(s) if !s.running => self.take_last_reading(container, s.started_at),
+            Some(_) => None,
+            None => {
+                self.forget(container);
+                None
+            }
+        };
+        let inner = self.inner.clone();
+        move |stored: &AppRecord| {
+            if settler == Settler::Read
+                && (inner.under_way(&stored.id, true) || stored.updated_at > at)
+            {
+                return None;
+            }
+            let now = Utc::now();
+            match &state {
+                Some(state) if state.running => running_observation(stored, state, now),
+                _ => exited_observation(stored, state.as_ref(), reading.as_ref(), now),
+            }
+        }
+    }
+
+    /// Looks at `container` for a registration of `id`, within the probe's limit. `None` when the
+    /// engine could not be asked: the record is then committed unseen, and says so.
+    async fn look_before_registering(&self, id: &AppId, container: &str) -> Option<Sighting> {
+        if let Some(away) = self.engine_away() {
+            self.probe_engine();
+            tracing::warn!(app = %id, error = %away.message, "registered without looking at the container");
+            return None;
+        }
+        match crate::runtime::probe(self.sight_container(container)).await {
+            Ok(sighting) => {
+                self.engine_answered();
+                Some(sighting)
+            }
             Err(e) => {
-                tracing::warn!(app = %record.id, error = %e, "registered without looking at the container");
-                Ok(record)
+                if let RuntimeError::Unavailable(detail) = &e {
+                    self.engine_failed(detail);
+                }
+                tracing::warn!(app = %id, error = %e, "registered without looking at the container");
+                None
             }
         }
     }

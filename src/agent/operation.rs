@@ -7,25 +7,32 @@
 //! different apps are independent, so apps never wait on each other.
 
 use std::future::Future;
+use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use super::{Agent, AgentError, Inner};
 use crate::auth::Principal;
 use crate::operation::Operation;
 use crate::policy::Action;
 use crate::record::{AppId, AppRecord};
-use crate::runtime::ContainerState;
+use crate::runtime::{ContainerState, RuntimeError};
 use crate::telemetry::Route;
 
 /// An operation under way on one app.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub(super) struct UnderWay {
     pub op: Operation,
     /// An observation (a read, an engine event, reconciliation) was held back while it ran; the
     /// container is looked at again once it ends.
     pub missed: bool,
+    /// When the container is killed if it has not exited: set by a stop once its grace is known,
+    /// brought forward by an operator who asks for an earlier kill. The sender goes with the mark,
+    /// so its receivers also learn that the operation has ended.
+    kill_at: watch::Sender<Option<Instant>>,
 }
 
 /// Marks an operation on one app as under way; dropping it ends the mark.
@@ -60,6 +67,16 @@ impl Inner {
             .unwrap_or_else(|p| p.into_inner())
             .remove(id)
             .is_some_and(|u| u.missed)
+    }
+
+    /// Notes that the stop under way on `id` kills its container `grace` seconds from now, so that
+    /// a later ask can tell whether its own kill would come earlier.
+    pub(super) fn note_kill_deadline(&self, id: &AppId, grace: u32) {
+        let at = Instant::now() + Duration::from_secs(grace.into());
+        let ops = self.operations.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(u) = ops.get(id) {
+            u.kill_at.send_replace(Some(at));
+        }
     }
 
     /// Whether an operation on `id` is under way; if so, and `hold_back` is set, notes that an
@@ -102,12 +119,113 @@ impl Agent {
                 record: Box::new(record.clone()),
             });
         }
-        ops.insert(id.clone(), UnderWay { op, missed: false });
+        ops.insert(
+            id.clone(),
+            UnderWay {
+                op,
+                missed: false,
+                kill_at: watch::channel(None).0,
+            },
+        );
         Ok(OpGuard {
             agent: self.inner.clone(),
             id: id.clone(),
             held: true,
         })
+    }
+
+    /// Whether `principal` may ask for `req`: a user token's stop `timeout` is capped
+    /// (`[auth] user_max_stop_timeout_secs`), so that a tenant cannot hold an app's guard, and its
+    /// own answer, for an hour. Operators may ask for the whole range.
+    pub(super) fn may_ask_for(
+        &self,
+        principal: &Principal,
+        req: &crate::stop::StopRequest,
+    ) -> Result<(), AgentError> {
+        let cap = self.inner.limits.user_max_stop_timeout;
+        match req.timeout {
+            Some(asked) if asked > cap && !principal.is_operator() => {
+                Err(AgentError::TimeoutOverCap { asked, cap })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Brings the kill of the stop under way on `id` forward to `timeout` seconds from now, if that
+    /// is earlier than its own. `None` when no stop is under way, or its kill comes no later
+    /// anyway; else a receiver whose sender goes when the stop has ended.
+    pub(super) async fn hasten_kill(
+        &self,
+        id: &AppId,
+        container: &str,
+        timeout: u32,
+    ) -> Option<watch::Receiver<Option<Instant>>> {
+        let mut kill_at = {
+            let ops = self
+                .inner
+                .operations
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            ops.get(id)
+                .filter(|u| u.op == Operation::Stop)?
+                .kill_at
+                .subscribe()
+        };
+        // A stop knows its deadline once it has looked at the container, a moment after admission.
+        let own = loop {
+            if let Some(at) = *kill_at.borrow_and_update() {
+                break at;
+            }
+            kill_at.changed().await.ok()?;
+        };
+        let at = Instant::now() + Duration::from_secs(timeout.into());
+        if at >= own {
+            return None;
+        }
+        let sooner = {
+            let ops = self
+                .inner
+                .operations
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            // Unless the stop has ended meanwhile, or another ask brought its kill forward further.
+            ops.get(id)
+                .filter(|_| kill_at.has_changed().is_ok())
+                .is_some_and(|u| {
+                    u.kill_at.send_if_modified(|k| match k {
+                        Some(current) if *current > at => {
+                            *k = Some(at);
+                            true
+                        }
+                        _ => false,
+                    })
+                })
+        };
+        if sooner {
+            let (agent, app, container, ended) = (
+                self.clone(),
+                id.clone(),
+                container.to_owned(),
+                kill_at.clone(),
+            );
+            self.inner.tasks.spawn(async move {
+                tokio::time::sleep_until(at).await;
+                // Only the stop this was asked of: once it has ended, its sender is gone.
+                if ended.has_changed().is_err() {
+                    return;
+                }
+                match agent.runtime().kill(&container, "SIGKILL").await {
+                    Ok(()) => {
+                        tracing::info!(%app, "killed at the earlier deadline an operator asked for")
+                    }
+                    Err(RuntimeError::NotRunning(_) | RuntimeError::NotFound(_)) => {}
+                    Err(e) => {
+                        tracing::warn!(%app, error = %e, "could not kill at the earlier deadline")
+                    }
+                }
+            });
+        }
+        Some(kill_at)
     }
 
     /// Admits `op` on `id` by `principal`: the caller may change whether the app runs, and no other

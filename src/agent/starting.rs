@@ -62,9 +62,11 @@ impl Agent {
         id: &AppId,
         req: StopRequest,
     ) -> Result<AppRecord, AgentError> {
-        let (record, guard) = self
-            .admit(principal, id, Operation::Restart)
-            .await
+        let admitted = match self.may_ask_for(principal, &req) {
+            Ok(()) => self.admit(principal, id, Operation::Restart).await,
+            Err(e) => Err(e),
+        };
+        let (record, guard) = admitted
             .inspect_err(|e| self.refused(Operation::Restart, Route::V1, principal, id, e))?;
         let app = record.id.clone();
         let task = self.launch(

@@ -50,12 +50,67 @@ impl Agent {
         id: &AppId,
         req: StopRequest,
     ) -> Result<AppRecord, AgentError> {
-        let (record, guard) = self
-            .admit(principal, id, Operation::Stop)
-            .await
-            .inspect_err(|e| self.refused(Operation::Stop, Route::V1, principal, id, e))?;
+        let admitted = match self.may_ask_for(principal, &req) {
+            Ok(()) => self.admit(principal, id, Operation::Stop).await,
+            Err(e) => Err(e),
+        };
+        let (record, guard) = match (admitted, req.timeout) {
+            (Ok(admitted), _) => admitted,
+            // An operator may bring the kill of a stop under way forward, and have its outcome.
+            (
+                Err(AgentError::InProgress {
+                    under_way: Operation::Stop,
+                    record,
+                    ..
+                }),
+                Some(timeout),
+            ) if principal.is_operator() => {
+                return self.join_stop(principal, id, record, timeout).await;
+            }
+            (Err(e), _) => {
+                self.refused(Operation::Stop, Route::V1, principal, id, &e);
+                return Err(e);
+            }
+        };
         let task = self.launch_stop(principal, record, guard, req, None, Route::V1);
         Agent::answer(Operation::Stop, task).await
+    }
+
+    /// Joins the stop under way on `id`, killing at `timeout` seconds from now if that is sooner
+    /// than it would, and answers with the record once it has ended. A stop whose kill comes sooner
+    /// anyway is refused as under way, like any other second operation.
+    async fn join_stop(
+        &self,
+        principal: &Principal,
+        id: &AppId,
+        record: Box<AppRecord>,
+        timeout: u32,
+    ) -> Result<AppRecord, AgentError> {
+        let Some(mut ended) = self.hasten_kill(id, record.container_id(), timeout).await else {
+            let e = AgentError::InProgress {
+                id: id.clone(),
+                under_way: Operation::Stop,
+                record,
+            };
+            self.refused(Operation::Stop, Route::V1, principal, id, &e);
+            return Err(e);
+        };
+        tracing::info!(app = %id, token = %principal.name, timeout, "stop under way: kill brought forward");
+        // Its sender goes with the stop's guard, once the stop's record is written.
+        while ended.changed().await.is_ok() {}
+        let record = self.record_of(id).await?;
+        if record.online() {
+            return Err(AgentError::Engine(format!(
+                "the stop under way ended with the container still running{}",
+                record
+                    .last_stop
+                    .as_ref()
+                    .and_then(|s| s.error.as_deref())
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            )));
+        }
+        Ok(record)
     }
 
     /// Checks that the app's container exists and runs, then stops it in the background and returns
@@ -66,6 +121,8 @@ impl Agent {
         id: &AppId,
         req: StopRequest,
     ) -> Result<(), AgentError> {
+        self.may_ask_for(principal, &req)
+            .inspect_err(|e| self.refused(Operation::Stop, Route::Okeanos, principal, id, e))?;
         let (record, state, guard) = self
             .admit_for_background(principal, id, Operation::Stop)
             .await?;
@@ -252,7 +309,8 @@ impl Agent {
                 Err(e) => return Err(AgentError::from_runtime(e)),
             }
         }
-        let grace = effective_grace(&req, self.inner.default_timeout, &state);
+        let grace = effective_grace(&req, self.inner.limits.default_timeout, &state);
+        self.inner.note_kill_deadline(&record.id, grace);
         let halt_started = Utc::now();
         match halt(runtime, &container, &req, grace).await {
             Ok(path) => tracing::debug!(app = %record.id, ?path, grace, "container halted"),

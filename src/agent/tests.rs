@@ -33,7 +33,7 @@ async fn fixture(stop_takes_signal: bool, apps: &[(&str, Value)]) -> Fixture {
         id: "n".into(),
         node_name: "N".into(),
     };
-    let agent = Agent::new(Arc::new(fake.clone()), store, node, None);
+    let agent = Agent::new(Arc::new(fake.clone()), store, node, Limits::default());
     for (id, body) in apps {
         let id = AppId::parse(id).expect("id");
         fake.add_running(
@@ -184,7 +184,13 @@ async fn app_on_host_files_with(
         node_name: "N".into(),
     };
     let files = crate::cgroup::HostFiles::at(host.path()).expect("host files");
-    let agent = Agent::with_host_files(Arc::new(fake.clone()), store, node, None, Some(files));
+    let agent = Agent::with_host_files(
+        Arc::new(fake.clone()),
+        store,
+        node,
+        Limits::default(),
+        Some(files),
+    );
     fake.add_running("ca", &["SIGTERM"]);
     fake.set_process("ca", recorded_set::ID, recorded_set::PID);
     agent
@@ -371,7 +377,7 @@ async fn an_interrupted_stop_is_made_true_at_the_next_start() {
         Arc::new(f.fake.clone()),
         f.agent.store().clone(),
         f.agent.node().clone(),
-        None,
+        Limits::default(),
     );
     let changed = restarted.reconcile_all().await.expect("reconciled");
     assert_eq!(changed, 2);
@@ -656,6 +662,42 @@ async fn registration_looks_at_the_container() {
         .await
         .expect("registered without the engine");
     assert!(out.record.metrics.is_none(), "not seen");
+    let answered = out.record.to_json(f.agent.node());
+    assert_eq!(
+        answered["engineUnavailable"]["message"],
+        crate::record::UNSEEN
+    );
+    assert_eq!(answered["currentResourceMetrics"]["online"], false);
+}
+
+#[tokio::test]
+async fn a_registration_commits_what_it_saw_in_one_change() {
+    let f = fixture(true, &[]).await;
+    f.fake.add_running("ca", &["SIGTERM"]);
+    let head = f.agent.store().head();
+    let before = *head.borrow();
+    let out = f
+        .agent
+        .register(&operator(), &id("a"), json!({"containerId": "ca"}))
+        .await
+        .expect("registered");
+    // One commit, and it says what the engine said: no change ever reported it offline.
+    assert!(out.record.online(), "{:?}", out.record);
+    assert_eq!(out.record.generation, before + 1);
+    assert_eq!(*head.borrow(), before + 1);
+    // Registered again over the same running container: still one change, still online.
+    let again = f
+        .agent
+        .register(
+            &operator(),
+            &id("a"),
+            json!({"containerId": "ca", "name": "x"}),
+        )
+        .await
+        .expect("registered again");
+    assert!(again.record.online());
+    assert_eq!(again.record.generation, before + 2);
+    assert_eq!(*head.borrow(), before + 2);
 }
 
 #[tokio::test]
@@ -1117,7 +1159,7 @@ async fn an_interrupted_start_is_made_true_at_the_next_start() {
         Arc::new(f.fake.clone()),
         f.agent.store().clone(),
         f.agent.node().clone(),
-        None,
+        Limits::default(),
     );
     restarted.reconcile_all().await.expect("reconciled");
     let a = f.stored("a").await.expect("a");

@@ -78,7 +78,12 @@ impl ApiError {
     pub fn from_agent(err: AgentError, node: &WorkerNode) -> ApiError {
         let message = err.to_string();
         match err {
-            AgentError::BadRequest(_) => Self::bad_request(message),
+            AgentError::BadRequest(_) | AgentError::TimeoutOverCap { .. } => {
+                Self::bad_request(message)
+            }
+            AgentError::TooManyWaits { .. } => {
+                Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", message)
+            }
             AgentError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, "app_not_found", message),
             AgentError::Forbidden(_) => Self::forbidden(message),
             AgentError::AlreadyStopped { record, .. } => {
@@ -148,6 +153,13 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            // Too many waits of one token: each one that ends frees a place, so a second is soon
+            // enough to try again.
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
     }

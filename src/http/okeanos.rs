@@ -85,6 +85,13 @@ impl LodError {
                 ),
             ),
             AgentError::BadRequest(e) => Self::new(StatusCode::BAD_REQUEST, e.to_string()),
+            // These routes take no timeout and never wait; should they, the caller is told why.
+            e @ AgentError::TimeoutOverCap { .. } => {
+                Self::new(StatusCode::BAD_REQUEST, e.to_string())
+            }
+            e @ AgentError::TooManyWaits { .. } => {
+                Self::new(StatusCode::TOO_MANY_REQUESTS, e.to_string())
+            }
             AgentError::DockerUnavailable(cause) => {
                 tracing::warn!(%cause, "Docker engine unavailable");
                 Self::new(

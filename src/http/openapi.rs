@@ -285,7 +285,7 @@ pub struct EmptyBodyDoc {}
 /// The errors of the authenticated `/v1` routes.
 #[derive(Debug, IntoResponses)]
 pub enum V1Errors {
-    /// A malformed app id, query or body.
+    /// A malformed app id, query or body, or a stop `timeout` over a user token's cap.
     #[response(status = 400)]
     BadRequest(ApiErrorDoc),
     /// No token, or one this node does not know.
@@ -308,6 +308,9 @@ pub enum V1Errors {
     /// The body is over 1 MiB.
     #[response(status = 413)]
     PayloadTooLarge(ApiErrorDoc),
+    /// Too many concurrent waits of this user token (`too_many_requests`, with `Retry-After`).
+    #[response(status = 429)]
+    TooManyRequests(ApiErrorDoc),
     /// The agent's store failed, or an internal fault.
     #[response(status = 500)]
     Internal(ApiErrorDoc),
@@ -603,7 +606,7 @@ mod tests {
     use axum::http::{Method, Request, StatusCode};
     use tower::ServiceExt;
 
-    use crate::agent::Agent;
+    use crate::agent::{Agent, Limits};
     use crate::auth::{TokenBook, Tokens};
     use crate::http::{ApiContext, router, routes};
     use crate::runtime::fake::FakeRuntime;
@@ -648,7 +651,12 @@ mod tests {
             node_name: "N".into(),
         };
         let ctx = ApiContext {
-            agent: Agent::new(Arc::new(FakeRuntime::new(true)), store, node, None),
+            agent: Agent::new(
+                Arc::new(FakeRuntime::new(true)),
+                store,
+                node,
+                Limits::default(),
+            ),
             tokens: Tokens::new(TokenBook::default()),
             trust_root_on_socket: false,
             metrics_open: false,

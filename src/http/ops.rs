@@ -134,6 +134,7 @@ pub async fn metrics(
         online,
         offline: registered - online,
         stops_in_progress: ctx.agent.stops_in_progress(),
+        waits_in_progress: ctx.agent.waits_in_progress(),
         report_pending: report.pending,
         report_oldest_age_secs: report.oldest_pending_age_seconds.unwrap_or(0.0),
     });
@@ -194,7 +195,7 @@ mod tests {
     use tower::ServiceExt;
     use tower_http::catch_panic::CatchPanicLayer;
 
-    use crate::agent::Agent;
+    use crate::agent::{Agent, Limits};
     use crate::auth::{TokenBook, Tokens};
     use crate::record::WorkerNode;
     use crate::runtime::PROBE_LIMIT;
@@ -218,7 +219,7 @@ mod tests {
         };
         let store = Store::open(&dir.path().join("a.db")).expect("store");
         let ctx = ApiContext {
-            agent: Agent::new(Arc::new(fake.clone()), store, node, None),
+            agent: Agent::new(Arc::new(fake.clone()), store, node, Limits::default()),
             tokens: Tokens::new(TokenBook::default()),
             trust_root_on_socket: false,
             metrics_open: true,

@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use serde_json::json;
 
 use super::*;
+use crate::agent::Limits;
 use crate::auth::{Access, Principal};
 use crate::record::{AppId, WorkerNode};
 use crate::runtime::fake::FakeRuntime;
@@ -127,7 +128,7 @@ async fn fixture(url: &str) -> Fixture {
         id: "n1".into(),
         node_name: "ODIN".into(),
     };
-    let agent = Agent::new(Arc::new(fake), store, node, None);
+    let agent = Agent::new(Arc::new(fake), store, node, Limits::default());
     let token = dir.path().join("report-token");
     std::fs::write(&token, "tok-1\n").expect("token");
     std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600))

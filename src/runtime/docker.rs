@@ -178,6 +178,41 @@ fn engine_time(s: Option<&str>) -> Option<DateTime<Utc>> {
     (t.timestamp() > 0).then_some(t)
 }
 
+/// A restart policy as the docker CLI writes it: its name, with `:N` for a maximum retry count,
+/// so that setting it aside and giving it back keeps the whole policy.
+fn policy_text(policy: &RestartPolicy) -> Option<String> {
+    let name = policy.name?.to_string();
+    Some(match policy.maximum_retry_count {
+        Some(n) if n > 0 && policy.name == Some(RestartPolicyNameEnum::ON_FAILURE) => {
+            format!("{name}:{n}")
+        }
+        _ => name,
+    })
+}
+
+/// The policy that [`policy_text`] wrote.
+fn parse_policy(text: &str) -> Result<RestartPolicy, RuntimeError> {
+    let unknown = || RuntimeError::Engine(format!("unknown restart policy {text:?}"));
+    let (name, retries) = match text.split_once(':') {
+        Some((name, n)) => (name, Some(n.parse::<i64>().map_err(|_| unknown())?)),
+        None => (text, None),
+    };
+    let name = match name {
+        "no" | "" => RestartPolicyNameEnum::NO,
+        "always" => RestartPolicyNameEnum::ALWAYS,
+        "unless-stopped" => RestartPolicyNameEnum::UNLESS_STOPPED,
+        "on-failure" => RestartPolicyNameEnum::ON_FAILURE,
+        _ => return Err(unknown()),
+    };
+    if retries.is_some() && name != RestartPolicyNameEnum::ON_FAILURE {
+        return Err(unknown());
+    }
+    Ok(RestartPolicy {
+        name: Some(name),
+        maximum_retry_count: retries,
+    })
+}
+
 fn to_raw_stats(s: bollard::models::ContainerStatsResponse) -> RawStats {
     let cpu = s.cpu_stats.unwrap_or_default();
     let precpu = s.precpu_stats.unwrap_or_default();
@@ -291,8 +326,7 @@ impl ContainerRuntime for DockerRuntime {
             restart_policy: c
                 .host_config
                 .and_then(|h| h.restart_policy)
-                .and_then(|p| p.name)
-                .map(|n| n.to_string()),
+                .and_then(|p| policy_text(&p)),
         })
     }
 
@@ -367,22 +401,8 @@ impl ContainerRuntime for DockerRuntime {
 
     async fn set_restart_policy(&self, container: &str, policy: &str) -> Result<(), RuntimeError> {
         let docker = self.client().await?;
-        let name = match policy {
-            "no" | "" => RestartPolicyNameEnum::NO,
-            "always" => RestartPolicyNameEnum::ALWAYS,
-            "unless-stopped" => RestartPolicyNameEnum::UNLESS_STOPPED,
-            "on-failure" => RestartPolicyNameEnum::ON_FAILURE,
-            other => {
-                return Err(RuntimeError::Engine(format!(
-                    "unknown restart policy {other:?}"
-                )));
-            }
-        };
         let update = ContainerUpdateBody {
-            restart_policy: Some(RestartPolicy {
-                name: Some(name),
-                maximum_retry_count: None,
-            }),
+            restart_policy: Some(parse_policy(policy)?),
             ..Default::default()
         };
         match docker.update_container(container, update).await {
@@ -491,6 +511,31 @@ mod tests {
         assert_eq!(engine_time(Some("0001-01-01T00:00:00Z")), None);
         assert!(engine_time(Some("2025-07-19T17:57:05.069123Z")).is_some());
         assert_eq!(engine_time(None), None);
+    }
+
+    #[test]
+    fn a_restart_policy_keeps_its_retry_count() {
+        let policy = |name, maximum_retry_count| RestartPolicy {
+            name: Some(name),
+            maximum_retry_count,
+        };
+        let on_failure_3 = policy(RestartPolicyNameEnum::ON_FAILURE, Some(3));
+        assert_eq!(policy_text(&on_failure_3).as_deref(), Some("on-failure:3"));
+        assert_eq!(parse_policy("on-failure:3").expect("parsed"), on_failure_3);
+        // No limit, and the other policies, which carry none (the engine reports 0).
+        for (name, text) in [
+            (RestartPolicyNameEnum::ON_FAILURE, "on-failure"),
+            (RestartPolicyNameEnum::ALWAYS, "always"),
+            (RestartPolicyNameEnum::UNLESS_STOPPED, "unless-stopped"),
+            (RestartPolicyNameEnum::NO, "no"),
+        ] {
+            assert_eq!(policy_text(&policy(name, Some(0))).as_deref(), Some(text));
+            assert_eq!(policy_text(&policy(name, None)).as_deref(), Some(text));
+            assert_eq!(parse_policy(text).expect("parsed").name, Some(name));
+        }
+        for bad in ["always:3", "on-failure:x", "sometimes"] {
+            assert!(parse_policy(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

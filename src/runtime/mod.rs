@@ -24,7 +24,8 @@ pub struct ContainerState {
     pub oom_killed: bool,
     /// The container's own stop timeout (`Config.StopTimeout`), if set.
     pub stop_timeout: Option<u32>,
-    /// Its restart policy's name (`no`, `always`, `unless-stopped`, `on-failure`), if any.
+    /// Its restart policy as the docker CLI writes it (`no`, `always`, `unless-stopped`,
+    /// `on-failure`, or `on-failure:N` with a maximum retry count), if any.
     pub restart_policy: Option<String>,
     /// Its main process in the engine's pid namespace while it runs, else 0.
     pub pid: u32,

@@ -358,6 +358,8 @@ pub struct AgentOptions {
     pub http_extra: String,
     /// More sections, appended to the configuration as written.
     pub extra_config: String,
+    /// More `[auth]` lines, e.g. `max_waits_per_token = 2`.
+    pub auth_extra: String,
     /// `[report] url`, with a token file holding [`REPORT_TOKEN`] written beside the configuration.
     pub report_url: Option<String>,
     /// `[report] resync_secs`.
@@ -438,9 +440,10 @@ impl AgentProcess {
         http.push_str(&options.http_extra);
         let listen = options.listen.as_deref().unwrap_or("127.0.0.1:0");
         let mut config = format!(
-            "[node]\nid = \"{NODE_ID}\"\nname = \"{NODE_NAME}\"\n\n[http]\nlisten = \"{listen}\"\n{http}\n[store]\npath = \"{}\"\n\n[auth]\ntokens_file = \"{}\"\n",
+            "[node]\nid = \"{NODE_ID}\"\nname = \"{NODE_NAME}\"\n\n[http]\nlisten = \"{listen}\"\n{http}\n[store]\npath = \"{}\"\n\n[auth]\ntokens_file = \"{}\"\n{}",
             dir.path().join("state/node-agent.db").display(),
             dir.path().join("tokens.toml").display(),
+            options.auth_extra,
         );
         if let Some(host) = &options.docker_host {
             config.push_str(&format!("\n[docker]\nhost = \"{host}\"\n"));

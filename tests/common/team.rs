@@ -24,12 +24,17 @@ pub fn token_name(user: &str) -> String {
 
 /// An agent that knows every user's token.
 pub fn agent_with_users() -> AgentProcess {
+    agent_with_users_and(AgentOptions::default())
+}
+
+/// An agent that knows every user's token, with `options` besides.
+pub fn agent_with_users_and(options: AgentOptions) -> AgentProcess {
     AgentProcess::start_with(AgentOptions {
         user_tokens: USERS
             .iter()
             .map(|u| (token_name(u), token_of(u), u.to_string()))
             .collect(),
-        ..Default::default()
+        ..options
     })
 }
 
