@@ -302,12 +302,18 @@ pub enum Registered {
 /// widen them either), so a private database keeps them private.
 fn keep_private(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    std::fs::OpenOptions::new()
+    // Only made when missing: an existing database is opened by SQLite alone, which may do with
+    // less access than writing (a read-only file fails at the first write, with its reason).
+    match std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(false)
+        .create_new(true)
         .mode(0o600)
-        .open(path)?;
+        .open(path)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
     let beside = |suffix: &str| {
         let mut name = path.as_os_str().to_owned();
         name.push(suffix);
@@ -320,13 +326,23 @@ fn keep_private(path: &Path) -> std::io::Result<()> {
             Err(e) => return Err(e),
         };
         if mode & 0o077 != 0 {
-            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode & 0o700))?;
-            tracing::warn!(
-                path = %file.display(),
-                was = %format!("{mode:04o}"),
-                now = %format!("{:04o}", mode & 0o700),
-                "the store's file was readable beyond the agent's user; made private"
-            );
+            // A file the agent may not change (another user's) is served as before: the agent
+            // would rather run, and say so, than refuse a store it used to open.
+            let private = mode & 0o700;
+            match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(private)) {
+                Ok(()) => tracing::warn!(
+                    path = %file.display(),
+                    was = %format!("{mode:04o}"),
+                    now = %format!("{private:04o}"),
+                    "the store's file was open beyond the agent's user; made private"
+                ),
+                Err(e) => tracing::warn!(
+                    path = %file.display(),
+                    mode = %format!("{mode:04o}"),
+                    error = %e,
+                    "the store's file is open beyond the agent's user, and cannot be made private"
+                ),
+            }
         }
     }
     Ok(())
