@@ -157,6 +157,16 @@ impl TokenBook {
             if known.iter().any(|k: &Known| k.principal.name == entry.name) {
                 return Err(invalid(format!("{at}: the name is used twice")));
             }
+            // One token must name one principal: with two entries of one hash, whichever came
+            // first in the file would win, and a token meant as a user's might act as operator.
+            if let Some((j, first)) = known.iter().enumerate().find(|(_, k)| k.hash == hash) {
+                return Err(invalid(format!(
+                    "{at} has the same `sha256` as token #{} ({:?}): each token may have one \
+                     entry; remove one of them",
+                    j + 1,
+                    first.principal.name
+                )));
+            }
             known.push(Known {
                 hash,
                 principal: Principal {
@@ -282,11 +292,12 @@ fn read_through_one_handle(
     Ok((text, meta))
 }
 
-/// Refuses a tokens file (or another file of secrets) that other users may read or write, that its
-/// group may write, or that belongs to someone other than root or the agent's own user: the hashes
-/// are not secrets an attacker should get to test guesses against, and whoever may write the file
-/// may grant themselves any role.
-fn check_private(
+/// Refuses a tokens file (or another file of secrets: a private key, the report token) that other
+/// users may read or write, that its group may write, or that belongs to someone other than root or
+/// the agent's own user: the hashes are not secrets an attacker should get to test guesses against,
+/// and whoever may write the file may grant themselves any role. The group may read: it is the
+/// service's group, which the package gives the files.
+pub(crate) fn check_private(
     path: &Path,
     what: &'static str,
     meta: &std::fs::Metadata,
@@ -538,6 +549,25 @@ mod tests {
             let err = TokenBook::parse(text, Path::new("t")).expect_err(why);
             assert!(err.to_string().contains(why), "{err}");
         }
+    }
+
+    #[test]
+    fn two_entries_with_one_hash_are_refused_naming_both() {
+        let h = hash_token("shared");
+        let other = hash_token("other");
+        let text = format!(
+            "[[token]]\nname = \"cp\"\nsha256 = \"{h}\"\nrole = \"operator\"\n\
+             [[token]]\nname = \"ops\"\nsha256 = \"{other}\"\nrole = \"operator\"\n\
+             [[token]]\nname = \"keven\"\nsha256 = \"{h}\"\nrole = \"user\"\nuser_id = \"u1\"\n"
+        );
+        let err = TokenBook::parse(&text, Path::new("t"))
+            .expect_err("one hash twice")
+            .to_string();
+        assert!(
+            err.contains("token #3 (\"keven\")") && err.contains("token #1 (\"cp\")"),
+            "{err}"
+        );
+        assert!(err.contains("same `sha256`") && !err.contains(&h), "{err}");
     }
 
     #[test]

@@ -8,6 +8,11 @@ use serde::Deserialize;
 /// Prefix of the environment variables that override the configuration file.
 pub const ENV_PREFIX: &str = "NODE_AGENT";
 
+/// `[node] id` and `name` as the package ships them: a node left with them would report as every
+/// other node left so, so they are refused.
+pub const PLACEHOLDER_NODE_ID: &str = "unset-node-id";
+pub const PLACEHOLDER_NODE_NAME: &str = "unset-node-name";
+
 /// Longest grace period a stop may ask for, in seconds.
 pub const MAX_STOP_TIMEOUT_SECS: u32 = 3600;
 
@@ -224,6 +229,11 @@ fn default_listen() -> String {
 pub struct DockerConfig {
     /// `unix:///path/to/docker.sock`; unset means `DOCKER_HOST`, else the local socket.
     pub host: Option<String>,
+    /// Reach the engine over plain `tcp://` on a host that is not loopback. That is the engine's
+    /// unauthenticated API, root on its host, open to the network, so the agent refuses it unless
+    /// this says so.
+    #[serde(default)]
+    pub allow_insecure_tcp: bool,
 }
 
 /// The embedded SQLite store.
@@ -398,12 +408,29 @@ pub struct ReportEndpoint {
 impl ReportEndpoint {
     /// Whether the host is a loopback address, or `localhost`.
     pub fn is_loopback(&self) -> bool {
-        self.host.eq_ignore_ascii_case("localhost")
-            || self
-                .host
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback())
+        is_loopback_host(&self.host)
     }
+}
+
+/// Whether `host` (without the brackets of an IPv6 address) is a loopback address, or `localhost`.
+fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Whether a `tcp://host:port` engine address names a loopback host.
+fn is_loopback_address(address: &str) -> bool {
+    let rest = address.strip_prefix("tcp://").unwrap_or(address);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let host = match authority.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or(bracketed),
+        None => authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, _port)| host),
+    };
+    is_loopback_host(host)
 }
 
 /// The validated listener address, and where the engine is.
@@ -467,6 +494,30 @@ impl Config {
         if self.node.name.trim().is_empty() {
             return Err(bad("node.name", "must not be empty".into()));
         }
+        for (key, value, placeholder, what) in [
+            (
+                "node.id",
+                &self.node.id,
+                PLACEHOLDER_NODE_ID,
+                "this node's id (workerNodeId._id)",
+            ),
+            (
+                "node.name",
+                &self.node.name,
+                PLACEHOLDER_NODE_NAME,
+                "this node's name (workerNodeId.nodeName)",
+            ),
+        ] {
+            if value.trim() == placeholder {
+                return Err(bad(
+                    key,
+                    format!(
+                        "is still the package's placeholder {placeholder:?}: set it to {what} as \
+                         the control plane knows it, or every node left so would report as one"
+                    ),
+                ));
+            }
+        }
         let listen = self.listen_addr().map_err(|e| {
             bad(
                 "http.listen",
@@ -503,7 +554,20 @@ impl Config {
                 format!("{:?} is not a filter: {e}", self.log.level),
             )
         })?;
-        self.docker_endpoint().map_err(|m| bad("docker.host", m))?;
+        if let DockerEndpoint::Http(address) =
+            self.docker_endpoint().map_err(|m| bad("docker.host", m))?
+            && !self.docker.allow_insecure_tcp
+            && !is_loopback_address(&address)
+        {
+            return Err(bad(
+                "docker.host",
+                format!(
+                    "{address} is the engine's API in plain TCP to a host that is not loopback: \
+                     unauthenticated, and root on that host, for anyone on the network; use the \
+                     engine's Unix socket, or set docker.allow_insecure_tcp = true to accept that"
+                ),
+            ));
+        }
         if let Some(t) = self.stop.default_timeout_secs
             && t > MAX_STOP_TIMEOUT_SECS
         {
@@ -792,5 +856,77 @@ mod tests {
             Ok(DockerEndpoint::Http("tcp://127.0.0.1:2375".into()))
         );
         assert!(parse_docker_host("unix://relative").is_err());
+    }
+
+    #[test]
+    fn plain_tcp_engines_off_loopback_are_refused_unless_allowed() {
+        for host in [
+            "tcp://127.0.0.1:2375",
+            "tcp://localhost:2375",
+            "tcp://[::1]:2375",
+            "http://127.0.0.2:2375",
+            "unix:///var/run/docker.sock",
+        ] {
+            let f = write(&format!("{MINIMAL}[docker]\nhost = \"{host}\"\n"));
+            Config::load_with_env(f.path(), []).expect(host);
+        }
+        for host in [
+            "tcp://10.0.0.5:2375",
+            "tcp://docker.example:2375",
+            "http://[2001:db8::1]:2375",
+            "tcp://0.0.0.0:2375",
+            "tcp://127.0.0.1.example:2375",
+        ] {
+            let f = write(&format!("{MINIMAL}[docker]\nhost = \"{host}\"\n"));
+            let err = Config::load_with_env(f.path(), [])
+                .expect_err(host)
+                .to_string();
+            assert!(
+                err.contains("docker.host") && err.contains("docker.allow_insecure_tcp"),
+                "{host}: {err}"
+            );
+            let f = write(&format!(
+                "{MINIMAL}[docker]\nhost = \"{host}\"\nallow_insecure_tcp = true\n"
+            ));
+            Config::load_with_env(f.path(), []).expect(host);
+        }
+        // DOCKER_HOST is held to the same rule when the file names no engine.
+        let f = write(MINIMAL);
+        let env = [(
+            "NODE_AGENT__DOCKER__HOST".to_owned(),
+            "tcp://192.0.2.7:2375".to_owned(),
+        )];
+        let err = Config::load_with_env(f.path(), env).expect_err("env override");
+        assert!(err.to_string().contains("docker.host"), "{err}");
+    }
+
+    #[test]
+    fn the_packages_placeholder_ids_are_refused_naming_the_key() {
+        for (node, key) in [
+            ("id = \"unset-node-id\"\nname = \"ODIN\"\n", "node.id"),
+            ("id = \"n1\"\nname = \"unset-node-name\"\n", "node.name"),
+        ] {
+            let f = write(&format!("[node]\n{node}"));
+            let err = Config::load_with_env(f.path(), [])
+                .expect_err(key)
+                .to_string();
+            assert!(
+                err.contains(&format!("key `{key}`")) && err.contains("placeholder"),
+                "{err}"
+            );
+        }
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("debian/node-agent.toml");
+        let err = Config::load_with_env(&shipped, [])
+            .expect_err("the package's configuration, until the node is set")
+            .to_string();
+        assert!(err.contains("node.id"), "{err}");
+        let env = [
+            (
+                "NODE_AGENT__NODE__ID".to_owned(),
+                "60c72b2f9b1e8d001c8e4f3c".to_owned(),
+            ),
+            ("NODE_AGENT__NODE__NAME".to_owned(), "ODIN".to_owned()),
+        ];
+        Config::load_with_env(&shipped, env).expect("the package's configuration, once set");
     }
 }

@@ -7,8 +7,11 @@ use rustls::RootCertStore;
 use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-/// What a private key file is called in error messages.
+/// What the listener's private key file is called in error messages.
 pub(crate) const KEY_FILE: &str = "TLS private key";
+
+/// What the report sender's client key file is called in error messages.
+pub(crate) const CLIENT_KEY_FILE: &str = "report client key";
 
 /// Why the TLS files could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +47,9 @@ pub enum TlsError {
     BadClientCa { path: PathBuf, message: String },
     #[error("rustls refused the TLS certificate and key: {message}")]
     Rejected { message: String },
+    /// A private key that other users may read, or that is not the agent's or root's.
+    #[error(transparent)]
+    Exposed(crate::auth::TokensError),
 }
 
 /// The certificates in a PEM file, in order; other kinds of block are skipped.
@@ -61,15 +67,20 @@ pub(crate) fn read_certificates(
         })
 }
 
-/// The first private key in a PEM file, whichever of PKCS#8, PKCS#1 and SEC1 it is in.
-pub(crate) fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let pem = read_file(KEY_FILE, path)?;
+/// The first private key in a PEM file, whichever of PKCS#8, PKCS#1 and SEC1 it is in. The file
+/// is refused as the tokens file is when others may read it: whoever reads the key may pose as the
+/// agent.
+pub(crate) fn read_key(
+    what: &'static str,
+    path: &Path,
+) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = read_private(what, path)?;
     PrivateKeyDer::from_pem_slice(&pem).map_err(|err| match err {
         pem::Error::NoItemsFound => TlsError::NoKey {
             path: path.to_path_buf(),
         },
         err => TlsError::BadPem {
-            what: KEY_FILE,
+            what,
             path: path.to_path_buf(),
             message: describe_pem_error(&err),
         },
@@ -84,6 +95,22 @@ fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
         path: path.to_path_buf(),
         err,
     })
+}
+
+/// Reads a whole file of secrets, its mode and owner checked on the handle it is read through.
+fn read_private(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    use std::io::Read;
+    let read = |err| TlsError::Read {
+        what,
+        path: path.to_path_buf(),
+        err,
+    };
+    let mut file = std::fs::File::open(path).map_err(read)?;
+    let meta = file.metadata().map_err(read)?;
+    crate::auth::check_private(path, what, &meta).map_err(TlsError::Exposed)?;
+    let mut pem = Vec::new();
+    file.read_to_end(&mut pem).map_err(read)?;
+    Ok(pem)
 }
 
 /// Says what is wrong with a PEM file. The parser's own messages print lines as lists of byte

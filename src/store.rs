@@ -309,8 +309,61 @@ pub enum Registered {
     Replaced,
 }
 
+/// Creates the database file with mode 0600 before SQLite opens it, whatever the umask, and takes
+/// group and other bits off one that exists, and off its `-wal` and `-shm` files: they hold every
+/// record, the control plane's data included. SQLite gives the `-wal` and `-shm` files it creates
+/// the database file's own mode (it changes their mode after creating them, so the umask does not
+/// widen them either), so a private database keeps them private.
+fn keep_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    // Only made when missing: an existing database is opened by SQLite alone, which may do with
+    // less access than writing (a read-only file fails at the first write, with its reason).
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let beside = |suffix: &str| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        PathBuf::from(name)
+    };
+    for file in [path.to_owned(), beside("-wal"), beside("-shm")] {
+        let mode = match std::fs::metadata(&file) {
+            Ok(meta) => meta.permissions().mode() & 0o7777,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        if mode & 0o077 != 0 {
+            // A file the agent may not change (another user's) is served as before: the agent
+            // would rather run, and say so, than refuse a store it used to open.
+            let private = mode & 0o700;
+            match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(private)) {
+                Ok(()) => tracing::warn!(
+                    path = %file.display(),
+                    was = %format!("{mode:04o}"),
+                    now = %format!("{private:04o}"),
+                    "the store's file was open beyond the agent's user; made private"
+                ),
+                Err(e) => tracing::warn!(
+                    path = %file.display(),
+                    mode = %format!("{mode:04o}"),
+                    error = %e,
+                    "the store's file is open beyond the agent's user, and cannot be made private"
+                ),
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Store {
-    /// Opens (creating if needed) the database at `path`.
+    /// Opens (creating if needed) the database at `path`, private to the agent's user.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let open_err = |err: Box<dyn std::error::Error + Send + Sync>| StoreError::Open {
             path: path.to_owned(),
@@ -319,6 +372,7 @@ impl Store {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| open_err(e.into()))?;
         }
+        keep_private(path).map_err(|e| open_err(e.into()))?;
         let conn = Connection::open(path).map_err(|e| open_err(e.into()))?;
         Self::init(conn, path).map_err(|e| match e {
             StoreError::Sqlite(err) => open_err(err.into()),
@@ -910,6 +964,39 @@ mod tests {
             online,
             ..Default::default()
         })
+    }
+
+    #[tokio::test]
+    async fn the_database_and_its_wal_and_shm_are_private_to_the_agent() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("agent.db");
+        let mode = |suffix: &str| {
+            let file = dir.path().join(format!("agent.db{suffix}"));
+            std::fs::metadata(&file)
+                .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        {
+            let _store = Store::open(&path).expect("open");
+            for suffix in ["", "-wal", "-shm"] {
+                assert_eq!(mode(suffix), 0o600, "agent.db{suffix}");
+            }
+        }
+        // Made by an earlier version under a wider umask: tightened at the next open.
+        for suffix in ["", "-wal", "-shm"] {
+            let file = dir.path().join(format!("agent.db{suffix}"));
+            if file.exists() {
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644))
+                    .expect("chmod");
+            }
+        }
+        let _store = Store::open(&path).expect("reopen");
+        for suffix in ["", "-wal", "-shm"] {
+            assert_eq!(mode(suffix), 0o600, "agent.db{suffix} after reopening");
+        }
     }
 
     #[tokio::test]

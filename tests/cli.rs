@@ -1,4 +1,5 @@
-//! The command line: `check-config` exit codes, environment overrides, and `token new`.
+//! The command line: `check-config` exit codes (the package's placeholder ids and a remote plain
+//! TCP engine among them), environment overrides, and `token new`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -82,6 +83,56 @@ fn check_config_also_checks_the_tokens_file() {
     let (code, text) = check(&config, &[]);
     assert_eq!(code, 78, "{text}");
     assert!(text.contains("sha256"), "{text}");
+}
+
+#[test]
+fn the_packages_configuration_is_refused_until_the_node_is_set() {
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/debian/node-agent.toml");
+    for args in [
+        vec!["check-config", "--config", shipped],
+        vec!["--config", shipped],
+    ] {
+        let out = node_agent(&args, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("key `node.id`") && stderr.contains("\"unset-node-id\""),
+            "{args:?}: the key to set is named: {stderr}"
+        );
+    }
+    let text = std::fs::read_to_string(shipped).unwrap();
+    let id_set = text.replace("\"unset-node-id\"", "\"60c72b2f9b1e8d001c8e4f3c\"");
+    let (code, out) = check(&id_set, &[]);
+    assert_eq!(code, 78, "{out}");
+    assert!(out.contains("key `node.name`"), "{out}");
+    let (code, out) = check(
+        &id_set,
+        &[
+            ("NODE_AGENT__NODE__NAME", "ODIN"),
+            ("NODE_AGENT__AUTH__TOKENS_FILE", "/nonexistent/t"),
+        ],
+    );
+    assert_eq!(code, 0, "set as the README's install steps set it: {out}");
+}
+
+#[test]
+fn a_plain_tcp_engine_off_loopback_is_refused_unless_allowed() {
+    let remote = format!("{MINIMAL}[docker]\nhost = \"tcp://192.0.2.10:2375\"\n");
+    let (code, text) = check(&remote, &[]);
+    assert_eq!(code, 78, "{text}");
+    assert!(
+        text.contains("docker.host") && text.contains("docker.allow_insecure_tcp"),
+        "{text}"
+    );
+    let (code, text) = check(&format!("{remote}allow_insecure_tcp = true\n"), &[]);
+    assert_eq!(code, 0, "allowed explicitly: {text}");
+    let (code, text) = check(
+        &format!("{MINIMAL}[docker]\nhost = \"tcp://127.0.0.1:2375\"\n"),
+        &[],
+    );
+    assert_eq!(code, 0, "loopback: {text}");
+    let (code, text) = check(MINIMAL, &[("DOCKER_HOST", "tcp://192.0.2.10:2375")]);
+    assert_eq!(code, 78, "from DOCKER_HOST too: {text}");
 }
 
 #[test]

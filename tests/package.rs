@@ -1,17 +1,31 @@
 //! The Debian package: built with `cargo deb`, its contents and conffiles checked, installed with
-//! `dpkg -i`, its unit verified, the configuration checked as the service user once a tokens file
-//! exists, upgraded with an edited configuration and a store in place, and purged.
+//! `dpkg -i`, its unit verified, its placeholder node refused and the configuration checked as the
+//! service user once the node is set and a tokens file exists, upgraded with an edited
+//! configuration and a store in place, and purged.
 //!
 //! These tests install a package on this machine, so they run only where that is allowed: in CI
 //! (`CI=true`) or when `NODE_AGENT_PACKAGE_TESTS=1` says so. Elsewhere they say loudly that they
-//! did not run.
+//! did not run. The machine may have had the package before: a purge leaves the operator's tokens
+//! file, the store and the `node-agent` user and group. The test expects only the messages due on
+//! the machine as it finds it, leaves what it found untouched, and removes only what it made.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 const PACKAGE: &str = "node-agent";
+
+/// The directories the package and the operator put files in.
+const PLACES: [&str; 2] = ["/etc/node-agent", "/var/lib/node-agent"];
+
+const TOKENS: &str = "/etc/node-agent/tokens.toml";
+const CONFIG: &str = "/etc/node-agent/node-agent.toml";
+
+/// This node, as the test sets it in the installed configuration.
+const NODE_ID: &str = "60c72b2f9b1e8d001c8e4f3c";
+const NODE_NAME: &str = "PACKAGE-TEST";
 
 fn allowed() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
@@ -63,16 +77,142 @@ fn build(dir: &Path, version: &str) -> PathBuf {
     out
 }
 
-/// Purges the package and removes what a purge leaves, whatever happened in the test.
-struct Installed;
+/// Whether `getent DATABASE node-agent` finds the user (`passwd`) or group (`group`).
+fn known(database: &str) -> bool {
+    run("getent", &[database, PACKAGE]).status.success()
+}
+
+/// Every path under [`PLACES`], the directories themselves included, with a file's contents (a
+/// directory's are `None`).
+fn files() -> BTreeMap<PathBuf, Option<Vec<u8>>> {
+    fn walk(path: &Path, into: &mut BTreeMap<PathBuf, Option<Vec<u8>>>) {
+        let Ok(meta) = std::fs::symlink_metadata(path) else {
+            return;
+        };
+        if meta.is_dir() {
+            into.insert(path.to_owned(), None);
+            for entry in std::fs::read_dir(path).unwrap() {
+                walk(&entry.unwrap().path(), into);
+            }
+        } else {
+            into.insert(
+                path.to_owned(),
+                Some(std::fs::read(path).unwrap_or_default()),
+            );
+        }
+    }
+    let mut found = BTreeMap::new();
+    for place in PLACES {
+        walk(Path::new(place), &mut found);
+    }
+    found
+}
+
+/// What the machine held before the test: the package's user and group, and the files under
+/// [`PLACES`].
+#[derive(Debug)]
+struct Before {
+    user: bool,
+    group: bool,
+    files: BTreeMap<PathBuf, Option<Vec<u8>>>,
+}
+
+impl Before {
+    fn take() -> Before {
+        Before {
+            user: known("passwd"),
+            group: known("group"),
+            files: files(),
+        }
+    }
+
+    fn had(&self, path: &str) -> bool {
+        self.files.contains_key(Path::new(path))
+    }
+
+    /// Fails unless every file found before is still there, with the same contents.
+    fn assert_untouched(&self) {
+        let now = files();
+        for (path, contents) in &self.files {
+            match (contents, now.get(path)) {
+                (None, Some(None)) => {}
+                (Some(before), Some(Some(after))) if before == after => {}
+                _ => panic!(
+                    "{} was there before the test, and was changed",
+                    path.display()
+                ),
+            }
+        }
+    }
+}
+
+/// Purges the package and removes what the test made, and only that, whatever happened in the
+/// test.
+struct Installed {
+    before: Before,
+}
+
+impl Installed {
+    /// Leaves the machine as the test found it: the package purged, the files and directories the
+    /// test (or the package) made removed, the user and group removed if they were not there.
+    fn clean_up(&self) {
+        let _ = run("dpkg", &["--purge", PACKAGE]);
+        // In reverse order, a directory's entries come before it, so a directory the test made is
+        // empty when its turn comes; one found before keeps what it held.
+        for path in files().keys().rev() {
+            if self.before.files.contains_key(path) {
+                continue;
+            }
+            let removed = if path.is_dir() {
+                std::fs::remove_dir(path)
+            } else {
+                std::fs::remove_file(path)
+            };
+            if let Err(e) = removed {
+                eprintln!("cannot remove {}: {e}", path.display());
+            }
+        }
+        if !self.before.user && known("passwd") {
+            let _ = run("deluser", &["--system", "--quiet", PACKAGE]);
+        }
+        if !self.before.group && known("group") {
+            let _ = run("delgroup", &["--system", "--quiet", PACKAGE]);
+        }
+    }
+}
 
 impl Drop for Installed {
     fn drop(&mut self) {
-        let _ = run("dpkg", &["--purge", PACKAGE]);
-        let _ = std::fs::remove_dir_all("/var/lib/node-agent");
-        let _ = std::fs::remove_dir_all("/etc/node-agent");
-        let _ = run("deluser", &["--system", "--quiet", PACKAGE]);
+        self.clean_up();
     }
+}
+
+/// Replaces the package's placeholder node in the installed configuration, as the README's install
+/// steps do.
+fn set_node() {
+    let text = std::fs::read_to_string(CONFIG).unwrap();
+    assert!(text.contains("\"unset-node-id\""), "{text}");
+    let text = text
+        .replace("\"unset-node-id\"", &format!("\"{NODE_ID}\""))
+        .replace("\"unset-node-name\"", &format!("\"{NODE_NAME}\""));
+    // Written over the file in place, so that its owner and mode stay the package's.
+    std::fs::write(CONFIG, text).unwrap();
+}
+
+/// `check-config` of the installed configuration as the service user, with `env`.
+fn check_config_as_the_service(env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new("runuser");
+    command.args([
+        "-u",
+        PACKAGE,
+        "--",
+        "/usr/bin/node-agent",
+        "check-config",
+        "--config",
+        CONFIG,
+    ]);
+    command.envs(env.iter().copied());
+    command.output().expect("runuser")
 }
 
 #[test]
@@ -86,8 +226,17 @@ fn the_debian_package_installs_upgrades_and_purges() {
     }
     assert!(
         !run("dpkg", &["-s", PACKAGE]).status.success(),
-        "node-agent is installed on this machine already: the test would replace it"
+        "node-agent is installed on this machine already (or its configuration is left): the test \
+         would replace it"
     );
+    let before = Before::take();
+    eprintln!(
+        "before the test: user {}, group {}, {} paths under {PLACES:?}",
+        before.user,
+        before.group,
+        before.files.len()
+    );
+    let operator_tokens = before.had(TOKENS);
     // Built first: the dev build of the test run is the package's binary.
     assert!(Path::new(env!("CARGO_BIN_EXE_node-agent")).is_file());
     let dir = tempfile::tempdir().unwrap();
@@ -109,28 +258,27 @@ fn the_debian_package_installs_upgrades_and_purges() {
         );
     }
     let conffiles = ok("dpkg-deb", &["--info", first, "conffiles"]);
-    assert_eq!(conffiles.trim(), "/etc/node-agent/node-agent.toml");
+    assert_eq!(conffiles.trim(), CONFIG);
     let control = ok("dpkg-deb", &["--field", first, "Depends"]);
     assert!(control.contains("adduser"), "{control}");
 
-    // Installed: the user, the configuration's owner and modes, the unit.
-    let guard = Installed;
+    // Installed: the user, the configuration's owner and modes, the unit; and the steps still to
+    // do, each said only when it is due.
+    let guard = Installed { before };
     let said = ok("dpkg", &["-i", first]);
     assert!(
+        said.contains("set [node] id and name"),
+        "the shipped placeholders need setting: {said}"
+    );
+    assert_eq!(
         said.contains("create /etc/node-agent/tokens.toml"),
-        "{said}"
+        !operator_tokens,
+        "the tokens file is to be made only where there is none (one is there: {operator_tokens}): \
+         {said}"
     );
     ok("getent", &["passwd", PACKAGE]);
     ok("getent", &["group", PACKAGE]);
-    let stat = ok(
-        "stat",
-        &[
-            "-c",
-            "%U:%G %a",
-            "/etc/node-agent",
-            "/etc/node-agent/node-agent.toml",
-        ],
-    );
+    let stat = ok("stat", &["-c", "%U:%G %a", "/etc/node-agent", CONFIG]);
     assert_eq!(
         stat.lines().collect::<Vec<_>>(),
         ["root:node-agent 750", "root:node-agent 640"]
@@ -143,12 +291,21 @@ fn the_debian_package_installs_upgrades_and_purges() {
         !verify.contains("node-agent.service:"),
         "systemd-analyze verify warns about the unit:\n{verify}"
     );
-    assert!(
-        !Path::new("/etc/node-agent/tokens.toml").exists(),
+    assert_eq!(
+        Path::new(TOKENS).exists(),
+        operator_tokens,
         "the package made tokens"
     );
 
-    // A tokens file made as the README says; the configuration checks as the service user.
+    // The placeholders are refused, naming the key to set.
+    let refused = check_config_as_the_service(&[]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("node.id"), "{stderr}");
+    set_node();
+
+    // A tokens file made as the README says; where the operator's is there already, the test's
+    // goes beside it, and the check is pointed at that one.
     let made = ok(
         "/usr/bin/node-agent",
         &[
@@ -167,6 +324,11 @@ fn the_debian_package_installs_upgrades_and_purges() {
         .map(|l| format!("{l}\n"))
         .collect();
     assert!(entry.contains("[[token]]"), "{made}");
+    let tokens = if operator_tokens {
+        format!("/etc/node-agent/package-test-{}.toml", std::process::id())
+    } else {
+        TOKENS.to_owned()
+    };
     ok(
         "install",
         &[
@@ -177,42 +339,33 @@ fn the_debian_package_installs_upgrades_and_purges() {
             "-m",
             "0640",
             "/dev/null",
-            "/etc/node-agent/tokens.toml",
+            &tokens,
         ],
     );
-    std::fs::write("/etc/node-agent/tokens.toml", &entry).unwrap();
-    let checked = ok(
-        "runuser",
-        &[
-            "-u",
-            PACKAGE,
-            "--",
-            "/usr/bin/node-agent",
-            "check-config",
-            "--config",
-            "/etc/node-agent/node-agent.toml",
-        ],
-    );
-    assert!(checked.contains("valid"), "{checked}");
+    std::fs::write(&tokens, &entry).unwrap();
+    let checked = check_config_as_the_service(&[("NODE_AGENT__AUTH__TOKENS_FILE", &tokens)]);
+    let text = String::from_utf8_lossy(&checked.stdout).into_owned()
+        + &String::from_utf8_lossy(&checked.stderr);
+    assert_eq!(checked.status.code(), Some(0), "{text}");
+    assert!(text.contains("valid"), "{text}");
 
-    // An upgrade keeps an edited configuration and the state.
-    let edited = std::fs::read_to_string("/etc/node-agent/node-agent.toml").unwrap()
-        + "\n# edited by the operator\n";
-    std::fs::write("/etc/node-agent/node-agent.toml", &edited).unwrap();
+    // An upgrade keeps an edited configuration and the state, and asks for nothing more.
+    let edited = std::fs::read_to_string(CONFIG).unwrap() + "\n# edited by the operator\n";
+    std::fs::write(CONFIG, &edited).unwrap();
     std::fs::create_dir_all("/var/lib/node-agent").unwrap();
-    std::fs::write("/var/lib/node-agent/node-agent.db", "the store").unwrap();
+    let store = format!("/var/lib/node-agent/package-test-{}.db", std::process::id());
+    std::fs::write(&store, "the store").unwrap();
     let second = build(dir.path(), "0.1.0-2");
-    ok("dpkg", &["-i", "--force-confold", second.to_str().unwrap()]);
+    let upgraded = ok("dpkg", &["-i", "--force-confold", second.to_str().unwrap()]);
+    assert!(
+        !upgraded.contains("set [node] id and name")
+            && !upgraded.contains("create /etc/node-agent/tokens.toml"),
+        "nothing is left to do: {upgraded}"
+    );
     let version = ok("dpkg-query", &["-W", "-f", "${Version}", PACKAGE]);
     assert_eq!(version.trim(), "0.1.0-2");
-    assert_eq!(
-        std::fs::read_to_string("/etc/node-agent/node-agent.toml").unwrap(),
-        edited
-    );
-    assert_eq!(
-        std::fs::read_to_string("/var/lib/node-agent/node-agent.db").unwrap(),
-        "the store"
-    );
+    assert_eq!(std::fs::read_to_string(CONFIG).unwrap(), edited);
+    assert_eq!(std::fs::read_to_string(&store).unwrap(), "the store");
 
     // A purge removes what the package shipped and says what it leaves.
     let purged = ok("dpkg", &["--purge", PACKAGE]);
@@ -221,15 +374,23 @@ fn the_debian_package_installs_upgrades_and_purges() {
     for gone in [
         "/usr/bin/node-agent",
         "/lib/systemd/system/node-agent.service",
-        "/etc/node-agent/node-agent.toml",
+        CONFIG,
     ] {
         assert!(!Path::new(gone).exists(), "{gone} is left after the purge");
     }
-    for kept in [
-        "/var/lib/node-agent/node-agent.db",
-        "/etc/node-agent/tokens.toml",
-    ] {
+    for kept in [store.as_str(), tokens.as_str(), TOKENS] {
         assert!(Path::new(kept).exists(), "{kept} was removed by the purge");
     }
-    drop(guard);
+    guard.before.assert_untouched();
+
+    // The machine as the test found it.
+    guard.clean_up();
+    assert_eq!(
+        files().keys().collect::<Vec<_>>(),
+        guard.before.files.keys().collect::<Vec<_>>(),
+        "the files under {PLACES:?} are not those the test found"
+    );
+    guard.before.assert_untouched();
+    assert_eq!(known("passwd"), guard.before.user, "the node-agent user");
+    assert_eq!(known("group"), guard.before.group, "the node-agent group");
 }

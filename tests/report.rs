@@ -507,6 +507,10 @@ fn unusable_report_settings_stop_start_up_and_fail_check_config_with_exit_78() {
     let garbage = files.write("garbage.pem", "not a certificate\n");
     let missing = files.path("missing");
     let url = "https://127.0.0.1:9/reports";
+    // A client key other users may read: whoever reads it may pose as this node.
+    let (client_cert, client_key) = files.pair("client", &Ca::new("nodes").client("node"));
+    std::fs::set_permissions(&client_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let exposed_key = format!("report client key {} has mode 0644", client_key.display());
     for (what, section, named) in [
         (
             "missing token file",
@@ -531,6 +535,19 @@ fn unusable_report_settings_stop_start_up_and_fail_check_config_with_exit_78() {
                 &format!("ca_file = \"{}\"\n", garbage.display()),
             ),
             path_str(&garbage),
+        ),
+        (
+            "client key others may read",
+            report_section(
+                url,
+                &token,
+                &format!(
+                    "client_cert_file = \"{}\"\nclient_key_file = \"{}\"\n",
+                    client_cert.display(),
+                    client_key.display()
+                ),
+            ),
+            exposed_key.as_str(),
         ),
         (
             "plain HTTP off loopback",

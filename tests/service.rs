@@ -1,6 +1,7 @@
 //! Running the real binary as a service: systemd notification (ready, watchdog, reloading,
-//! stopping) on a socket the test holds, `token list`, and tokens files other users may read,
-//! refused at start-up and at SIGHUP.
+//! stopping) on a socket the test holds, `token list`, and tokens files other users may read or
+//! that give one hash twice, refused at start-up and at SIGHUP; the store private whatever the
+//! umask.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -508,4 +509,113 @@ fn when_stdout_is_the_journal_a_missing_tokens_file_is_not_created() {
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     assert!(tokens.exists(), "{stderr}");
     assert!(holds_a_hash(&stdout), "the token is shown: {stdout}");
+}
+
+#[test]
+fn two_entries_with_one_hash_are_refused_at_start_and_at_sighup_naming_both() {
+    let mut agent = AgentProcess::start_with(options());
+    let tokens = agent.tokens_path();
+    let user = format!("user-token-{}", std::process::id());
+    // Another entry with the operator's hash, as a user: which one the token names is not for the
+    // agent to pick.
+    common::write_tokens(
+        &tokens,
+        &[
+            (OPERATOR_TOKEN_NAME, &agent.token, "operator", None),
+            ("keven", &user, "user", Some(USER_ID)),
+            ("keven-again", &agent.token, "user", Some(USER_ID)),
+        ],
+    );
+    agent.signal("-HUP");
+    let refused = agent.wait_logged(&["tokens file not reloaded"], 1);
+    assert!(
+        refused[0].contains("keven-again") && refused[0].contains(OPERATOR_TOKEN_NAME),
+        "the log names both entries: {refused:?}"
+    );
+    assert!(refused[0].contains("same `sha256`"), "{refused:?}");
+    assert!(agent.logged(&["tokens reloaded"]).is_empty());
+    assert_eq!(
+        status_of(&agent.base, "/v1/apps", Some(&agent.token)),
+        200,
+        "the old tokens stay in force"
+    );
+    assert_eq!(
+        status_of(&agent.base, "/v1/apps", Some(&user)),
+        401,
+        "the refused file was not taken in part"
+    );
+    assert_eq!(agent.terminate(), Some(0));
+
+    let config = agent.config_path();
+    let config = config.to_str().unwrap();
+    for args in [
+        vec!["--config", config],
+        vec!["check-config", "--config", config],
+    ] {
+        let (code, stdout, stderr) = run_to_exit(&args);
+        assert_eq!(code, Some(78), "{args:?}: {stdout}{stderr}");
+        assert!(
+            stderr.contains("token #3 (\"keven-again\")")
+                && stderr.contains(&format!("token #1 (\"{OPERATOR_TOKEN_NAME}\")"))
+                && stderr.contains(&tokens.display().to_string()),
+            "{args:?}: the error names the file and both entries: {stderr}"
+        );
+        assert!(!stderr.contains("listening"), "{stderr}");
+    }
+}
+
+#[test]
+fn the_store_is_private_to_the_agent_whatever_the_umask() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::write_config(
+        dir.path(),
+        "127.0.0.1:0",
+        "",
+        &format!("[docker]\nhost = \"{NO_ENGINE}\"\n"),
+    );
+    // Through a shell, which sets the umask the agent inherits: 000 would leave every file it
+    // creates readable and writable by all.
+    let mut agent = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "umask 000 && exec \"$0\" --config \"$1\"",
+            env!("CARGO_BIN_EXE_node-agent"),
+            config.to_str().unwrap(),
+        ])
+        .env("RUST_LOG", "info")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("JOURNAL_STREAM")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = agent.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            eprintln!("[agent] {line}");
+            let _ = tx.send(line);
+        }
+    });
+    rx.iter()
+        .find(|line| line.contains("listening"))
+        .expect("the agent listens");
+    let state = dir.path().join("state");
+    let modes: Vec<(String, u32)> = ["node-agent.db", "node-agent.db-wal", "node-agent.db-shm"]
+        .iter()
+        .map(|name| (name.to_string(), mode_of(&state.join(name))))
+        .collect();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &agent.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    assert_eq!(agent.wait().unwrap().code(), Some(0));
+    for (name, mode) in modes {
+        assert_eq!(mode, 0o600, "{name} has mode {mode:04o}");
+    }
 }

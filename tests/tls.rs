@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -368,7 +369,13 @@ fn unusable_tls_files_stop_start_up_and_fail_check_config_with_exit_78_naming_th
     let (cert, key) = files.pair("server", &ca.server("agent"));
     let missing = files.path("missing.pem");
     let garbage = files.write("garbage.pem", "this is not a certificate\n");
+    let garbage_key = files.write_key("garbage.key", "this is not a key\n");
     let (_, other_key) = files.pair("other", &ca.server("another server"));
+    // A good key that other users may read: whoever reads it may pose as the agent.
+    let (_, exposed_key) = files.pair("exposed", &ca.server("agent"));
+    std::fs::set_permissions(&exposed_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (_, group_writable_key) = files.pair("group-writable", &ca.server("agent"));
+    std::fs::set_permissions(&group_writable_key, std::fs::Permissions::from_mode(0o660)).unwrap();
     let whole = ca.server("truncated").cert;
     let truncated = files.write("truncated.pem", &whole[..whole.len() / 2]);
     for (what, tls, named) in [
@@ -387,7 +394,11 @@ fn unusable_tls_files_stop_start_up_and_fail_check_config_with_exit_78_naming_th
             tls_section(&truncated, &key, None),
             &truncated,
         ),
-        ("garbage key", tls_section(&cert, &garbage, None), &garbage),
+        (
+            "garbage key",
+            tls_section(&cert, &garbage_key, None),
+            &garbage_key,
+        ),
         (
             "key of another certificate",
             tls_section(&cert, &other_key, None),
@@ -397,6 +408,16 @@ fn unusable_tls_files_stop_start_up_and_fail_check_config_with_exit_78_naming_th
             "missing client CA",
             tls_section(&cert, &key, Some(&missing)),
             &missing,
+        ),
+        (
+            "key others may read",
+            tls_section(&cert, &exposed_key, None),
+            &exposed_key,
+        ),
+        (
+            "key its group may write",
+            tls_section(&cert, &group_writable_key, None),
+            &group_writable_key,
         ),
     ] {
         let dir = tempfile::tempdir().unwrap();
@@ -412,6 +433,20 @@ fn unusable_tls_files_stop_start_up_and_fail_check_config_with_exit_78_naming_th
             !stderr.contains("listening"),
             "{what}: the agent listened: {stderr}"
         );
+        if named == &exposed_key || named == &group_writable_key {
+            let mode = if named == &exposed_key {
+                "0644"
+            } else {
+                "0660"
+            };
+            assert!(
+                stderr.contains(&format!(
+                    "TLS private key {} has mode {mode}",
+                    named.display()
+                )),
+                "{what}: the mode is not named: {stderr}"
+            );
+        }
         // check-config reads the same files, and says the same.
         let (code, _, stderr) = run_to_exit(&["check-config", "--config", path_str(&config)]);
         assert_eq!(code, Some(78), "check-config, {what}: {stderr}");

@@ -11,7 +11,7 @@ use rustls::{InconsistentKeys, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
 pub use crate::pem::TlsError;
-use crate::pem::{RootsError, read_certificates, read_key, read_roots, rustls_message};
+use crate::pem::{KEY_FILE, RootsError, read_certificates, read_key, read_roots, rustls_message};
 
 /// The only application protocol offered. The server speaks HTTP/1.1 and nothing else, so a client
 /// must never be told through ALPN that it may use h2.
@@ -135,7 +135,7 @@ fn build_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
             path: files.cert.clone(),
         });
     }
-    let key = read_key(&files.key)?;
+    let key = read_key(KEY_FILE, &files.key)?;
     // The key is loaded once on its own so that a key rustls cannot use at all is reported against
     // the key file, apart from a key that is fine but belongs to another certificate.
     provider
@@ -221,7 +221,6 @@ mod tests {
     use tokio_rustls::TlsConnector;
 
     use super::*;
-    use crate::pem::KEY_FILE;
 
     /// A test-only RSA key in PKCS#1 form, generated with `openssl genrsa -traditional 2048` for
     /// this test; it protects nothing. It is fixed because ring cannot generate RSA keys.
@@ -362,8 +361,11 @@ D2IWbCrI0xW+cad+jdvch8JrRxebOxdb0Q==
     }
 
     fn write(dir: &Path, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
         let path = dir.join(name);
         std::fs::write(&path, contents).expect("write test file");
+        // Private, as the agent wants a key to be, so that only the contents are at fault.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         path
     }
 

@@ -16,7 +16,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use rustls::{ClientConfig, RootCertStore};
 
 use super::ReportError;
-use crate::pem::{RootsError, TlsError, read_certificates, read_key, read_roots, rustls_message};
+use crate::pem::{
+    CLIENT_KEY_FILE, RootsError, TlsError, read_certificates, read_key, read_roots, rustls_message,
+};
 use crate::telemetry::ReportOutcome;
 
 /// How long a report may take, from connecting to the end of the answer.
@@ -118,7 +120,7 @@ pub fn client_tls(
                     path: cert.to_owned(),
                 }));
             }
-            let key_der = read_key(key)?;
+            let key_der = read_key(CLIENT_KEY_FILE, key)?;
             builder.with_client_auth_cert(chain, key_der).map_err(|e| {
                 ReportError::Tls(TlsError::Rejected {
                     message: format!(

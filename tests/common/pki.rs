@@ -116,11 +116,19 @@ impl Files {
         path
     }
 
-    /// Writes a certificate and key as `{name}.pem` and `{name}.key`; returns their paths.
+    /// Writes a file only its owner may read, as the agent wants a private key to be.
+    pub fn write_key(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.path(name);
+        super::write_private(&path, contents);
+        path
+    }
+
+    /// Writes a certificate and key as `{name}.pem` and `{name}.key` (mode 0600); returns their
+    /// paths.
     pub fn pair(&self, name: &str, pair: &Pair) -> (PathBuf, PathBuf) {
         (
             self.write(&format!("{name}.pem"), &pair.cert),
-            self.write(&format!("{name}.key"), &pair.key),
+            self.write_key(&format!("{name}.key"), &pair.key),
         )
     }
 }
