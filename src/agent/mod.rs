@@ -267,9 +267,7 @@ impl Agent {
     /// Stops under way at this moment.
     pub fn stops_in_progress(&self) -> usize {
         self.inner
-            .operations
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .under_way_ops()
             .values()
             .filter(|u| u.op == Operation::Stop)
             .count()

@@ -6,6 +6,7 @@
 //! the one under way named, and observations from reads and events do not write over it. Guards of
 //! different apps are independent, so apps never wait on each other.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -61,19 +62,20 @@ impl Drop for OpGuard {
 }
 
 impl Inner {
+    /// The operations under way, by app; held for a few statements, never across an `.await`.
+    pub(super) fn under_way_ops(&self) -> std::sync::MutexGuard<'_, HashMap<AppId, UnderWay>> {
+        self.operations.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn remove_guard(&self, id: &AppId) -> bool {
-        self.operations
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id)
-            .is_some_and(|u| u.missed)
+        self.under_way_ops().remove(id).is_some_and(|u| u.missed)
     }
 
     /// Notes that the stop under way on `id` kills its container `grace` seconds from now, so that
     /// a later ask can tell whether its own kill would come earlier.
     pub(super) fn note_kill_deadline(&self, id: &AppId, grace: u32) {
         let at = Instant::now() + Duration::from_secs(grace.into());
-        let ops = self.operations.lock().unwrap_or_else(|p| p.into_inner());
+        let ops = self.under_way_ops();
         if let Some(u) = ops.get(id) {
             u.kill_at.send_replace(Some(at));
         }
@@ -82,7 +84,7 @@ impl Inner {
     /// Whether an operation on `id` is under way; if so, and `hold_back` is set, notes that an
     /// observation was held back, so that the container is looked at again when it ends.
     pub(super) fn under_way(&self, id: &AppId, hold_back: bool) -> bool {
-        let mut ops = self.operations.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ops = self.under_way_ops();
         match ops.get_mut(id) {
             Some(u) => {
                 u.missed |= hold_back;
@@ -107,11 +109,7 @@ impl Agent {
     }
 
     fn begin(&self, id: &AppId, op: Operation, record: &AppRecord) -> Result<OpGuard, AgentError> {
-        let mut ops = self
-            .inner
-            .operations
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut ops = self.inner.under_way_ops();
         if let Some(u) = ops.get(id) {
             return Err(AgentError::InProgress {
                 id: id.clone(),
@@ -161,11 +159,7 @@ impl Agent {
         timeout: u32,
     ) -> Option<watch::Receiver<Option<Instant>>> {
         let mut kill_at = {
-            let ops = self
-                .inner
-                .operations
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let ops = self.inner.under_way_ops();
             ops.get(id)
                 .filter(|u| u.op == Operation::Stop)?
                 .kill_at
@@ -183,11 +177,7 @@ impl Agent {
             return None;
         }
         let sooner = {
-            let ops = self
-                .inner
-                .operations
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let ops = self.inner.under_way_ops();
             // Unless the stop has ended meanwhile, or another ask brought its kill forward further.
             ops.get(id)
                 .filter(|_| kill_at.has_changed().is_ok())
