@@ -163,11 +163,18 @@ up_podman() {
   need netavark netavark
   need runc runc
   ensure_netns podman
-  mkdir -p "$dir/root" "$dir/tmp"
   make_socket_dir podman
   # Podman refuses a run root longer than 50 characters, which a folder under target/ may be
-  # wherever the repository is cloned: it goes beside the socket.
+  # wherever the repository is cloned: it goes beside the socket. Its data root remembers the run
+  # root it was made with and refuses another, so a data root made with another one (an older
+  # layout, or a clone that moved) is emptied first; the tests build their image again.
   local run=$SOCKETS/podman/run
+  if [ -d "$dir/root" ] && [ "$(cat "$dir/runroot" 2>/dev/null)" != "$run" ]; then
+    log "emptying Podman's data root, made with another run root"
+    as_root rm -rf "$dir/root"
+  fi
+  mkdir -p "$dir/root" "$dir/tmp"
+  echo "$run" >"$dir/runroot"
   # Debian 12's crun refuses this host's hybrid cgroups, so runc runs containers; events go to a
   # file (there is no journal to read them from); ulimits stay below the sandbox's hard limits,
   # which runc cannot raise without CAP_SYS_RESOURCE.
