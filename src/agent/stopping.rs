@@ -267,6 +267,16 @@ impl Agent {
             }
             // Removed before the engine could act on it: not this stop's doing.
             Err(RuntimeError::NotFound(_)) => return Err(self.already_stopped(record, None).await),
+            // Podman's stop fails when the container was started again before it could clean up
+            // after the run it stopped: a newer run than that one means the stop was overtaken.
+            Err(e @ RuntimeError::Engine(_)) => {
+                return Err(match runtime.inspect(&container).await {
+                    Ok(now) if now.running && now.started_at > state.started_at => {
+                        self.overtaken(record, now).await
+                    }
+                    _ => AgentError::from_runtime(e),
+                });
+            }
             Err(e) => return Err(AgentError::from_runtime(e)),
         }
         // An auto-removing container may be gone as soon as it has stopped.

@@ -522,6 +522,32 @@ async fn a_container_started_again_during_the_stop_overtakes_it_and_nothing_fail
 }
 
 #[tokio::test]
+async fn a_stop_call_that_fails_because_the_container_runs_again_is_overtaken() {
+    let f = fixture(true, &[("a", json!({"containerId": "ca"}))]).await;
+    // As Podman: the container is started again before the stop call ends, and the call fails.
+    f.fake.start_after("stop", "ca");
+    f.fake.fail_after(
+        "stop",
+        RuntimeError::Engine("is running or paused, refusing to clean up".into()),
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let err = f.stop("a").await;
+    let Err(AgentError::StopOvertaken { record, .. }) = err else {
+        panic!("{err:?}");
+    };
+    assert!(record.online());
+    assert_eq!(
+        record.last_stop.as_ref().expect("stop").outcome,
+        StopOutcome::Stopped
+    );
+    // A stop call that fails with the same run still going is a failure.
+    f.fake
+        .fail_next("stop", RuntimeError::Engine("refused".into()));
+    let err = f.stop("a").await;
+    assert!(matches!(err, Err(AgentError::Engine(_))), "{err:?}");
+}
+
+#[tokio::test]
 async fn a_restart_whose_stop_is_overtaken_starts_nothing_and_says_so() {
     let f = fixture(true, &[("a", json!({"containerId": "ca"}))]).await;
     f.fake.start_after("stop", "ca");
