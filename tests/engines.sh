@@ -237,7 +237,7 @@ down_one() {
     if is_ours "$pid" "$command"; then as_root kill -KILL "$pid"; fi
   fi
   as_root rm -rf "$SOCKETS/$name"
-  as_root rmdir "$SOCKETS" 2>/dev/null || true
+  as_root rmdir "$SOCKETS" /run/node-agent-tests 2>/dev/null || true
   rm -f "$(pid_file_of "$name")"
   remove_netns "$name"
 }
