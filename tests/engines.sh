@@ -3,8 +3,9 @@
 #   docker26  Debian 13's docker.io (Docker 26.1, API 1.45), unpacked into a folder of ours;
 #   podman    Debian 12's podman (4.3, Docker-compatible API 1.41) as `podman system service`.
 # Each runs in a network namespace of its own (never the host's: a second dockerd there would
-# reconfigure the host's docker0), with its own socket, data root and pid file, all under
-# target/engines/NAME/. Only what this script started is stopped, by its pid.
+# reconfigure the host's docker0), with its own data root and pid file under target/engines/NAME/,
+# and its own socket under /run/node-agent-tests/ (see SOCKETS). Only what this script started is
+# stopped, by its pid.
 #
 #   tests/engines.sh up [docker26|podman]...   start them (all by default); prints NAME=unix://SOCKET
 #   tests/engines.sh down [NAME]...            stop them
@@ -17,8 +18,11 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BASE="$ROOT/target/engines"
 ALL=(docker26 podman)
 # The tests that drive the engine: stops and signals, starts and restarts, ~okeanos, events and
-# crashes, an engine that goes away.
-ENGINE_TESTS=(--test stop --test start --test okeanos --test world --test engine --test sampling)
+# crashes, an engine that goes away, kill -9 of the agent and the chaos run. The kill -9 loops run
+# a third of their rounds, and the chaos run 12 s, here: the machine's own engine runs them in full.
+ENGINE_TESTS=(--test stop --test start --test okeanos --test world --test engine --test sampling
+  --test kill9)
+SHORT_ENV=(NODE_AGENT_KILL9_SHORT=1 NODE_AGENT_CHAOS_SECS=12)
 
 log() { printf '==> %s\n' "$*" >&2; }
 as_root() {
@@ -44,7 +48,22 @@ remove_netns() {
   fi
 }
 
-socket_of() { echo "$BASE/$1/engine.sock"; }
+# The sockets live under /run, not under target/: a test runs the agent as an unprivileged user in
+# the socket's group (as its unit runs it), which must reach the socket wherever the repository is
+# cloned, under a home directory of mode 0700 or a `mktemp -d` folder too. One folder per clone,
+# named after its path; the folders are open to the socket's group only.
+SOCKETS=/run/node-agent-tests/$(printf '%s' "$ROOT" | sha256sum | cut -c1-12)
+
+socket_of() { echo "$SOCKETS/$1/engine.sock"; }
+
+# The socket's folder, reachable by root and the docker group (where there is one).
+make_socket_dir() {
+  local dir=$SOCKETS/$1 group=root
+  if getent group docker >/dev/null; then group=docker; fi
+  as_root install -d -m 0755 /run/node-agent-tests
+  as_root install -d -m 0750 -g "$group" "$SOCKETS" "$dir"
+  as_root rm -f "$dir/engine.sock"
+}
 
 answers() {
   curl -fsS --max-time 3 --unix-socket "$(socket_of "$1")" http://localhost/_ping >/dev/null 2>&1
@@ -119,7 +138,7 @@ up_docker26() {
   mkdir -p "$dir/data" "$dir/exec"
   # A configuration file of its own: the machine's /etc/docker/daemon.json would clash.
   echo '{}' >"$dir/daemon.json"
-  rm -f "$(socket_of docker26)"
+  make_socket_dir docker26
   log "starting Docker 26 (log: $dir/dockerd.log)"
   in_netns docker26 env "PATH=$dir/root/usr/bin:$dir/root/usr/sbin:$PATH" \
     setsid "$dir/root/usr/sbin/dockerd" \
@@ -144,7 +163,18 @@ up_podman() {
   need netavark netavark
   need runc runc
   ensure_netns podman
-  mkdir -p "$dir/root" "$dir/run" "$dir/tmp"
+  make_socket_dir podman
+  # Podman refuses a run root longer than 50 characters, which a folder under target/ may be
+  # wherever the repository is cloned: it goes beside the socket. Its data root remembers the run
+  # root it was made with and refuses another, so a data root made with another one (an older
+  # layout, or a clone that moved) is emptied first; the tests build their image again.
+  local run=$SOCKETS/podman/run
+  if [ -d "$dir/root" ] && [ "$(cat "$dir/runroot" 2>/dev/null)" != "$run" ]; then
+    log "emptying Podman's data root, made with another run root"
+    as_root rm -rf "$dir/root"
+  fi
+  mkdir -p "$dir/root" "$dir/tmp"
+  echo "$run" >"$dir/runroot"
   # Debian 12's crun refuses this host's hybrid cgroups, so runc runs containers; events go to a
   # file (there is no journal to read them from); ulimits stay below the sandbox's hard limits,
   # which runc cannot raise without CAP_SYS_RESOURCE.
@@ -158,12 +188,11 @@ events_logger = "file"
 runtime = "runc"
 tmp_dir = "$dir/tmp"
 EOF
-  rm -f "$(socket_of podman)"
   log "starting Podman (log: $dir/podman.log)"
   # The shell writes its own pid, then becomes podman: the pid file names podman itself.
   in_netns podman env "CONTAINERS_CONF=$dir/containers.conf" \
     setsid sh -c 'echo $$ >"$0"; exec "$@"' "$dir/podman.pid" \
-    podman --root "$dir/root" --runroot "$dir/run" --storage-driver vfs \
+    podman --root "$dir/root" --runroot "$run" --storage-driver vfs \
     system service --time=0 "unix://$(socket_of podman)" \
     >"$dir/podman.log" 2>&1 </dev/null &
   wait_answer podman "$dir/podman.log"
@@ -207,7 +236,9 @@ down_one() {
     done
     if is_ours "$pid" "$command"; then as_root kill -KILL "$pid"; fi
   fi
-  rm -f "$(socket_of "$name")" "$(pid_file_of "$name")"
+  as_root rm -rf "$SOCKETS/$name"
+  as_root rmdir "$SOCKETS" /run/node-agent-tests 2>/dev/null || true
+  rm -f "$(pid_file_of "$name")"
   remove_netns "$name"
 }
 
@@ -217,6 +248,13 @@ names() {
 
 command=${1:-}
 shift || true
+# Engine names become paths (and folders removed by `down`): only the known ones are taken.
+for name in "$@"; do
+  case $name in
+    docker26 | podman) ;;
+    *) echo "no engine named $name (docker26 or podman)" >&2; exit 2 ;;
+  esac
+done
 case $command in
   up)
     need curl curl
@@ -242,7 +280,8 @@ case $command in
     # Every engine is tested, whichever fails; the run fails at the end naming them.
     for name in "${chosen[@]}"; do
       log "engine-facing tests against $name"
-      DOCKER_HOST="unix://$(socket_of "$name")" cargo test --locked "${ENGINE_TESTS[@]}" ||
+      env "${SHORT_ENV[@]}" DOCKER_HOST="unix://$(socket_of "$name")" \
+        cargo test --locked "${ENGINE_TESTS[@]}" ||
         failed+=("$name")
     done
     if [ ${#failed[@]} -gt 0 ]; then

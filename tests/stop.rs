@@ -442,3 +442,54 @@ async fn an_operator_brings_the_kill_of_a_stop_under_way_forward() {
     }
     assert!(!w.running().await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_started_again_during_the_stop_is_409_stop_overtaken_with_the_record() {
+    let engine = common::held::HeldEngine::start();
+    let agent = AgentProcess::start_with(common::AgentOptions {
+        docker_host: Some(engine.url()),
+        ..Default::default()
+    });
+    let client = agent.client();
+    let (w, id) = client.running_app("exit").await;
+    // The engine stops the container, but its answer is held back until someone has started the
+    // container again by hand: the agent then finds it running.
+    let hold = engine.hold_stop_answers().await;
+    let stop = {
+        let (client, id) = (client.clone(), id.clone());
+        tokio::spawn(async move { client.stop_query(&id, "?timeout=5").await })
+    };
+    let docker = common::docker().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // Podman refuses a start while it is still stopping the container: tried again.
+        let started = !w.running().await
+            && docker
+                .start_container(
+                    &w.name,
+                    None::<bollard::query_parameters::StartContainerOptions>,
+                )
+                .await
+                .is_ok();
+        if started {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the container was never stopped and started again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(hold);
+    let a = stop.await.unwrap();
+    assert_eq!(a.status, 409, "{a:?}");
+    assert_eq!(a.body["error"], "stop_overtaken", "{a:?}");
+    let app = &a.body["app"];
+    assert_eq!(app["currentResourceMetrics"]["online"], true, "{app:#}");
+    assert_eq!(app["lastStop"]["outcome"], "stopped", "{app:#}");
+    assert!(w.running().await);
+    // Nothing is left under way: the next stop goes ahead.
+    let again = client.stop_query(&id, "?timeout=5").await;
+    assert_eq!(again.status, 200, "{again:?}");
+    assert!(!w.running().await);
+}

@@ -50,6 +50,8 @@ pub enum AgentError {
     },
     #[error("the container of app {id:?} no longer exists on this node")]
     ContainerMissing { id: AppId, record: Box<AppRecord> },
+    #[error("the container of app {id:?} was started again by someone else while the stop ran")]
+    StopOvertaken { id: AppId, record: Box<AppRecord> },
     #[error("app {id:?} did not reach the state asked for in time")]
     WaitTimeout { id: AppId, record: Box<AppRecord> },
     #[error("{0}")]
@@ -73,7 +75,7 @@ impl AgentError {
     pub fn outcome(&self, op: Operation) -> &'static str {
         use crate::telemetry::{
             ALREADY_RUNNING, ALREADY_STOPPED, CONTAINER_MISSING, ENGINE_UNAVAILABLE, FAILED,
-            IN_PROGRESS, REFUSED,
+            IN_PROGRESS, REFUSED, STOPPED,
         };
         match self {
             AgentError::AlreadyStopped { .. } if op == Operation::Stop => ALREADY_STOPPED,
@@ -81,6 +83,9 @@ impl AgentError {
             AgentError::AlreadyRunning { .. } => ALREADY_RUNNING,
             AgentError::ContainerMissing { .. } => CONTAINER_MISSING,
             AgentError::InProgress { .. } => IN_PROGRESS,
+            // The stop did its work; a restart's start never came, since the container already ran.
+            AgentError::StopOvertaken { .. } if op == Operation::Stop => STOPPED,
+            AgentError::StopOvertaken { .. } => FAILED,
             AgentError::BadRequest(_)
             | AgentError::NotFound(_)
             | AgentError::Forbidden(_)

@@ -230,6 +230,7 @@ impl Agent {
         let record = self
             .authorized(principal, id, Action::ChangeStatus, op.verb())
             .await?;
+        let record = self.close_dead_intents(record).await;
         let guard = self.begin(id, op, &record)?;
         let record = self.record_of(id).await?;
         Ok((record, guard))

@@ -138,10 +138,11 @@ impl Agent {
                             self.close_start_intent(&id, &missing).await;
                             return Err(self.refreshed(missing).await);
                         }
-                        // The stop failed: nothing is started.
+                        // The stop failed, or the container was started again while it ran:
+                        // nothing is started.
                         other => {
                             self.close_start_intent(&id, &other).await;
-                            return Err(other);
+                            return Err(self.refreshed(other).await);
                         }
                     }
                 }
@@ -177,6 +178,13 @@ impl Agent {
                     _ => record,
                 };
                 AgentError::ContainerMissing { id, record }
+            }
+            AgentError::StopOvertaken { id, record } => {
+                let record = match self.inner.store.get(&id).await {
+                    Ok(Some(r)) => Box::new(r),
+                    _ => record,
+                };
+                AgentError::StopOvertaken { id, record }
             }
             other => other,
         }

@@ -325,6 +325,16 @@ impl Agent {
             }
             // Removed before the engine could act on it: not this stop's doing.
             Err(RuntimeError::NotFound(_)) => return Err(self.already_stopped(record, None).await),
+            // Podman's stop fails when the container was started again before it could clean up
+            // after the run it stopped: a newer run than that one means the stop was overtaken.
+            Err(e @ RuntimeError::Engine(_)) => {
+                return Err(match runtime.inspect(&container).await {
+                    Ok(now) if now.running && now.started_at > state.started_at => {
+                        self.overtaken(record, now).await
+                    }
+                    _ => AgentError::from_runtime(e),
+                });
+            }
             Err(e) => return Err(AgentError::from_runtime(e)),
         }
         // An auto-removing container may be gone as soon as it has stopped.
@@ -340,9 +350,7 @@ impl Agent {
             ..ContainerState::default()
         });
         if final_state.running {
-            return Err(AgentError::Engine(format!(
-                "container {container} was running again right after the stop"
-            )));
+            return Err(self.overtaken(record, final_state).await);
         }
         // The engine answers a stop of an exited container as a success: if it exited before the
         // stop call, it did so on its own while the final sample was taken, and this stop did nothing.
@@ -365,6 +373,45 @@ impl Agent {
             });
         }
         Ok(record)
+    }
+
+    /// The container runs again right after the stop: someone (a person, or the engine's own
+    /// restart) started it while the stop ran. Nothing failed, so the stop is closed as done, the
+    /// record says the container runs, and the restart policy the stop set aside is given back,
+    /// since nothing calls for `no` any more. The answer carries the record as it now stands.
+    async fn overtaken(&self, record: AppRecord, state: ContainerState) -> AgentError {
+        let id = record.id.clone();
+        let pending = record
+            .last_stop
+            .clone()
+            .filter(|s| s.outcome == StopOutcome::Stopping);
+        let policy = pending
+            .as_ref()
+            .and_then(|s| s.previous_restart_policy.clone());
+        self.give_back_restart_policy(&record, policy.as_deref())
+            .await;
+        let sighting = Sighting {
+            at: Utc::now(),
+            state: Some(state),
+        };
+        let mut record = match self.record_sighting(record, sighting, Settler::Op).await {
+            Ok(r) => r,
+            Err(e) => return e,
+        };
+        if let Some(pending) = pending {
+            match self
+                .close_stop(&record, &pending, StopOutcome::Stopped, None)
+                .await
+            {
+                Ok(r) => record = r,
+                Err(e) => return e,
+            }
+        }
+        tracing::info!(app = %id, "the container was started again while the stop ran");
+        AgentError::StopOvertaken {
+            id,
+            record: Box::new(record),
+        }
     }
 
     /// Writes the stop's intent, with the final sample, before the engine is touched: should the

@@ -503,6 +503,143 @@ async fn a_stop_disables_the_restart_policy_first() {
 }
 
 #[tokio::test]
+async fn a_container_started_again_during_the_stop_overtakes_it_and_nothing_failed() {
+    let f = fixture(true, &[("a", json!({"containerId": "ca"}))]).await;
+    f.fake.set_restart_policy("ca", "always");
+    f.fake.start_after("stop", "ca");
+    let err = f.stop("a").await;
+    let Err(AgentError::StopOvertaken { record, .. }) = err else {
+        panic!("{err:?}");
+    };
+    // The answer carries the record as stored: the container runs, the stop is closed.
+    assert_eq!(Some(&*record), f.stored("a").await.as_ref());
+    assert!(record.online());
+    assert!(!record.stop_pending(), "{record:?}");
+    let stop = record.last_stop.as_ref().expect("stop");
+    assert_eq!(stop.outcome, StopOutcome::Stopped);
+    assert_eq!(stop.error, None);
+    assert_eq!(
+        f.fake.state("ca").restart_policy.as_deref(),
+        Some("always"),
+        "a running container gets its restart policy back"
+    );
+    // Nothing is left under way: the next stop goes ahead.
+    f.stop("a").await.expect("stopped");
+}
+
+#[tokio::test]
+async fn a_stop_call_that_fails_because_the_container_runs_again_is_overtaken() {
+    let f = fixture(true, &[("a", json!({"containerId": "ca"}))]).await;
+    // As Podman: the container is started again before the stop call ends, and the call fails.
+    f.fake.start_after("stop", "ca");
+    f.fake.fail_after(
+        "stop",
+        RuntimeError::Engine("is running or paused, refusing to clean up".into()),
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let err = f.stop("a").await;
+    let Err(AgentError::StopOvertaken { record, .. }) = err else {
+        panic!("{err:?}");
+    };
+    assert!(record.online());
+    assert_eq!(
+        record.last_stop.as_ref().expect("stop").outcome,
+        StopOutcome::Stopped
+    );
+    // A stop call that fails with the same run still going is a failure.
+    f.fake
+        .fail_next("stop", RuntimeError::Engine("refused".into()));
+    let err = f.stop("a").await;
+    assert!(matches!(err, Err(AgentError::Engine(_))), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_restart_whose_stop_is_overtaken_starts_nothing_and_says_so() {
+    let f = fixture(true, &[("a", json!({"containerId": "ca"}))]).await;
+    f.fake.start_after("stop", "ca");
+    let err = f
+        .agent
+        .restart(&operator(), &id("a"), StopRequest::default())
+        .await;
+    let Err(AgentError::StopOvertaken { record, .. }) = err else {
+        panic!("{err:?}");
+    };
+    assert_eq!(Some(&*record), f.stored("a").await.as_ref());
+    assert!(record.online());
+    assert!(
+        !record.stop_pending() && !record.start_pending(),
+        "{record:?}"
+    );
+    assert!(
+        !f.fake.calls().iter().any(|c| c.starts_with("start")),
+        "{:?}",
+        f.fake.calls()
+    );
+}
+
+#[tokio::test]
+async fn an_operation_admitted_first_closes_the_intents_of_an_agent_that_died() {
+    let f = fixture(
+        true,
+        &[
+            ("a", json!({"containerId": "ca"})),
+            ("b", json!({"containerId": "cb"})),
+        ],
+    )
+    .await;
+    f.stopped("b", None).await;
+    let restarted = Agent::new(
+        Arc::new(f.fake.clone()),
+        f.agent.store().clone(),
+        f.agent.node().clone(),
+        Limits::default(),
+    );
+    // The agent dies during a stop of "a", which the engine finishes; before any reconciliation,
+    // a start of "a" is admitted by the next agent: it closes the dead stop's intent.
+    f.fake.gate("stop");
+    let agent = f.agent.clone();
+    tokio::spawn(async move {
+        agent
+            .stop(&operator(), &id("a"), StopRequest::default())
+            .await
+    });
+    f.fake.entered().await;
+    f.fake.crash("ca", 143, false);
+    let a = restarted
+        .start(&operator(), &id("a"))
+        .await
+        .expect("started");
+    assert_eq!(
+        a.last_stop.as_ref().expect("stop").outcome,
+        StopOutcome::Interrupted
+    );
+    assert_eq!(
+        a.last_start.as_ref().expect("start").outcome,
+        StartOutcome::Started
+    );
+    f.fake.release();
+    // The same for a start of "b" the agent died in, and a stop admitted first.
+    f.fake.gate("start");
+    let agent = f.agent.clone();
+    tokio::spawn(async move { agent.start(&operator(), &id("b")).await });
+    f.fake.entered().await;
+    f.fake.start_by_hand("cb");
+    let b = restarted
+        .stop(&operator(), &id("b"), StopRequest::default())
+        .await
+        .expect("stopped");
+    assert_eq!(
+        b.last_start.as_ref().expect("start").outcome,
+        StartOutcome::Interrupted
+    );
+    assert_eq!(
+        b.last_stop.as_ref().expect("stop").outcome,
+        StopOutcome::Stopped
+    );
+    f.fake.release();
+}
+
+#[tokio::test]
 async fn a_container_vanishing_before_the_stop_call_is_already_stopped_as_gone() {
     let f = fixture(true, &[("a", json!({"containerId": "ca"}))]).await;
     f.fake.vanish_after("stats", "ca");

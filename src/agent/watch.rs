@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 
 use super::{Agent, AgentError, Settler};
 use crate::record::{AppRecord, LastStop, StartOutcome, StopOutcome};
-use crate::runtime::ContainerEvent;
+use crate::runtime::{ContainerEvent, RuntimeError};
 use crate::store::Observation;
 
 /// Longest wait between two attempts to reach the engine.
@@ -45,20 +45,51 @@ impl Agent {
         Ok(changed)
     }
 
+    /// Closes, before an operation is admitted on `record`, the intents an agent that died left in
+    /// it, as the reconciliation does: the reconciliation leaves alone an app whose operation is
+    /// under way, and that operation closes only its own intents, so a start admitted first would
+    /// leave a dead stop's intent open for good (and a stop a dead start's). With an operation of
+    /// this agent under way, the record is left as it is: that operation was admitted after this
+    /// same step.
+    pub(super) async fn close_dead_intents(&self, record: AppRecord) -> AppRecord {
+        if !(record.stop_pending() || record.start_pending())
+            || self.operation_under_way(&record.id)
+        {
+            return record;
+        }
+        match self.reconcile(record.clone()).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(app = %record.id, error = %e, "intents of an agent that died not closed; left for the next pass");
+                record
+            }
+        }
+    }
+
     /// Brings one record in line with its container, and closes the intent of a stop or a start
     /// that never ended (the agent died during it) as interrupted. A container found running gets
     /// back the restart policy a stop set aside: either the stop did not happen, or the start did.
+    /// An engine that answers, but not about this container, still lets the intents be closed:
+    /// they need nothing from it, and were they left open the app would wait for the next pass,
+    /// which comes only when the event stream reconnects.
     async fn reconcile(&self, record: AppRecord) -> Result<AppRecord, AgentError> {
-        let sighting = self
-            .sight(&record)
-            .await
-            .map_err(AgentError::from_runtime)?;
         let pending_stop = record
             .last_stop
             .clone()
             .filter(|s| s.outcome == StopOutcome::Stopping);
         let pending_start = record.start_pending();
-        let mut record = self
+        let sighting = match self.sight(&record).await {
+            Ok(sighting) => sighting,
+            Err(e @ RuntimeError::Unavailable(_)) => return Err(AgentError::from_runtime(e)),
+            Err(e) if pending_stop.is_some() || pending_start => {
+                tracing::warn!(app = %record.id, error = %e, "container not inspected; the intents of an agent that died closed all the same");
+                return self
+                    .close_intents(record, pending_stop, pending_start)
+                    .await;
+            }
+            Err(e) => return Err(AgentError::from_runtime(e)),
+        };
+        let record = self
             .record_sighting(record, sighting, Settler::Read)
             .await?;
         if pending_stop.is_none() && !pending_start {
@@ -72,6 +103,18 @@ impl Agent {
             self.give_back_restart_policy(&record, policy.as_deref())
                 .await;
         }
+        self.close_intents(record, pending_stop, pending_start)
+            .await
+    }
+
+    /// Closes the stop intent `pending_stop` and, if `pending_start`, the start intent of
+    /// `record` as interrupted.
+    async fn close_intents(
+        &self,
+        mut record: AppRecord,
+        pending_stop: Option<LastStop>,
+        pending_start: bool,
+    ) -> Result<AppRecord, AgentError> {
         if let Some(pending) = pending_stop {
             record = self
                 .close_stop(&record, &pending, StopOutcome::Interrupted, None)

@@ -110,6 +110,9 @@ impl ApiError {
                 Self::new(StatusCode::CONFLICT, "container_missing", message)
                     .with_app(&record, node)
             }
+            AgentError::StopOvertaken { record, .. } => {
+                Self::new(StatusCode::CONFLICT, "stop_overtaken", message).with_app(&record, node)
+            }
             AgentError::DockerUnavailable(cause) => {
                 tracing::warn!(%cause, "Docker engine unavailable");
                 Self::new(

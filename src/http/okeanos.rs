@@ -73,6 +73,12 @@ impl LodError {
                 AlreadyRunning::Unnoticed => Self::new(StatusCode::CONFLICT, SLOT_OCCUPIED),
             },
             AgentError::ContainerMissing { .. } => Self::new(StatusCode::NOT_FOUND, NOT_DEPLOYED),
+            // Only a stop in the background meets this, after its 202: its end is logged and
+            // recorded; should one answer with it, the caller is told plainly.
+            AgentError::StopOvertaken { .. } => Self::new(
+                StatusCode::CONFLICT,
+                "The specified application on the specified lambda instance was started again while it was being stopped.",
+            ),
             // These routes never wait; should one, the caller is told plainly.
             AgentError::WaitTimeout { .. } => {
                 Self::new(StatusCode::REQUEST_TIMEOUT, "The wait ran out of time.")

@@ -267,7 +267,8 @@ pub struct ApiErrorDoc {
     pub status: u16,
     /// A stable code: `bad_request`, `unauthorized`, `forbidden`, `app_not_found`, `not_found`,
     /// `already_stopped`, `already_running`, `container_missing`, `stop_in_progress`,
-    /// `start_in_progress`, `restart_in_progress`, `request_timeout`, `payload_too_large`,
+    /// `start_in_progress`, `restart_in_progress`, `stop_overtaken`, `request_timeout`,
+    /// `payload_too_large`,
     /// `docker_unavailable`, `docker_error`, `store_error`, `internal_error`, `not_ready`…
     pub error: String,
     /// What went wrong, for a person.
@@ -302,7 +303,8 @@ pub enum V1Errors {
     #[response(status = 408)]
     RequestTimeout(ApiErrorDoc),
     /// A stop of a container that is not running, a start of one that runs, a container that no
-    /// longer exists, or another stop, start or restart of the app under way.
+    /// longer exists, another stop, start or restart of the app under way, or a container started
+    /// again by someone else while the stop (or a restart's stop) ran (`stop_overtaken`).
     #[response(status = 409)]
     Conflict(ApiErrorDoc),
     /// The body is over 1 MiB.

@@ -39,6 +39,8 @@ struct Script {
     vanish_after: HashMap<&'static str, String>,
     /// Containers whose workload exits on its own right after the next call of an operation.
     exit_after: HashMap<&'static str, String>,
+    /// Containers someone starts again right after the next call of an operation.
+    start_after: HashMap<&'static str, String>,
     /// Whether stats streams send readings: how far the engine's clock is behind, and how late
     /// every reading after the first arrives.
     stream_readings: Option<(chrono::Duration, chrono::Duration)>,
@@ -318,7 +320,16 @@ impl FakeRuntime {
         self.with(|s| s.exit_after.insert(op, name.to_owned()));
     }
 
+    /// Someone starts the container again (as by `docker start`) right after the next call of
+    /// `op`.
+    pub fn start_after(&self, op: &'static str, name: &str) {
+        self.with(|s| s.start_after.insert(op, name.to_owned()));
+    }
+
     fn leave(&self, op: &'static str) {
+        if let Some(name) = self.with(|s| s.start_after.remove(op)) {
+            self.start_by_hand(&name);
+        }
         self.with(|s| {
             if let Some(name) = s.vanish_after.remove(op) {
                 s.containers.remove(&name);

@@ -1,6 +1,7 @@
 //! A stand-in for the engine's socket: it forwards every call to the real engine, but can hold
-//! container starts back until a test lets them through, and, when made silent, never delivers an
-//! engine event, so that only the agent's own calls and reads change a record.
+//! container starts back, or the answers of container stops, until a test lets them through, and,
+//! when made silent, never delivers an engine event, so that only the agent's own calls and reads
+//! change a record.
 
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -18,6 +19,8 @@ pub struct HeldEngine {
     path: PathBuf,
     _dir: tempfile::TempDir,
     gate: Arc<tokio::sync::RwLock<()>>,
+    /// Held while the answers of container stops are to be held back.
+    stop_gate: Arc<tokio::sync::RwLock<()>>,
     /// Container starts that reached the stand-in.
     starts: Arc<AtomicUsize>,
     task: tokio::task::AbortHandle,
@@ -42,15 +45,21 @@ impl HeldEngine {
         let path = dir.path().join("held-engine.sock");
         let listener = tokio::net::UnixListener::bind(&path).unwrap();
         let gate: Arc<tokio::sync::RwLock<()>> = Arc::default();
+        let stop_gate: Arc<tokio::sync::RwLock<()>> = Arc::default();
         let starts: Arc<AtomicUsize> = Arc::default();
-        let (shared_gate, shared_starts) = (gate.clone(), starts.clone());
+        let gates = (gate.clone(), stop_gate.clone());
+        let shared_starts = starts.clone();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (gate, starts) = (shared_gate.clone(), shared_starts.clone());
+                let (gates, starts) = (gates.clone(), shared_starts.clone());
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
-                        let (gate, starts) = (gate.clone(), starts.clone());
-                        async move { Ok::<_, Infallible>(pass(req, &gate, &starts, silent).await) }
+                        let (gates, starts) = (gates.clone(), starts.clone());
+                        async move {
+                            Ok::<_, Infallible>(
+                                pass(req, &gates.0, &gates.1, &starts, silent).await,
+                            )
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -62,6 +71,7 @@ impl HeldEngine {
             path,
             _dir: dir,
             gate,
+            stop_gate,
             starts,
             task: task.abort_handle(),
         }
@@ -74,6 +84,12 @@ impl HeldEngine {
     /// Holds every container start until the returned guard is dropped.
     pub async fn hold_starts(&self) -> tokio::sync::OwnedRwLockWriteGuard<()> {
         self.gate.clone().write_owned().await
+    }
+
+    /// Holds the answer of every container stop (the stop itself goes through) until the returned
+    /// guard is dropped.
+    pub async fn hold_stop_answers(&self) -> tokio::sync::OwnedRwLockWriteGuard<()> {
+        self.stop_gate.clone().write_owned().await
     }
 
     /// Container starts that have reached the stand-in.
@@ -107,6 +123,7 @@ fn bad_gateway() -> hyper::Response<ProxyBody> {
 async fn pass(
     req: hyper::Request<Incoming>,
     gate: &tokio::sync::RwLock<()>,
+    stop_gate: &tokio::sync::RwLock<()>,
     starts: &AtomicUsize,
     silent: bool,
 ) -> hyper::Response<ProxyBody> {
@@ -132,8 +149,14 @@ async fn pass(
         return bad_gateway();
     };
     tokio::spawn(connection);
+    let stop = req.method() == hyper::Method::POST && path.ends_with("/stop");
     match sender.send_request(req).await {
-        Ok(response) => response.map(BodyExt::boxed),
+        Ok(response) => {
+            if stop {
+                drop(stop_gate.read().await);
+            }
+            response.map(BodyExt::boxed)
+        }
         Err(_) => bad_gateway(),
     }
 }
