@@ -220,15 +220,16 @@ async fn connections_idle_after_one_request_lock_no_one_out() {
     let to = agent_addr(&agent);
     let mut streams = Vec::new();
     let mut statuses = Vec::new();
+    let mut answered = Vec::new();
     for _ in 0..ATTACKERS {
         let mut s = connect_from(3, to).await;
         s.write_all(b"GET /healthz HTTP/1.1\r\nHost: agent\r\n\r\n")
             .await
             .unwrap();
         statuses.push(read_answer(&mut s, Duration::from_secs(10)).await);
+        answered.push(Instant::now());
         streams.push(s);
     }
-    let answered_at = Instant::now();
     let served = statuses
         .iter()
         .filter(|s| **s == Heard::Answer(200))
@@ -240,24 +241,29 @@ async fn connections_idle_after_one_request_lock_no_one_out() {
     assert_eq!(served, PEER_CAP, "{statuses:?}");
     assert_eq!(refused, ATTACKERS - PEER_CAP, "{statuses:?}");
     operator_latency(&agent, "connections idle after one request").await;
-    // Those served are kept alive, then closed once idle for the header bound.
-    for (s, status) in streams.iter_mut().zip(&statuses) {
+    // Those served are kept alive, then closed once idle for the header bound: each is kept at
+    // least about that long after its answer (the first one waited on shows it), and none longer
+    // than the bound and a margin.
+    let mut kept = Vec::new();
+    for ((s, status), at) in streams.iter_mut().zip(&statuses).zip(&answered) {
         if *status == Heard::Answer(200) {
             assert!(
                 closed_within(s, Duration::from_secs(HEADER_SECS + 5)).await,
                 "an idle connection still open after {:?}",
-                answered_at.elapsed()
+                at.elapsed()
             );
+            kept.push(at.elapsed());
         }
     }
-    let idle = answered_at.elapsed();
+    let (first, longest) = (kept[0], kept.iter().max().copied().unwrap_or_default());
     assert!(
-        idle >= Duration::from_secs(HEADER_SECS) - Duration::from_millis(500),
-        "{idle:?}"
+        first >= Duration::from_secs(HEADER_SECS) - Duration::from_millis(500),
+        "closed {first:?} after its answer"
     );
     println!(
-        "FIGURE idle connections: all {PEER_CAP} kept-alive closed {:.1} s after their answer (bound {HEADER_SECS} s)",
-        idle.as_secs_f64()
+        "FIGURE idle connections: the first kept-alive connection closed {:.1} s after its answer, the last seen closed {:.1} s after (bound {HEADER_SECS} s)",
+        first.as_secs_f64(),
+        longest.as_secs_f64()
     );
 }
 
