@@ -131,10 +131,19 @@ pub struct HttpConfig {
     /// Connections served at once (on each listener); further clients wait until one closes.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Connections one address may hold at once on the TCP listener (loopback addresses too, each
+    /// its own peer); one more is answered 429 and closed at once. Above `max_connections` it is
+    /// `max_connections`; kept well below it, no one address can take the slots the others need.
+    #[serde(default = "default_max_connections_per_peer")]
+    pub max_connections_per_peer: usize,
     /// Seconds a client has to send a request's headers (and finish a TLS handshake) before its
-    /// connection is closed.
+    /// connection is closed; also how long a kept-alive connection is kept idle after an answer.
     #[serde(default = "default_header_timeout_secs")]
     pub header_timeout_secs: u64,
+    /// Seconds a write of an answer may make no progress (a client that does not read what it
+    /// asked for) before the connection is closed.
+    #[serde(default = "default_write_timeout_secs")]
+    pub write_timeout_secs: u64,
     /// Serve plain HTTP on a non-loopback address. Tokens then cross the network in clear, so
     /// the agent refuses to start that way unless this says so.
     #[serde(default)]
@@ -155,7 +164,9 @@ impl Default for HttpConfig {
         Self {
             listen: default_listen(),
             max_connections: default_max_connections(),
+            max_connections_per_peer: default_max_connections_per_peer(),
             header_timeout_secs: default_header_timeout_secs(),
+            write_timeout_secs: default_write_timeout_secs(),
             allow_insecure_http: false,
             unix_socket: None,
             trust_root_on_socket: false,
@@ -215,8 +226,16 @@ fn default_max_connections() -> usize {
     512
 }
 
+fn default_max_connections_per_peer() -> usize {
+    128
+}
+
 fn default_header_timeout_secs() -> u64 {
     10
+}
+
+fn default_write_timeout_secs() -> u64 {
+    30
 }
 
 fn default_listen() -> String {
@@ -579,10 +598,22 @@ impl Config {
         if self.http.max_connections == 0 {
             return Err(bad("http.max_connections", "must be at least 1".into()));
         }
+        if self.http.max_connections_per_peer == 0 {
+            return Err(bad(
+                "http.max_connections_per_peer",
+                "must be at least 1".into(),
+            ));
+        }
         if !(1..=300).contains(&self.http.header_timeout_secs) {
             return Err(bad(
                 "http.header_timeout_secs",
                 format!("{} is not from 1 to 300", self.http.header_timeout_secs),
+            ));
+        }
+        if !(1..=300).contains(&self.http.write_timeout_secs) {
+            return Err(bad(
+                "http.write_timeout_secs",
+                format!("{} is not from 1 to 300", self.http.write_timeout_secs),
             ));
         }
         if self.stop.shutdown_drain_secs > u64::from(MAX_STOP_TIMEOUT_SECS) {
@@ -723,6 +754,14 @@ mod tests {
                 "stop.default_timeout_secs",
             ),
             ("[docker]\nhost = \"ftp://x\"\n", "docker.host"),
+            (
+                "[http]\nmax_connections_per_peer = 0\n",
+                "http.max_connections_per_peer",
+            ),
+            (
+                "[http]\nwrite_timeout_secs = 0\n",
+                "http.write_timeout_secs",
+            ),
         ] {
             let f = write(&format!("{MINIMAL}{extra}"));
             let err = Config::load_with_env(f.path(), []).expect_err(key);

@@ -21,6 +21,7 @@ pub mod cgroup;
 pub mod config;
 pub mod host;
 pub mod http;
+pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod operation;
@@ -292,7 +293,12 @@ pub async fn run(
     let stopping = CancellationToken::new();
     let limits = http::server::ServerLimits {
         max_connections: config.http.max_connections,
+        max_connections_per_peer: config
+            .http
+            .max_connections_per_peer
+            .min(config.http.max_connections),
         header_timeout: Duration::from_secs(config.http.header_timeout_secs),
+        write_timeout: Duration::from_secs(config.http.write_timeout_secs),
     };
     let mut serving: tokio::task::JoinSet<()> = listeners
         .into_iter()

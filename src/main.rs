@@ -77,8 +77,10 @@ fn init_logging(log: &LogConfig) {
         None => Box::new(EnvFilter::new(&directives)),
     };
     let output: Box<dyn Layer<Filtered> + Send + Sync> = match log.format {
+        // Escaped fields, so that text from outside cannot break a line (JSON escapes by itself).
         LogFormat::Human => Box::new(
             tracing_subscriber::fmt::layer()
+                .fmt_fields(node_agent::logging::EscapedFields::new())
                 .with_writer(std::io::stderr)
                 .with_ansi(std::io::stderr().is_terminal()),
         ),

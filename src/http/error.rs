@@ -5,7 +5,7 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::agent::AgentError;
 use crate::operation::Operation;
@@ -141,16 +141,25 @@ impl ApiError {
     }
 }
 
+/// The JSON body of an error answer, serialized straight from the error: a flood of refusals runs
+/// through here, and building a JSON tree first cost each one allocations of its own.
+#[derive(serde::Serialize)]
+struct ErrorBody<'a> {
+    status: u16,
+    error: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    app: Option<&'a Value>,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = json!({
-            "status": self.status.as_u16(),
-            "error": self.code,
-            "message": self.message,
-        });
-        if let Some(app) = self.app {
-            body["app"] = app;
-        }
+        let body = ErrorBody {
+            status: self.status.as_u16(),
+            error: self.code,
+            message: &self.message,
+            app: self.app.as_ref(),
+        };
         let mut response = (self.status, Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response

@@ -8,6 +8,7 @@ use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH};
 use axum::http::request::Parts;
 use http_body_util::BodyExt;
 
+use super::refusals::{self, Refusal, clip};
 use super::server::Transport;
 use super::{ApiContext, ApiError, MAX_BODY_BYTES};
 use crate::auth::{Access, Principal};
@@ -58,6 +59,15 @@ pub fn identify(parts: &Parts, ctx: &ApiContext) -> Result<Principal, &'static s
         .ok_or("the token is not known to this node")
 }
 
+/// Logs a request refused for its token. Each at debug, and summed up at info at most once per
+/// interval: anyone who reaches the port can send them, and a flood of them must not flood the
+/// journal. The token itself is never logged, and the path is clipped.
+pub fn log_unauthorized(parts: &Parts, why: &str) {
+    let (method, path) = (&parts.method, parts.uri.path());
+    tracing::debug!(%method, path = %clip(path), outcome = why, "request refused: unauthorized");
+    refusals::note(Refusal::Unauthorized, || format!("{method} {path}: {why}"));
+}
+
 impl FromRequestParts<ApiContext> for Caller {
     type Rejection = ApiError;
 
@@ -66,9 +76,7 @@ impl FromRequestParts<ApiContext> for Caller {
         ctx: &ApiContext,
     ) -> Result<Self, Self::Rejection> {
         identify(parts, ctx).map(Caller).map_err(|why| {
-            // The token itself is never logged. Debug level: a flood of bad tokens must not flood the
-            // journal too (stop refusals are logged at info by the stop routes).
-            tracing::debug!(method = %parts.method, path = %parts.uri.path(), outcome = why, "request refused: unauthorized");
+            log_unauthorized(parts, why);
             ApiError::unauthorized(why)
         })
     }

@@ -6,6 +6,7 @@ mod extract;
 pub(crate) mod okeanos;
 pub mod openapi;
 mod ops;
+mod refusals;
 pub mod server;
 pub mod tls;
 mod trace;

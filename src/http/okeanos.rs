@@ -14,8 +14,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::ApiContext;
-use super::extract::{BodyError, identify, read_body};
+use super::extract::{BodyError, identify, log_unauthorized, read_body};
 use super::openapi::{LodAccepted, LodErrors, LodStopForm};
+use super::refusals::clip;
 use crate::agent::{AgentError, AlreadyRunning, AlreadyStopped};
 use crate::operation::Operation;
 use crate::record::AppId;
@@ -313,9 +314,9 @@ async fn act(
     let query = parts.uri.query();
     // 1. The token.
     let refused = || ctx.agent.telemetry().ended(op, Route::Okeanos, REFUSED);
-    let principal = identify(&parts, &ctx).map_err(|_| {
+    let principal = identify(&parts, &ctx).map_err(|why| {
         refused();
-        tracing::info!(path = %uri.path(), "{}: unauthorized", op.refused());
+        log_unauthorized(&parts, why);
         LodError::new(StatusCode::UNAUTHORIZED, UNAUTHORIZED)
     })?;
     let path = uri.path();
@@ -348,7 +349,7 @@ async fn act(
     };
     let id = checked.await.inspect_err(|e| {
         refused();
-        tracing::info!(path, token = %principal.name, outcome = %e.detail, "{}", op.refused());
+        tracing::info!(path = %clip(path), token = %principal.name, outcome = %clip(&e.detail), "{}", op.refused());
     })?;
     // 4. to 7. The application, the caller's right to act on it, its container, and its state.
     let (done, accepted) = match op {

@@ -1,14 +1,19 @@
 //! The HTTP server under the router: accepts connections on a TCP listener (plain or TLS) or a Unix
-//! socket, at most `max_connections` at once; gives every request a header read timeout (and every
-//! TLS handshake the same limit) so that slow or silent clients cannot hold connections; tells each
-//! request how it arrived ([`Transport`]); serves HTTP/1.1, and shuts down gracefully.
+//! socket, at most `max_connections` at once and, on TCP, at most `max_connections_per_peer` from
+//! one address; gives every request a header read timeout (which also ends a kept-alive connection
+//! left idle, and bounds every TLS handshake) and every write a time limit, so that slow, silent or
+//! unread clients cannot hold connections; tells each request how it arrived ([`Transport`]);
+//! serves HTTP/1.1, and shuts down gracefully.
 //!
 //! HTTP/2 is not offered: hyper's protocol detection waits for a client's first bytes without a
 //! timeout, and HTTP/2 has no header read timeout, so either would let silent clients keep slots.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -18,12 +23,13 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use super::refusals::{self, Refusal};
 use super::tls::Tls;
 
 /// How much the server lets each client take.
@@ -31,9 +37,15 @@ use super::tls::Tls;
 pub struct ServerLimits {
     /// Connections served at once; more wait in the kernel's backlog.
     pub max_connections: usize,
+    /// Connections one address may hold at once on a TCP listener; one more is answered 429 and
+    /// closed at once, so that one peer can never take the slots every other peer needs.
+    pub max_connections_per_peer: usize,
     /// Time a client has to finish its TLS handshake, and to send a request's headers, on a new or a
-    /// kept-alive connection.
+    /// kept-alive connection: the bound of an idle connection too.
     pub header_timeout: Duration,
+    /// Time a write may make no progress (a client that does not read its answers) before the
+    /// connection is closed.
+    pub write_timeout: Duration,
 }
 
 /// How a request reached the agent; every request carries it as an extension.
@@ -198,8 +210,91 @@ enum Accepted {
     Unix(tokio::net::UnixStream, Transport),
 }
 
+impl Accepted {
+    /// The TCP peer's address, as one peer: an IPv4 address mapped into IPv6 is that IPv4 address.
+    fn peer(&self) -> Option<IpAddr> {
+        match self {
+            Accepted::Tcp(_, Transport::Tcp { peer })
+            | Accepted::Tls(_, _, Transport::Tls { peer }) => Some(peer.ip().to_canonical()),
+            _ => None,
+        }
+    }
+
+    /// Answers 429 to a connection over its peer's cap and closes it, without waiting: the answer
+    /// is small enough for the empty send buffer of a new socket, and a client that does not take
+    /// it loses nothing it was promised.
+    fn refuse(self, cap: usize) {
+        if let Accepted::Tcp(stream, _) = &self {
+            let body = format!(
+                "{{\"status\":429,\"error\":\"too_many_requests\",\"message\":\"this address \
+                 holds {cap} connections, the most one peer may hold; close one first\"}}"
+            );
+            let answer = format!(
+                "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n\
+                 content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.try_write(answer.as_bytes());
+        }
+        // A TLS client is refused before its handshake, so it cannot be answered: it is closed.
+    }
+}
+
+/// Connections held by each peer address on one TCP listener.
+#[derive(Debug)]
+struct Peers {
+    cap: usize,
+    held: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One connection of a peer; its count goes down when the connection ends.
+struct PeerSlot {
+    peers: Arc<Peers>,
+    ip: IpAddr,
+}
+
+impl Peers {
+    fn new(cap: usize) -> Arc<Peers> {
+        Arc::new(Peers {
+            cap: cap.max(1),
+            held: Mutex::default(),
+        })
+    }
+
+    /// A slot for one more connection of `ip`, unless it holds its cap already.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<PeerSlot> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let count = held.entry(ip).or_default();
+        if *count >= self.cap {
+            return None;
+        }
+        *count += 1;
+        Some(PeerSlot {
+            peers: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut held = self.peers.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = held.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// Serves `router` on `listener` until `shutdown` is cancelled, then stops accepting and waits for
 /// the connections under way to finish their requests (the caller bounds that wait).
+///
+/// A global permit is taken before each accept, so that connections beyond `max_connections` wait
+/// in the kernel's backlog; a peer's cap is checked right after the accept, and a connection over
+/// it is closed at once rather than held. With the per-peer cap below the global one, no single
+/// address can make the accept loop wait: others are always let in.
 pub async fn serve(
     listener: Listener,
     router: Router,
@@ -207,12 +302,15 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let peers = Peers::new(limits.max_connections_per_peer);
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
+    // hyper starts the header read timeout again for each request, the wait for the next one on a
+    // kept-alive connection included: an idle connection is closed after it too.
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout);
-    loop {
+    'accepting: loop {
         let permit = tokio::select! {
             permit = permits.clone().acquire_owned() => match permit {
                 Ok(p) => p,
@@ -220,33 +318,51 @@ pub async fn serve(
             },
             () = shutdown.cancelled() => break,
         };
-        let accepted = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors, or a connection reset before it was accepted: the
-                    // listener itself is fine, so pause briefly rather than spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+        // The permit is kept across refused connections: it is only spent on one that is served.
+        let (accepted, slot) = loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors, or a connection reset before it was accepted:
+                        // the listener itself is fine, so pause briefly rather than spin.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = shutdown.cancelled() => break 'accepting,
+            };
+            let Some(ip) = accepted.peer() else {
+                break (accepted, None);
+            };
+            match peers.admit(ip) {
+                Some(slot) => break (accepted, Some(slot)),
+                None => {
+                    refusals::note(Refusal::PeerCap, || format!("peer {ip}"));
+                    accepted.refuse(peers.cap);
                 }
-            },
-            () = shutdown.cancelled() => break,
+            }
         };
         let watcher = graceful.watcher();
         let builder = builder.clone();
         let router = router.clone();
-        let handshake_limit = limits.header_timeout;
+        let (handshake_limit, write_limit) = (limits.header_timeout, limits.write_timeout);
         tokio::spawn(async move {
             let _permit = permit;
+            let _slot = slot;
             match accepted {
                 Accepted::Tcp(stream, transport) => {
+                    let stream = WriteBound::new(stream, write_limit);
                     serve_connection(&builder, watcher, stream, router, transport).await;
                 }
                 Accepted::Unix(stream, transport) => {
+                    let stream = WriteBound::new(stream, write_limit);
                     serve_connection(&builder, watcher, stream, router, transport).await;
                 }
                 Accepted::Tls(stream, acceptor, transport) => {
+                    // Under TLS, so that the handshake's writes are bounded as well.
+                    let stream = WriteBound::new(stream, write_limit);
                     match tokio::time::timeout(handshake_limit, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => {
                             serve_connection(&builder, watcher, stream, router, transport).await;
@@ -266,6 +382,94 @@ pub async fn serve(
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// A connection whose writes fail once one has made no progress for `limit`: a client that sends
+/// requests and never reads the answers fills the kernel's buffers, and without this the write
+/// would wait, holding the connection's slot, for as long as the client likes.
+struct WriteBound<I> {
+    io: I,
+    limit: Duration,
+    /// Set while a write waits: when it ends, the connection is given up.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<I> WriteBound<I> {
+    fn new(io: I, limit: Duration) -> WriteBound<I> {
+        WriteBound {
+            io,
+            limit,
+            stalled: None,
+        }
+    }
+
+    /// What to make of a write's (or flush's) poll: progress clears the deadline; waiting starts
+    /// it, or fails once it has passed.
+    fn watch<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        if poll.is_ready() {
+            self.stalled = None;
+            return poll;
+        }
+        let limit = self.limit;
+        let deadline = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the client read nothing for {} s", limit.as_secs()),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for WriteBound<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for WriteBound<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let poll = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.watch(cx, poll)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let poll = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.watch(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let poll = Pin::new(&mut self.io).poll_flush(cx);
+        self.watch(cx, poll)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let poll = Pin::new(&mut self.io).poll_shutdown(cx);
+        self.watch(cx, poll)
+    }
 }
 
 async fn serve_connection<I>(

@@ -13,6 +13,7 @@ use axum::response::Response;
 use tracing::Instrument;
 
 use super::ApiContext;
+use super::refusals::clip;
 
 /// The header that carries a request's id, both ways.
 pub const REQUEST_ID: &str = "x-request-id";
@@ -70,10 +71,11 @@ pub async fn track(State(ctx): State<ApiContext>, request: Request, next: Next) 
     ctx.agent.telemetry().http_answered(status);
     let elapsed_ms = started.elapsed().as_millis();
     span.in_scope(|| {
+        // The path is the client's: clipped, so that no request makes a line of any size.
         if status >= 500 {
-            tracing::warn!(%method, path = uri.path(), status, elapsed_ms, "answered");
+            tracing::warn!(%method, path = %clip(uri.path()), status, elapsed_ms, "answered");
         } else {
-            tracing::debug!(%method, path = uri.path(), status, elapsed_ms, "answered");
+            tracing::debug!(%method, path = %clip(uri.path()), status, elapsed_ms, "answered");
         }
     });
     if let Ok(value) = HeaderValue::from_str(&id) {

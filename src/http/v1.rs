@@ -13,6 +13,7 @@ use super::openapi::{
     AppIdParam, AppListDoc, AppRecordDoc, EmptyBodyDoc, RegistrationDoc, SignalName, StopBodyDoc,
     V1Errors,
 };
+use super::refusals::clip;
 use super::{ApiContext, ApiError};
 use std::time::Duration;
 
@@ -406,7 +407,7 @@ async fn operate(
     };
     let (id, req) = parsed.await.inspect_err(|e| {
         telemetry.ended(op, Route::V1, REFUSED);
-        tracing::info!(path = %uri.path(), token = %caller.name, outcome = ?e, "{}", op.refused());
+        tracing::info!(path = %clip(uri.path()), token = %caller.name, outcome = %clip(&format!("{e:?}")), "{}", op.refused());
     })?;
     let agent = &ctx.agent;
     let record = match op {
