@@ -406,17 +406,19 @@ async fn an_operator_brings_the_kill_of_a_stop_under_way_forward() {
         let (client, id) = (client.clone(), id.clone());
         tokio::spawn(async move { client.stop_query(&id, "?timeout=60").await })
     };
-    // The first stop holds the app: a later kill, a restart, a start are refused as under way.
+    // Once the first stop holds the app (its intent is written), a later kill, a restart and a
+    // start are refused as under way.
     let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let later = client.stop_query(&id, "?timeout=120").await;
-        if later.status == 409 {
-            assert_eq!(later.body["error"], "stop_in_progress", "{later:?}");
-            break;
-        }
-        // Not yet admitted: the first stop's own request has not reached the agent.
-        assert!(Instant::now() < deadline, "{later:?}");
+    while client.get(&format!("/v1/apps/{id}")).await.body["lastStop"]["outcome"] != "stopping" {
+        assert!(
+            Instant::now() < deadline,
+            "the first stop never got under way"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let later = client.stop_query(&id, "?timeout=120").await;
+    assert_eq!(later.status, 409, "{later:?}");
+    assert_eq!(later.body["error"], "stop_in_progress", "{later:?}");
     for verb in ["restart", "start"] {
         let a = client.operate(&id, verb, "").await;
         assert_eq!(a.status, 409, "{verb}: {a:?}");
