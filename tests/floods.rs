@@ -81,33 +81,46 @@ enum Heard {
     Nothing,
 }
 
+/// Reads one HTTP/1.1 message from `stream` into `got` (which may hold bytes read before): its
+/// head, then its body by its content length; answers the head and leaves in `got` only what
+/// follows the message. `None` when the stream ends or fails first.
+async fn read_message<S>(stream: &mut S, got: &mut Vec<u8>) -> Option<String>
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    let mut buf = [0u8; 4096];
+    let end = loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end;
+        }
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&got[..end]).into_owned();
+    let length: usize = head
+        .to_ascii_lowercase()
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    while got.len() < end + 4 + length {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    got.drain(..end + 4 + length);
+    Some(head)
+}
+
 /// Reads one answer's head and body (by its content length), waiting up to `within`.
 async fn read_answer(stream: &mut TcpStream, within: Duration) -> Heard {
     let read = async {
-        let mut got = Vec::new();
-        let mut buf = [0u8; 4096];
-        loop {
-            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
-                let length: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(0);
-                while got.len() < end + 4 + length {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok());
-                return status.map_or(Heard::Closed, Heard::Answer);
-            }
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return Heard::Closed,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-            }
-        }
+        let head = read_message(stream, &mut Vec::new()).await;
+        let status = head.and_then(|h| h.split_whitespace().nth(1).and_then(|s| s.parse().ok()));
+        status.map_or(Heard::Closed, Heard::Answer)
     };
     tokio::time::timeout(within, read)
         .await
@@ -548,29 +561,7 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-            }
-            continue;
-        };
-        let head = String::from_utf8_lossy(&got[..end]).into_owned();
-        let length: usize = head
-            .to_ascii_lowercase()
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
-        while got.len() < end + 4 + length {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-            }
-        }
-        got.drain(..end + 4 + length);
+    while let Some(head) = read_message(&mut stream, &mut got).await {
         let target = head.split_whitespace().nth(1).unwrap_or("");
         let (status, body) = answer(target);
         let reply = format!(

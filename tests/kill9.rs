@@ -137,6 +137,16 @@ async fn wait_all_true(
     }
 }
 
+/// Kills the agent `wait` ms from now (the power-off), starts it again, and waits until every
+/// record is true with its final samples.
+async fn kill_9_after(agent: &mut AgentProcess, wait: u64, apps: &[(String, String)], what: &str) {
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+    agent.kill9();
+    agent.restart();
+    let what = format!("{what}: killed after {wait} ms");
+    wait_all_true(&agent.client(), apps, true, &what).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_random_moments_of_stops_loses_nothing() {
     let rounds = rounds(14);
@@ -165,12 +175,8 @@ async fn kill_9_at_random_moments_of_stops_loses_nothing() {
                     .await;
             });
         }
-        let wait = next(3000);
-        tokio::time::sleep(Duration::from_millis(wait)).await;
-        agent.kill9();
-        agent.restart();
-        let what = format!("round {round} (killed after {wait} ms, seed {seed})");
-        wait_all_true(&agent.client(), &apps, true, &what).await;
+        let what = format!("round {round}, seed {seed}");
+        kill_9_after(&mut agent, next(3000), &apps, &what).await;
     }
     // Every record still reads whole, in the documented shape.
     let client = agent.client();
@@ -255,12 +261,8 @@ async fn kill_9_at_random_moments_of_starts_and_restarts_loses_nothing() {
             fired[kind] += 1;
             fire(&client, path, okeanos);
         }
-        let wait = next(2500);
-        tokio::time::sleep(Duration::from_millis(wait)).await;
-        agent.kill9();
-        agent.restart();
-        let what = format!("round {round} (killed after {wait} ms, seed {seed})");
-        wait_all_true(&agent.client(), &apps, true, &what).await;
+        let what = format!("round {round}, seed {seed}");
+        kill_9_after(&mut agent, next(2500), &apps, &what).await;
     }
     // Every record still reads whole, in the documented shape; the starts ended one way or another.
     let client = agent.client();
