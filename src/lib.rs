@@ -27,6 +27,7 @@ pub mod notify;
 pub mod operation;
 pub mod pem;
 pub mod policy;
+pub mod quota;
 pub mod record;
 pub mod report;
 pub mod runtime;

@@ -151,8 +151,8 @@ struct Inner {
     store: Store,
     node: WorkerNode,
     limits: Limits,
-    /// The waits each user token holds at this moment, by token name.
-    waits: Mutex<HashMap<String, usize>>,
+    /// The waits each token holds at this moment, by token name.
+    waits: Arc<crate::quota::Quota<String>>,
     /// The operation under way on each app, if any.
     operations: Mutex<HashMap<AppId, operation::UnderWay>>,
     /// Every operation's task, so that shutdown can let them finish.
@@ -242,7 +242,7 @@ impl Agent {
                 store,
                 node,
                 limits,
-                waits: Mutex::default(),
+                waits: crate::quota::Quota::new(limits.max_waits_per_token),
                 operations: Mutex::new(HashMap::new()),
                 tasks: TaskTracker::new(),
                 readings: Mutex::default(),

@@ -1,12 +1,12 @@
 //! Waiting for an app's record to reach a state (`GET /v1/apps/{appId}/wait`): woken by the
 //! store's commit of each change, never by polling the engine or the store.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Agent, AgentError, Inner};
+use super::{Agent, AgentError};
 use crate::auth::Principal;
 use crate::policy::Action;
+use crate::quota::Place;
 use crate::record::{AppId, AppRecord};
 
 /// What a waiter waits for: every condition given must hold.
@@ -25,49 +25,23 @@ impl WaitFor {
     }
 }
 
-/// One of the waits a token holds; dropping it gives the place back.
-struct WaitSlot {
-    inner: Arc<Inner>,
-    token: String,
-}
-
-impl Drop for WaitSlot {
-    fn drop(&mut self) {
-        let mut waits = self.inner.waits.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = waits.get_mut(&self.token) {
-            *n -= 1;
-            if *n == 0 {
-                waits.remove(&self.token);
-            }
-        }
-    }
-}
-
 impl Agent {
     /// A place for one more wait of `principal`: a user token holds at most
     /// `[auth] max_waits_per_token`, so that one tenant's waits cannot take every connection;
     /// operators have no cap (their waits are counted all the same).
-    fn wait_slot(&self, principal: &Principal) -> Result<WaitSlot, AgentError> {
-        let cap = self.inner.limits.max_waits_per_token;
-        let mut waits = self.inner.waits.lock().unwrap_or_else(|p| p.into_inner());
-        let held = waits.entry(principal.name.clone()).or_insert(0);
-        if *held >= cap && !principal.is_operator() {
-            return Err(AgentError::TooManyWaits {
+    fn wait_place(&self, principal: &Principal) -> Result<Place<String>, AgentError> {
+        let waits = &self.inner.waits;
+        waits
+            .take(&principal.name, !principal.is_operator())
+            .ok_or_else(|| AgentError::TooManyWaits {
                 token: principal.name.clone(),
-                cap,
-            });
-        }
-        *held += 1;
-        Ok(WaitSlot {
-            inner: self.inner.clone(),
-            token: principal.name.clone(),
-        })
+                cap: waits.cap(),
+            })
     }
 
     /// Waits under way at this moment, of every token.
     pub fn waits_in_progress(&self) -> usize {
-        let waits = self.inner.waits.lock().unwrap_or_else(|p| p.into_inner());
-        waits.values().sum()
+        self.inner.waits.total()
     }
 
     /// The record of `id` once `wanted` holds, or [`AgentError::WaitTimeout`] with the record as it
@@ -87,7 +61,7 @@ impl Agent {
         if wanted.holds(&record) {
             return Ok(record);
         }
-        let _slot = self.wait_slot(principal)?;
+        let _place = self.wait_place(principal)?;
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let record = self.authorized(principal, id, Action::Read, "read").await?;

@@ -8,11 +8,10 @@
 //! HTTP/2 is not offered: hyper's protocol detection waits for a client's first bytes without a
 //! timeout, and HTTP/2 has no header read timeout, so either would let silent clients keep slots.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -31,6 +30,7 @@ use tower::ServiceExt;
 
 use super::refusals::{self, Refusal};
 use super::tls::Tls;
+use crate::quota::Quota;
 
 /// How much the server lets each client take.
 #[derive(Debug, Clone, Copy)]
@@ -240,54 +240,6 @@ impl Accepted {
     }
 }
 
-/// Connections held by each peer address on one TCP listener.
-#[derive(Debug)]
-struct Peers {
-    cap: usize,
-    held: Mutex<HashMap<IpAddr, usize>>,
-}
-
-/// One connection of a peer; its count goes down when the connection ends.
-struct PeerSlot {
-    peers: Arc<Peers>,
-    ip: IpAddr,
-}
-
-impl Peers {
-    fn new(cap: usize) -> Arc<Peers> {
-        Arc::new(Peers {
-            cap: cap.max(1),
-            held: Mutex::default(),
-        })
-    }
-
-    /// A slot for one more connection of `ip`, unless it holds its cap already.
-    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<PeerSlot> {
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        let count = held.entry(ip).or_default();
-        if *count >= self.cap {
-            return None;
-        }
-        *count += 1;
-        Some(PeerSlot {
-            peers: self.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for PeerSlot {
-    fn drop(&mut self) {
-        let mut held = self.peers.held.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = held.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                held.remove(&self.ip);
-            }
-        }
-    }
-}
-
 /// Serves `router` on `listener` until `shutdown` is cancelled, then stops accepting and waits for
 /// the connections under way to finish their requests (the caller bounds that wait).
 ///
@@ -302,7 +254,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let peers = Peers::new(limits.max_connections_per_peer);
+    let peers = Quota::<IpAddr>::new(limits.max_connections_per_peer);
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     // hyper starts the header read timeout again for each request, the wait for the next one on a
@@ -336,11 +288,11 @@ pub async fn serve(
             let Some(ip) = accepted.peer() else {
                 break (accepted, None);
             };
-            match peers.admit(ip) {
+            match peers.take(&ip, true) {
                 Some(slot) => break (accepted, Some(slot)),
                 None => {
                     refusals::note(Refusal::PeerCap, || format!("peer {ip}"));
-                    accepted.refuse(peers.cap);
+                    accepted.refuse(peers.cap());
                 }
             }
         };
