@@ -99,18 +99,19 @@ impl Agent {
         // Its sender goes with the stop's guard, once the stop's record is written.
         while ended.changed().await.is_ok() {}
         let record = self.record_of(id).await?;
-        if record.online() {
-            return Err(AgentError::Engine(format!(
-                "the stop under way ended with the container still running{}",
-                record
-                    .last_stop
-                    .as_ref()
-                    .and_then(|s| s.error.as_deref())
-                    .map(|e| format!(": {e}"))
-                    .unwrap_or_default()
-            )));
+        if !record.online() {
+            return Ok(record);
         }
-        Ok(record)
+        // The stop failed, or someone started the container again while it ran.
+        match record.last_stop.as_ref().and_then(|s| s.error.clone()) {
+            Some(error) => Err(AgentError::Engine(format!(
+                "the stop under way ended with the container still running: {error}"
+            ))),
+            None => Err(AgentError::StopOvertaken {
+                id: id.clone(),
+                record: Box::new(record),
+            }),
+        }
     }
 
     /// Checks that the app's container exists and runs, then stops it in the background and returns
