@@ -279,17 +279,26 @@ fn read_through_one_handle(
     path: &Path,
     what: &'static str,
 ) -> Result<(String, std::fs::Metadata), TokensError> {
-    use std::io::Read;
     let read = |err| TokensError::Read {
         what,
         path: path.to_owned(),
         err,
     };
-    let mut file = std::fs::File::open(path).map_err(read)?;
-    let meta = file.metadata().map_err(read)?;
-    let mut text = String::new();
-    file.read_to_string(&mut text).map_err(read)?;
+    let (bytes, meta) = read_with_metadata(path).map_err(read)?;
+    let text = String::from_utf8(bytes)
+        .map_err(|e| read(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
     Ok((text, meta))
+}
+
+/// A file's bytes, and the metadata of the very file they were read from (one handle), for the
+/// files whose mode and owner are checked: the tokens, the report token, private keys.
+pub(crate) fn read_with_metadata(path: &Path) -> std::io::Result<(Vec<u8>, std::fs::Metadata)> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let meta = file.metadata()?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok((bytes, meta))
 }
 
 /// Refuses a tokens file (or another file of secrets: a private key, the report token) that other

@@ -99,17 +99,12 @@ fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
 
 /// Reads a whole file of secrets, its mode and owner checked on the handle it is read through.
 fn read_private(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
-    use std::io::Read;
-    let read = |err| TlsError::Read {
+    let (pem, meta) = crate::auth::read_with_metadata(path).map_err(|err| TlsError::Read {
         what,
         path: path.to_path_buf(),
         err,
-    };
-    let mut file = std::fs::File::open(path).map_err(read)?;
-    let meta = file.metadata().map_err(read)?;
+    })?;
     crate::auth::check_private(path, what, &meta).map_err(TlsError::Exposed)?;
-    let mut pem = Vec::new();
-    file.read_to_end(&mut pem).map_err(read)?;
     Ok(pem)
 }
 
