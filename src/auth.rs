@@ -53,7 +53,8 @@ pub enum TokensError {
     #[error(
         "tokens file {path} does not exist, and the agent does not create one while its output \
          goes to the journal, which would keep the new token in clear: create the file and \
-         append the entries `node-agent token new` prints, as the README's install steps do"
+         append the entries `node-agent token new` prints, as the install steps of \
+         /usr/share/doc/node-agent/docs/operations.md do"
     )]
     NotCreatedUnderJournal { path: PathBuf },
     #[error("cannot generate a random token")]

@@ -61,6 +61,89 @@ pub struct Config {
     /// Where the agent pushes every change of a record; absent `url` means no reports.
     #[serde(default)]
     pub report: ReportConfig,
+    /// The node's own shutdown, as systemd-logind announces it.
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+    /// Each app's event history.
+    #[serde(default)]
+    pub history: HistoryConfig,
+}
+
+/// Each app's event history.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Events kept per app once the control plane has acknowledged them (every event is
+    /// delivered first).
+    #[serde(default = "default_events_per_app")]
+    pub per_app: u64,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            per_app: default_events_per_app(),
+        }
+    }
+}
+
+fn default_events_per_app() -> u64 {
+    crate::store::DEFAULT_EVENTS_PER_APP as u64
+}
+
+/// The most events a configuration may keep per app.
+pub const MAX_EVENTS_PER_APP: u64 = 100_000;
+
+/// The node's shutdown: a logind delay lock, the drain it triggers, and the resume at boot.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// Hold a systemd-logind delay lock, and drain the node when it shuts down.
+    #[serde(default = "yes")]
+    pub inhibit: bool,
+    /// The deadline of the shutdown's drain: every container still running then is killed.
+    #[serde(default = "default_shutdown_grace_secs")]
+    pub grace_secs: u64,
+    /// After the drain, how long the final records may take to reach the control plane before
+    /// the lock is released.
+    #[serde(default = "default_shutdown_report_secs")]
+    pub report_secs: u64,
+    /// At the next start, start again the apps the node's shutdown stopped.
+    #[serde(default = "yes")]
+    pub resume_on_boot: bool,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            inhibit: true,
+            grace_secs: default_shutdown_grace_secs(),
+            report_secs: default_shutdown_report_secs(),
+            resume_on_boot: true,
+        }
+    }
+}
+
+impl ShutdownConfig {
+    /// How long the lock holds the shutdown back at most: the drain, then the reports.
+    pub fn budget_secs(&self) -> u64 {
+        self.grace_secs + self.report_secs
+    }
+}
+
+/// The longest shutdown drain and report time, in seconds.
+pub const MAX_SHUTDOWN_SECS: u64 = 3600;
+
+fn yes() -> bool {
+    true
+}
+
+fn default_shutdown_grace_secs() -> u64 {
+    30
+}
+
+fn default_shutdown_report_secs() -> u64 {
+    5
 }
 
 /// Reports to the control plane.
@@ -510,6 +593,26 @@ impl Config {
         if self.node.id.trim().is_empty() {
             return Err(bad("node.id", "must not be empty".into()));
         }
+        for (key, value, least) in [
+            ("shutdown.grace_secs", self.shutdown.grace_secs, 1),
+            ("shutdown.report_secs", self.shutdown.report_secs, 0),
+        ] {
+            if !(least..=MAX_SHUTDOWN_SECS).contains(&value) {
+                return Err(bad(
+                    key,
+                    format!("{value} is not from {least} to {MAX_SHUTDOWN_SECS}"),
+                ));
+            }
+        }
+        if !(1..=MAX_EVENTS_PER_APP).contains(&self.history.per_app) {
+            return Err(bad(
+                "history.per_app",
+                format!(
+                    "{} is not from 1 to {MAX_EVENTS_PER_APP}",
+                    self.history.per_app
+                ),
+            ));
+        }
         if self.node.name.trim().is_empty() {
             return Err(bad("node.name", "must not be empty".into()));
         }
@@ -711,6 +814,7 @@ mod tests {
         let config = Config::load_with_env(f.path(), []).expect("valid");
         assert_eq!(config.http.listen, "127.0.0.1:8475");
         assert_eq!(config.stop.default_timeout_secs, None);
+        assert_eq!(config.history.per_app, 200);
     }
 
     #[test]
@@ -762,6 +866,8 @@ mod tests {
                 "[http]\nwrite_timeout_secs = 0\n",
                 "http.write_timeout_secs",
             ),
+            ("[history]\nper_app = 0\n", "history.per_app"),
+            ("[history]\nper_app = 100001\n", "history.per_app"),
         ] {
             let f = write(&format!("{MINIMAL}{extra}"));
             let err = Config::load_with_env(f.path(), []).expect_err(key);

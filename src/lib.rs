@@ -5,7 +5,8 @@
 //!
 //! - [`http`] parses requests and renders answers (the only module that knows status codes);
 //! - [`agent`] is the core: it decides how an app is read, registered and stopped;
-//! - [`stop`] turns a stop request into engine calls; [`metrics`] computes `docker stats` figures;
+//! - [`lifecycle`] names the operations on an app (stop, start, restart); [`stop`] turns a stop
+//!   request into engine calls; [`stats`] is `docker stats` arithmetic;
 //! - [`policy`] says who may do what to which app; [`auth`] knows tokens and principals;
 //! - [`runtime`] is the container engine behind a trait, with the bollard implementation;
 //!   [`cgroup`] reads a running container's figures from the host's own files;
@@ -13,18 +14,21 @@
 //!   to the control plane; [`record`] is the record's shape;
 //! - [`config`] reads the configuration; [`signals`] turns Unix signals into shutdown and reload;
 //! - [`telemetry`] keeps the agent's own figures for `/metrics`; [`host`] reads the host's for
-//!   `/v1/node`; [`notify`] tells systemd that the agent is ready, reloading, stopping or alive.
+//!   `/v1/node`; [`notify`] tells systemd that the agent is ready, reloading, stopping or alive;
+//!   [`background`] owns the long-lived tasks, which every exit of [`run`] ends.
 
 pub mod agent;
 pub mod auth;
+pub mod background;
 pub mod cgroup;
 pub mod config;
+pub mod events;
 pub mod host;
 pub mod http;
+pub mod lifecycle;
 pub mod logging;
-pub mod metrics;
+pub mod logind;
 pub mod notify;
-pub mod operation;
 pub mod pem;
 pub mod policy;
 pub mod quota;
@@ -32,6 +36,7 @@ pub mod record;
 pub mod report;
 pub mod runtime;
 pub mod signals;
+pub mod stats;
 pub mod stop;
 pub mod store;
 pub mod telemetry;
@@ -44,6 +49,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::{Agent, Limits};
 use crate::auth::{TokenBook, Tokens, TokensError};
+use crate::background::Background;
 use crate::config::Config;
 use crate::http::tls::{Tls, TlsError, TlsFiles};
 use crate::record::WorkerNode;
@@ -159,9 +165,12 @@ pub struct Services {
 impl Services {
     /// Opens the store and the tokens, and reads the report settings; the engine is connected
     /// lazily, and the control plane only once the sender runs.
-    pub fn open(config: &Config) -> Result<Services, RunError> {
+    pub fn open(config: &Config, background: &Background) -> Result<Services, RunError> {
         let reporting = Reporting::load(&config.report)?;
-        let store = Store::open(&config.store.path)?;
+        let store = Store::open(&config.store.path)?.keeping_events(
+            usize::try_from(config.history.per_app).unwrap_or(usize::MAX),
+            config.report.url.is_some(),
+        );
         let tokens = Tokens::new(load_or_create_tokens(config)?);
         let endpoint =
             config
@@ -176,7 +185,7 @@ impl Services {
             id: config.node.id.clone(),
             node_name: config.node.name.clone(),
         };
-        let agent = Agent::new(runtime, store, node, Limits::of(config));
+        let agent = Agent::new(runtime, store, node, Limits::of(config), background.clone());
         Ok(Services {
             agent,
             tokens,
@@ -248,106 +257,213 @@ async fn bind_listeners(
 }
 
 /// Runs the agent until `shutdown` resolves (reloading tokens and TLS files at each item of
-/// `reloads`), then lets in-flight requests and stops finish and flushes the store.
+/// `reloads`), then lets in-flight requests and operations finish and flushes the store.
+///
+/// Every way out, a server that ends by itself and a listener that cannot be bound included, goes
+/// through one close: operations under way finish (bounded), the background is shut down, and the
+/// store is checkpointed.
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
     reloads: impl futures_util::Stream<Item = ()> + Send + Unpin + 'static,
 ) -> Result<(), RunError> {
-    let services = Services::open(&config)?;
+    let background = Background::new();
+    let services = Services::open(&config, &background)?;
+    // A drained node refuses starts from its first request; a drain under way goes on. Nothing
+    // runs yet that a failure here would have to stop.
+    services.agent.take_up_drain().await?;
     // Records are reconciled with the engine, and followed through its events, in the background:
     // the agent serves at once, with or without the engine. Started before the listeners are
     // bound, so that the engine's connection and the first readings of the running apps are
     // under way by the time the first request comes.
-    let watcher = services.agent.spawn_watcher();
-    let (listeners, tls) = match bind_listeners(&config).await {
-        Ok(bound) => bound,
-        Err(e) => {
-            watcher.abort();
-            return Err(e);
-        }
-    };
-
-    // Changes are pushed to the control plane by a task of their own, which nothing waits on.
-    let reporter_stop = CancellationToken::new();
-    let reporter = services
-        .reporting
-        .clone()
-        .map(|r| r.spawn(services.agent.clone(), reporter_stop.clone()));
-    signals::spawn_reload(
-        signals::Reloadable {
-            tokens_file: config.auth.tokens_file.clone(),
-            tokens: services.tokens.clone(),
-            tls,
-            reporting: services.reporting.clone(),
-        },
-        reloads,
-    );
-
-    let ctx = http::ApiContext {
-        agent: services.agent.clone(),
-        tokens: services.tokens.clone(),
-        trust_root_on_socket: config.http.trust_root_on_socket,
-        metrics_open: config.http.metrics_open,
-    };
-    let router = http::router(ctx);
-    let stopping = CancellationToken::new();
-    let limits = http::server::ServerLimits {
-        max_connections: config.http.max_connections,
-        max_connections_per_peer: config
-            .http
-            .max_connections_per_peer
-            .min(config.http.max_connections),
-        header_timeout: Duration::from_secs(config.http.header_timeout_secs),
-        write_timeout: Duration::from_secs(config.http.write_timeout_secs),
-    };
-    let mut serving: tokio::task::JoinSet<()> = listeners
-        .into_iter()
-        .map(|listener| http::server::serve(listener, router.clone(), limits, stopping.clone()))
-        .collect();
-    notify::ready("serving");
-    let watchdog = notify::spawn_watchdog(services.agent.store().clone());
-    tokio::select! {
-        ended = serving.join_next() => {
-            // A server ends by itself only when it cannot go on.
-            if let Some(Err(e)) = ended {
-                return Err(RunError::Serve(std::io::Error::other(e)));
-            }
-            return Err(RunError::Serve(std::io::Error::other("the HTTP server stopped")));
-        }
-        () = shutdown => stopping.cancel(),
-    }
-    notify::stopping();
-    // From here, requests in flight and stops under way (background ones included) share one
-    // bounded drain.
+    services.agent.spawn_watcher();
+    // The node's shutdown, as logind announces it: the delay lock, and the resume of what the
+    // last shutdown stopped.
+    logind::spawn(services.agent.clone(), config.shutdown.clone(), &background);
     let drain = Duration::from_secs(config.stop.shutdown_drain_secs);
+    let served = match bind_listeners(&config).await {
+        Ok((listeners, tls)) => {
+            // Changes are pushed to the control plane by a task of their own, which nothing waits
+            // on.
+            if let Some(reporting) = services.reporting.clone() {
+                reporting.spawn(services.agent.report_sources(), &background);
+            }
+            signals::spawn_reload(
+                signals::Reloadable {
+                    tokens_file: config.auth.tokens_file.clone(),
+                    tokens: services.tokens.clone(),
+                    tls,
+                    reporting: services.reporting.clone(),
+                },
+                reloads,
+                &background,
+            );
+            let ctx = http::ApiContext {
+                agent: services.agent.clone(),
+                tokens: services.tokens.clone(),
+                trust_root_on_socket: config.http.trust_root_on_socket,
+                metrics_open: config.http.metrics_open,
+            };
+            let limits = http::server::ServerLimits {
+                max_connections: config.http.max_connections,
+                max_connections_per_peer: config
+                    .http
+                    .max_connections_per_peer
+                    .min(config.http.max_connections),
+                header_timeout: Duration::from_secs(config.http.header_timeout_secs),
+                write_timeout: Duration::from_secs(config.http.write_timeout_secs),
+            };
+            let router = http::router(ctx);
+            let stopping = CancellationToken::new();
+            let serving = listeners
+                .into_iter()
+                .map(|listener| {
+                    http::server::serve(listener, router.clone(), limits, stopping.clone())
+                })
+                .collect();
+            notify::ready("serving");
+            notify::spawn_watchdog(services.agent.store().clone(), &background);
+            serve_until(serving, stopping, shutdown, drain).await
+        }
+        Err(e) => Served {
+            deadline: tokio::time::Instant::now() + drain,
+            outcome: Err(e),
+        },
+    };
+    let closed = close(&services.agent, &background, served.deadline).await;
+    served.outcome.and(closed)
+}
+
+/// How serving ended: why, and until when operations under way may still finish.
+struct Served {
+    deadline: tokio::time::Instant,
+    outcome: Result<(), RunError>,
+}
+
+/// Waits for `shutdown`, or for a server to end by itself (it does only when it cannot go on);
+/// then stops every server and lets the requests in flight finish, up to `drain`. Requests and
+/// operations share that one bounded drain.
+async fn serve_until(
+    mut serving: tokio::task::JoinSet<()>,
+    stopping: CancellationToken,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+) -> Served {
+    let outcome = tokio::select! {
+        ended = serving.join_next() => {
+            let cause = match ended {
+                Some(Err(e)) => std::io::Error::other(e),
+                _ => std::io::Error::other("the HTTP server stopped"),
+            };
+            tracing::error!(error = %cause, "a server ended by itself; stopping");
+            Err(RunError::Serve(cause))
+        }
+        () = shutdown => Ok(()),
+    };
+    stopping.cancel();
+    notify::stopping();
     let deadline = tokio::time::Instant::now() + drain;
     tracing::info!(
         limit_secs = drain.as_secs(),
-        "no new connections; finishing requests and stops under way"
+        "no new connections; finishing requests and operations under way"
     );
     let all_served = async { while serving.join_next().await.is_some() {} };
     if tokio::time::timeout_at(deadline, all_served).await.is_err() {
         tracing::warn!("requests still open at the drain limit; closing them");
         serving.abort_all();
     }
-    if tokio::time::timeout_at(deadline, services.agent.drain_stops())
+    Served { deadline, outcome }
+}
+
+/// The one close of every exit of [`run`]: operations under way finish (until `deadline`), the
+/// background is shut down (what the report sender has not had acknowledged stays in the store,
+/// and is sent after the next start), and the store is checkpointed.
+async fn close(
+    agent: &Agent,
+    background: &Background,
+    deadline: tokio::time::Instant,
+) -> Result<(), RunError> {
+    if tokio::time::timeout_at(deadline, agent.finish_operations())
         .await
         .is_err()
     {
-        tracing::warn!("stops still under way at the drain limit; exiting");
+        tracing::warn!("operations still under way at the drain limit; exiting");
     }
-    watcher.abort();
-    // What is not acknowledged stays in the store, and is sent after the next start.
-    reporter_stop.cancel();
-    if let Some(r) = reporter {
-        let _ = r.await;
-    }
-    if let Some(w) = watchdog {
-        w.abort();
-    }
+    background.shut_down().await;
     tracing::info!("flushing the store");
-    services.agent.store().checkpoint().await?;
+    agent.store().checkpoint().await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{Access, Principal};
+    use crate::record::AppId;
+    use crate::runtime::fake::FakeRuntime;
+    use crate::stop::StopRequest;
+    use crate::telemetry::Route;
+
+    #[tokio::test]
+    async fn a_server_ending_by_itself_still_leaves_a_clean_store() {
+        let dir = tempfile::tempdir().expect("dir");
+        let db = dir.path().join("a.db");
+        let fake = FakeRuntime::new(true);
+        fake.add_running("ca", &["SIGTERM"]);
+        let background = Background::new();
+        let node = WorkerNode {
+            id: "n".into(),
+            node_name: "N".into(),
+        };
+        let agent = Agent::new(
+            Arc::new(fake.clone()),
+            Store::open(&db).expect("store"),
+            node,
+            Limits::default(),
+            background.clone(),
+        );
+        let operator = Principal {
+            name: "op".into(),
+            access: Access::Operator,
+        };
+        let app = AppId::parse("a").expect("id");
+        agent
+            .register(&operator, &app, serde_json::json!({"containerId": "ca"}))
+            .await
+            .expect("register");
+        agent.spawn_watcher();
+        // A stop under way when the server gives up; the engine lets it end a little later.
+        fake.gate("stop");
+        agent
+            .stop_in_background(&operator, &app, StopRequest::default(), Route::Okeanos)
+            .await
+            .expect("accepted");
+        fake.entered().await;
+        let engine = fake.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            engine.release();
+        });
+
+        let mut serving = tokio::task::JoinSet::new();
+        serving.spawn(async {});
+        let served = serve_until(
+            serving,
+            CancellationToken::new(),
+            std::future::pending(),
+            Duration::from_secs(10),
+        )
+        .await;
+        assert!(matches!(served.outcome, Err(RunError::Serve(_))));
+        close(&agent, &background, served.deadline)
+            .await
+            .expect("closed");
+
+        assert_eq!(background.running(), 0, "the background is shut down");
+        let record = agent.store().get(&app).await.expect("get").expect("record");
+        assert!(!record.online(), "the stop under way finished");
+        let wal = std::fs::metadata(dir.path().join("a.db-wal")).map_or(0, |m| m.len());
+        assert_eq!(wal, 0, "the store is checkpointed");
+    }
 }

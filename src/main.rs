@@ -8,6 +8,9 @@ use clap::{Parser, Subcommand};
 use node_agent::auth::{Role, TokenBook, entry_toml, list_tokens, new_token};
 use node_agent::config::{Config, LogConfig, LogFormat};
 
+#[cfg(test)]
+mod cli_docs;
+
 /// Exit code for a configuration that cannot be used (sysexits' EX_CONFIG).
 const EXIT_CONFIG: u8 = 78;
 
@@ -40,8 +43,11 @@ enum Command {
 enum TokenCommand {
     /// Print a fresh random token once, and the tokens-file entry holding its hash.
     New {
+        /// The token's name, of its own in the tokens file (`token list` and the logs show it).
         #[arg(long)]
         name: String,
+        /// What the token may do: operator (every app, and the node) or user (the apps that
+        /// --user-id owns or may act on through a team).
         #[arg(long, value_enum)]
         role: Role,
         /// The user this token acts for (role user only).
@@ -136,8 +142,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// Whether logind would give the shutdown drain its budget, asked on the system bus.
+fn shutdown_note(config: &node_agent::config::ShutdownConfig) -> Result<String, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?
+        .block_on(node_agent::logind::check_budget_once(config))
+}
+
 /// Validates the configuration, the tokens file it names (when it exists), its TLS files, and the
-/// report token and TLS files.
+/// report token and TLS files; and says whether logind would cut the node shutdown's drain short.
 fn check_config(path: &std::path::Path) -> ExitCode {
     let checked = Config::load(path)
         .map_err(|e| e.to_string())
@@ -148,11 +163,18 @@ fn check_config(path: &std::path::Path) -> ExitCode {
             }
             node_agent::load_tls(&config).map_err(|e| e.to_string())?;
             node_agent::report::Reporting::load(&config.report).map_err(|e| e.to_string())?;
-            Ok(())
+            Ok(config.shutdown)
         });
     match checked {
-        Ok(()) => {
+        Ok(shutdown) => {
             println!("{}: valid", path.display());
+            // Not a fault of the file: said, and the exit stays 0.
+            if shutdown.inhibit {
+                match shutdown_note(&shutdown) {
+                    Ok(note) => println!("{note}"),
+                    Err(warning) => eprintln!("warning: {warning}"),
+                }
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -65,16 +65,19 @@ pub fn stopping() {
 /// When the service manager asks for a watchdog (`WatchdogSec=`), pings it at half the interval for
 /// as long as the agent is healthy: its runtime schedules this task, and its store answers. The
 /// engine is not part of it: the agent is meant to serve, and say 503, while the engine is away,
-/// and restarting the agent would not bring the engine back.
-pub fn spawn_watchdog(store: Store) -> Option<tokio::task::JoinHandle<()>> {
+/// and restarting the agent would not bring the engine back. It runs in `background`, until that is
+/// shut down.
+pub fn spawn_watchdog(store: Store, background: &crate::background::Background) {
     // systemd never asks for a zero interval; should one come, there is no watchdog to feed.
-    let interval = sd_notify::watchdog_enabled().filter(|i| !i.is_zero())?;
+    let Some(interval) = sd_notify::watchdog_enabled().filter(|i| !i.is_zero()) else {
+        return;
+    };
     let beat = (interval / 2).max(Duration::from_millis(10));
     tracing::info!(
         interval_ms = interval.as_millis(),
         "systemd watchdog enabled"
     );
-    Some(tokio::spawn(async move {
+    background.spawn(async move {
         let mut ticks = tokio::time::interval(beat);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -90,5 +93,5 @@ pub fn spawn_watchdog(store: Store) -> Option<tokio::task::JoinHandle<()>> {
                 ),
             }
         }
-    }))
+    });
 }

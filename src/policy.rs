@@ -90,21 +90,10 @@ pub fn may_manage_records(principal: &Principal) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::AppId;
-    use chrono::Utc;
     use serde_json::json;
 
     fn record(registered: Value) -> AppRecord {
-        AppRecord {
-            id: AppId::parse("a").expect("id"),
-            registered: registered.as_object().cloned().expect("object"),
-            metrics: None,
-            last_exit: None,
-            last_stop: None,
-            last_start: None,
-            updated_at: Utc::now(),
-            generation: 1,
-        }
+        AppRecord::for_tests(registered.as_object().cloned().expect("object"))
     }
 
     fn user(id: &str) -> Principal {

@@ -106,7 +106,7 @@ pub struct ResourceMetrics {
     /// Where the sample's figures were read: `cgroup` (the container's cgroup files, read by the
     /// agent at the moment of the sample) or `engine` (the engine's stats).
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub sample_source: Option<crate::metrics::SampleSource>,
+    pub sample_source: Option<crate::stats::SampleSource>,
 }
 
 /// `engineUnavailable`: present on a record read while the engine could not be asked. The record
@@ -170,7 +170,141 @@ pub enum StopOutcome {
     Interrupted,
 }
 
-/// `lastStop`: the agent's last stop of this app and how it ended.
+/// Why the node, not a caller's own ask, stopped or started an app: `lastStop.reason` and
+/// `lastStart.reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeReason {
+    /// An operator drained the node (`POST /v1/node/drain`).
+    Drain,
+    /// The node was shutting down.
+    NodeShutdown,
+    /// The node booted again after a shutdown that stopped it.
+    NodeBoot,
+}
+
+impl NodeReason {
+    /// As in the JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeReason::Drain => "drain",
+            NodeReason::NodeShutdown => "node-shutdown",
+            NodeReason::NodeBoot => "node-boot",
+        }
+    }
+}
+
+/// The agent's last operation of one kind on an app, and how it ended: the record's `lastStop`
+/// (`O` = [`StopOutcome`]) and `lastStart` (`O` = [`StartOutcome`]). Written as an intent (its
+/// outcome under way) before the engine is touched, and closed with the outcome once it ends, so
+/// that an agent that dies meanwhile leaves an intent the next start closes as interrupted.
+///
+/// Its JSON is exactly the documented `lastStop` and `lastStart`: a stop only ever sets
+/// `previousRestartPolicy`, a start only `restoredRestartPolicy`, and an unset key is left out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LastOp<O> {
+    pub outcome: O,
+    /// The token name that asked for it.
+    pub by: String,
+    #[serde(with = "rfc3339_millis")]
+    pub requested_at: DateTime<Utc>,
+    #[serde(
+        with = "rfc3339_millis::option",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Why it failed; or, beside a success, what it could not do (give a restart policy back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// A stop's: the restart policy the container had before the stop set it to `no`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_restart_policy: Option<String>,
+    /// A start's: the restart policy it gave back (the one the last stop set aside).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_restart_policy: Option<String>,
+    /// Why the node did it (a drain, a shutdown, a boot); unset when a caller asked for it alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<NodeReason>,
+}
+
+/// The outcomes of one kind of operation, and where the record keeps its [`LastOp`].
+pub trait OpOutcome: Copy + Eq + Send + Sync + 'static {
+    /// Accepted and under way: the intent.
+    const UNDER_WAY: Self;
+    /// The agent itself died during the operation.
+    const INTERRUPTED: Self;
+    /// The record's last operation of this kind.
+    fn last_of(record: &AppRecord) -> Option<&LastOp<Self>>;
+    /// The slot of this kind, of the two `stop` and `start` slots of a record or an observation.
+    fn slot<'a>(
+        stop: &'a mut Option<LastOp<StopOutcome>>,
+        start: &'a mut Option<LastOp<StartOutcome>>,
+    ) -> &'a mut Option<LastOp<Self>>;
+}
+
+impl OpOutcome for StopOutcome {
+    const UNDER_WAY: Self = StopOutcome::Stopping;
+    const INTERRUPTED: Self = StopOutcome::Interrupted;
+    fn last_of(record: &AppRecord) -> Option<&LastOp<Self>> {
+        record.last_stop.as_ref()
+    }
+    fn slot<'a>(
+        stop: &'a mut Option<LastOp<StopOutcome>>,
+        _: &'a mut Option<LastOp<StartOutcome>>,
+    ) -> &'a mut Option<LastOp<Self>> {
+        stop
+    }
+}
+
+impl OpOutcome for StartOutcome {
+    const UNDER_WAY: Self = StartOutcome::Starting;
+    const INTERRUPTED: Self = StartOutcome::Interrupted;
+    fn last_of(record: &AppRecord) -> Option<&LastOp<Self>> {
+        record.last_start.as_ref()
+    }
+    fn slot<'a>(
+        _: &'a mut Option<LastOp<StopOutcome>>,
+        start: &'a mut Option<LastOp<StartOutcome>>,
+    ) -> &'a mut Option<LastOp<Self>> {
+        start
+    }
+}
+
+impl<O: OpOutcome> LastOp<O> {
+    /// The intent of an operation `by` asked for at `requested_at`.
+    pub fn intent(by: &str, requested_at: DateTime<Utc>) -> LastOp<O> {
+        LastOp {
+            outcome: O::UNDER_WAY,
+            by: by.to_owned(),
+            requested_at,
+            finished_at: None,
+            error: None,
+            previous_restart_policy: None,
+            restored_restart_policy: None,
+            reason: None,
+        }
+    }
+
+    /// Whether this is the intent of an operation that has not ended.
+    pub fn under_way(&self) -> bool {
+        self.outcome == O::UNDER_WAY
+    }
+
+    /// This operation, closed at `now` with `outcome` (and `error`, if given).
+    pub fn closed(self, outcome: O, now: DateTime<Utc>, error: Option<String>) -> LastOp<O> {
+        LastOp {
+            outcome,
+            finished_at: Some(now),
+            error,
+            ..self
+        }
+    }
+}
+
+/// The documented schema of `lastStop` ([`LastOp`] with a [`StopOutcome`]), for the OpenAPI
+/// document only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LastStop {
@@ -190,6 +324,9 @@ pub struct LastStop {
     /// The restart policy the container had before the stop set it to `no`, if it had one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_restart_policy: Option<String>,
+    /// `drain` or `node-shutdown` when the node stopped the app; left out when a caller did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<NodeReason>,
 }
 
 /// Where the agent's last start of the app stands.
@@ -208,7 +345,8 @@ pub enum StartOutcome {
     Interrupted,
 }
 
-/// `lastStart`: the agent's last start of this app (by `/start`, or as the second half of a
+/// The documented schema of `lastStart` ([`LastOp`] with a [`StartOutcome`]), for the OpenAPI
+/// document only: the agent's last start of this app (by `/start`, or as the second half of a
 /// `/restart`) and how it ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -230,6 +368,10 @@ pub struct LastStart {
     /// The restart policy the start gave back to the container (the one the last stop set aside).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restored_restart_policy: Option<String>,
+    /// `node-boot` when the node started the app again after a shutdown; left out when a caller
+    /// did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<NodeReason>,
 }
 
 /// An application record.
@@ -240,21 +382,43 @@ pub struct AppRecord {
     pub registered: Map<String, Value>,
     pub metrics: Option<ResourceMetrics>,
     pub last_exit: Option<LastExit>,
-    pub last_stop: Option<LastStop>,
-    pub last_start: Option<LastStart>,
+    pub last_stop: Option<LastOp<StopOutcome>>,
+    pub last_start: Option<LastOp<StartOutcome>>,
+    /// How many times the engine's restart policy restarted the container (`RestartCount`), as
+    /// last seen; `None` before it was seen.
+    pub restart_count: Option<u64>,
     pub updated_at: DateTime<Utc>,
     /// Drawn from the node's one counter, which only goes up, in the transaction of the record's
     /// last change: a higher generation is always the newer state.
     pub generation: u64,
 }
 
+#[cfg(test)]
+impl AppRecord {
+    /// A record of app `a` with `registered` and nothing observed, for unit tests.
+    pub fn for_tests(registered: Map<String, Value>) -> AppRecord {
+        AppRecord {
+            id: AppId::parse("a").expect("id"),
+            registered,
+            metrics: None,
+            last_exit: None,
+            last_stop: None,
+            last_start: None,
+            restart_count: None,
+            updated_at: Utc::now(),
+            generation: 1,
+        }
+    }
+}
+
 /// Keys whose values the agent owns; a registration may carry them but they are replaced.
-const AGENT_OWNED: [&str; 7] = [
+const AGENT_OWNED: [&str; 8] = [
     "workerNodeId",
     "currentResourceMetrics",
     "lastExit",
     "lastStop",
     "lastStart",
+    "restartCount",
     "updatedAt",
     "generation",
 ];
@@ -468,16 +632,12 @@ impl AppRecord {
 
     /// Whether a stop by the agent is recorded as under way: the intent of a stop that has not ended.
     pub fn stop_pending(&self) -> bool {
-        self.last_stop
-            .as_ref()
-            .is_some_and(|s| s.outcome == StopOutcome::Stopping)
+        self.last_stop.as_ref().is_some_and(LastOp::under_way)
     }
 
     /// Whether a start by the agent is recorded as under way: the intent of a start that has not ended.
     pub fn start_pending(&self) -> bool {
-        self.last_start
-            .as_ref()
-            .is_some_and(|s| s.outcome == StartOutcome::Starting)
+        self.last_start.as_ref().is_some_and(LastOp::under_way)
     }
 
     /// The restart policy the last stop set aside, while no start has given it back since.
@@ -559,6 +719,9 @@ impl AppRecord {
         }
         if let Some(s) = &self.last_start {
             out.insert("lastStart".into(), json_of(s));
+        }
+        if let Some(n) = self.restart_count {
+            out.insert("restartCount".into(), Value::from(n));
         }
         out.insert(
             "updatedAt".into(),
@@ -790,6 +953,7 @@ mod tests {
             registered: reg.registered,
             last_stop: None,
             last_start: None,
+            restart_count: None,
             metrics: Some(ResourceMetrics {
                 timestamp: t,
                 online: false,
@@ -800,7 +964,7 @@ mod tests {
                 memory_limit_bytes: Some(2),
                 network_rx_bytes: Some(3),
                 network_tx_bytes: Some(4),
-                sample_source: Some(crate::metrics::SampleSource::Cgroup),
+                sample_source: Some(crate::stats::SampleSource::Cgroup),
             }),
             last_exit: None,
             updated_at: t,

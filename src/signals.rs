@@ -97,12 +97,14 @@ impl Reloadable {
     }
 }
 
-/// Reloads at every item of `reloads`, telling the service manager while it does.
+/// Reloads at every item of `reloads`, telling the service manager while it does, in `background`
+/// until that is shut down.
 pub fn spawn_reload(
     reloadable: Reloadable,
     mut reloads: impl Stream<Item = ()> + Send + Unpin + 'static,
+    background: &crate::background::Background,
 ) {
-    tokio::spawn(async move {
+    background.spawn(async move {
         while reloads.next().await.is_some() {
             notify::reloading();
             let r = reloadable.clone();

@@ -20,12 +20,14 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Map, Value};
 
+use crate::events::{self, AppEvent, EventType, NewEvent};
 use crate::record::{
-    AppId, AppRecord, LastExit, LastStart, LastStop, Registration, ResourceMetrics, format_time,
+    AppId, AppRecord, LastExit, LastOp, Registration, ResourceMetrics, StartOutcome, StopOutcome,
+    format_time,
 };
 
 /// The schema's steps, in order: step N takes the store to `PRAGMA user_version` N + 1.
-const MIGRATIONS: [&str; 5] = [
+const MIGRATIONS: [&str; 7] = [
     "CREATE TABLE IF NOT EXISTS apps (
          id          TEXT PRIMARY KEY NOT NULL,
          registered  TEXT NOT NULL,
@@ -56,7 +58,47 @@ const MIGRATIONS: [&str; 5] = [
     // The outbox: the highest generation the control plane has acknowledged. Nothing is
     // acknowledged yet, so every record kept from before is reported once.
     "INSERT OR IGNORE INTO counters (name, value) VALUES ('acknowledged', 0);",
+    // The node's own state, a JSON document per key (`drain`: the node's drain).
+    "CREATE TABLE IF NOT EXISTS node (
+         key    TEXT PRIMARY KEY NOT NULL,
+         value  TEXT NOT NULL
+     ) STRICT;",
+    // Each app's event history, an event per change with the change's generation, and the
+    // engine's restart count of its container; beside it, for an hour, the spans of the agent's
+    // own operations and registrations (`windows`), which tell the engine's late events apart. An event the engine reported has a key (its
+    // container and time), so that one reported twice is kept once; `delivered` once a report
+    // carrying it was acknowledged (or dropped, or when there are no reports).
+    "ALTER TABLE apps ADD COLUMN restart_count INTEGER;
+     CREATE TABLE IF NOT EXISTS events (
+         generation  INTEGER PRIMARY KEY NOT NULL,
+         app_id      TEXT NOT NULL,
+         type        TEXT NOT NULL,
+         at          TEXT NOT NULL,
+         by          TEXT NOT NULL,
+         details     TEXT NOT NULL,
+         key         TEXT,
+         delivered   INTEGER NOT NULL DEFAULT 0
+     ) STRICT;
+     CREATE INDEX IF NOT EXISTS events_of_app ON events (app_id, generation);
+     CREATE UNIQUE INDEX IF NOT EXISTS events_by_key ON events (app_id, key) WHERE key IS NOT NULL;
+     CREATE TABLE IF NOT EXISTS windows (
+         app_id     TEXT NOT NULL,
+         kind       TEXT NOT NULL,
+         from_at    TEXT NOT NULL,
+         to_at      TEXT NOT NULL,
+         run_began  TEXT
+     ) STRICT;
+     CREATE INDEX IF NOT EXISTS windows_of_app ON windows (app_id, to_at);",
 ];
+
+/// Events kept per app once delivered, unless the configuration says otherwise
+/// (`[history] per_app`).
+pub const DEFAULT_EVENTS_PER_APP: usize = 200;
+
+/// The node-state key of the engine's time of the last engine event written to a history: the
+/// watcher asks the engine for the events since then when it (re)connects, so that an exit while
+/// the agent was down is not lost.
+const ENGINE_EVENTS_SEEN: &str = "engine_events_seen";
 
 /// Schema version written to `PRAGMA user_version`.
 const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -87,6 +129,8 @@ pub enum StoreError {
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
     records: Arc<Committed>,
+    /// Events kept per app once the control plane has them.
+    per_app: usize,
 }
 
 /// What has been committed: every record by id, and the channels that tell waiters of an app
@@ -99,6 +143,12 @@ struct Committed {
     watchers: Mutex<HashMap<AppId, tokio::sync::watch::Sender<u64>>>,
     /// The latest generation committed on this node; the report sender waits on it.
     head: tokio::sync::watch::Sender<u64>,
+    /// Events written since the store was opened, by type (in [`EventType::ALL`]'s order).
+    written: [std::sync::atomic::AtomicU64; EventType::ALL.len()],
+    /// Events dropped before the control plane had them (past [`MAX_UNDELIVERED_PER_APP`]).
+    dropped: std::sync::atomic::AtomicU64,
+    /// Whether events wait for a control plane; without reports they are written delivered.
+    reporting: bool,
 }
 
 /// The in-memory copy of the committed tables.
@@ -208,6 +258,9 @@ pub struct Change {
     pub generation: u64,
     /// The record; `None` when the app was deleted.
     pub record: Option<AppRecord>,
+    /// The app's events the control plane has not acknowledged, oldest first (filled in by the
+    /// report sender: they live only in SQLite).
+    pub events: Vec<AppEvent>,
 }
 
 /// What the outbox holds at this moment.
@@ -267,18 +320,26 @@ impl Drop for RecordWatch {
 /// What the agent saw of an app's container, to be written to its record.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Observation {
+    /// The engine's restart count of the container; `None` keeps the recorded one.
+    pub restart_count: Option<u64>,
+    /// What the engine reported that the change comes with (an exit, a start behind the agent's
+    /// back), beside the events the change of the record itself makes.
+    pub events: Vec<NewEvent>,
+    /// Written only for `events`: when none of them is kept (each already was, or is not the
+    /// app's own), the record is left as it is.
+    pub for_events_only: bool,
     pub metrics: ResourceMetrics,
     /// How its last run ended; `None` keeps the recorded one.
     pub last_exit: Option<LastExit>,
     /// Where the agent's stop of it stands; `None` keeps the recorded one.
-    pub last_stop: Option<LastStop>,
+    pub last_stop: Option<LastOp<StopOutcome>>,
     /// Where the agent's start of it stands; `None` keeps the recorded one.
-    pub last_start: Option<LastStart>,
+    pub last_start: Option<LastOp<StartOutcome>>,
 }
 
 impl Observation {
     /// Writes what was observed into `record`, keeping what it leaves out.
-    fn apply_to(self, record: &mut AppRecord) {
+    pub fn apply_to(self, record: &mut AppRecord) {
         record.metrics = Some(self.metrics);
         if self.last_exit.is_some() {
             record.last_exit = self.last_exit;
@@ -289,15 +350,16 @@ impl Observation {
         if self.last_start.is_some() {
             record.last_start = self.last_start;
         }
+        if self.restart_count.is_some() {
+            record.restart_count = self.restart_count;
+        }
     }
 
     /// New metrics, keeping the recorded exit and stop.
     pub fn metrics(metrics: ResourceMetrics) -> Observation {
         Observation {
             metrics,
-            last_exit: None,
-            last_stop: None,
-            last_start: None,
+            ..Observation::default()
         }
     }
 }
@@ -406,8 +468,22 @@ impl Store {
                 tables: RwLock::new(tables),
                 watchers: Mutex::default(),
                 head: tokio::sync::watch::channel(head).0,
+                written: Default::default(),
+                dropped: Default::default(),
+                reporting: true,
             }),
+            per_app: DEFAULT_EVENTS_PER_APP,
         })
+    }
+
+    /// This store, keeping `per_app` events of each app once the control plane has them; with
+    /// `reporting` false (no control plane), events count as delivered when written.
+    pub fn keeping_events(mut self, per_app: usize, reporting: bool) -> Store {
+        self.per_app = per_app.max(1);
+        if let Some(records) = Arc::get_mut(&mut self.records) {
+            records.reporting = reporting;
+        }
+        self
     }
 
     /// Runs `f` with the connection on the blocking pool.
@@ -470,6 +546,7 @@ impl Store {
                 id: id.clone(),
                 generation,
                 record: tables.records.get(id).cloned(),
+                events: Vec::new(),
             })
             .collect()
     }
@@ -497,10 +574,23 @@ impl Store {
     /// to it were dropped): they leave the outbox, and acknowledged tombstones are forgotten. The
     /// acknowledged generation never goes down.
     pub async fn acknowledge(&self, upto: u64) -> Result<(), StoreError> {
-        if upto <= self.read().acknowledged {
+        self.acknowledge_batch(upto, Vec::new()).await
+    }
+
+    /// [`Store::acknowledge`] of a report that carried, for each `(app, generation)` of `sent`, the
+    /// app's undelivered events up to that generation: those are delivered, and each of these apps
+    /// keeps only its last `per_app` delivered ones. Events of apps the report did not carry stay
+    /// undelivered, whatever their generation.
+    pub async fn acknowledge_batch(
+        &self,
+        upto: u64,
+        sent: Vec<(AppId, u64)>,
+    ) -> Result<(), StoreError> {
+        if upto <= self.read().acknowledged && sent.is_empty() {
             return Ok(());
         }
         let records = self.records.clone();
+        let per_app = self.per_app;
         self.with_conn(move |c| {
             // Losing an acknowledgement to a crash only sends its changes again.
             durability(c, Durability::CrashSafe)?;
@@ -509,6 +599,24 @@ impl Store {
                 "UPDATE counters SET value = max(value, ?1) WHERE name = 'acknowledged'",
                 [generation_value(upto)],
             )?;
+            for (app, generation) in &sent {
+                tx.prepare_cached(
+                    "UPDATE events SET delivered = 1
+                     WHERE app_id = ?1 AND generation <= ?2 AND delivered = 0",
+                )?
+                .execute(params![app.as_str(), generation_value(*generation)])?;
+                prune_events(&tx, app, per_app)?;
+            }
+            // A deleted app's history goes with its tombstone (whose change carried the rest).
+            for table in ["events", "windows"] {
+                tx.execute(
+                    &format!(
+                        "DELETE FROM {table} WHERE app_id IN
+                             (SELECT id FROM tombstones WHERE generation <= ?1)"
+                    ),
+                    [generation_value(upto)],
+                )?;
+            }
             tx.execute(
                 "DELETE FROM tombstones WHERE generation <= ?1",
                 [generation_value(upto)],
@@ -573,10 +681,13 @@ impl Store {
         id: &AppId,
         registration: Registration,
         now: DateTime<Utc>,
+        by: &str,
         observe: impl FnOnce(&AppRecord) -> Option<Observation> + Send + 'static,
     ) -> Result<(AppRecord, Registered), StoreError> {
         let id = id.clone();
         let records = self.records.clone();
+        let by = by.to_owned();
+        let per_app = self.per_app;
         self.with_conn(move |c| {
             durability(c, Durability::Synced)?;
             let tx = c.transaction()?;
@@ -598,6 +709,7 @@ impl Store {
                     last_exit: None,
                     last_stop: None,
                     last_start: None,
+                    restart_count: None,
                     // Nothing was ever written of this container: no sighting is older than that.
                     updated_at: DateTime::<Utc>::MIN_UTC,
                     generation: 0,
@@ -609,15 +721,25 @@ impl Store {
                 observation.apply_to(&mut record);
             }
             record.updated_at = now;
-            record.generation = next_generation(&tx)?;
+            let registered = NewEvent::new(
+                EventType::Registered,
+                now,
+                &by,
+                serde_json::json!({
+                    "created": !created_before,
+                    "containerId": record.container_id(),
+                    "containerChanged": !same_container,
+                }),
+            );
+            record.generation = write_events(&tx, &id, vec![registered], per_app, &records)?;
             tx.execute("DELETE FROM tombstones WHERE id = ?1", [id.as_str()])?;
             tx.execute(
                 "INSERT INTO apps (id, registered, metrics, last_exit, last_stop, last_start, updated_at,
-                                   generation)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                                   generation, restart_count)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                  ON CONFLICT(id) DO UPDATE SET
                      registered = ?2, metrics = ?3, last_exit = ?4, last_stop = ?5,
-                     last_start = ?6, updated_at = ?7, generation = ?8",
+                     last_start = ?6, updated_at = ?7, generation = ?8, restart_count = ?9",
                 params![
                     id.as_str(),
                     Value::Object(record.registered.clone()).to_string(),
@@ -627,6 +749,7 @@ impl Store {
                     to_json_text(&record.last_start),
                     format_time(now),
                     generation_value(record.generation),
+                    record.restart_count.map(generation_value),
                 ],
             )?;
             let record = select_one(&tx, &id)?.unwrap_or(record);
@@ -644,9 +767,11 @@ impl Store {
 
     /// Forgets `id`, leaving a tombstone with a generation of its own; false when it was not
     /// registered.
-    pub async fn delete(&self, id: &AppId) -> Result<bool, StoreError> {
+    pub async fn delete(&self, id: &AppId, by: &str) -> Result<bool, StoreError> {
         let id = id.clone();
         let records = self.records.clone();
+        let by = by.to_owned();
+        let per_app = self.per_app;
         self.with_conn(move |c| {
             durability(c, Durability::Synced)?;
             let tx = c.transaction()?;
@@ -654,9 +779,11 @@ impl Store {
             if !deleted {
                 return Ok(false);
             }
+            let now = Utc::now();
+            let event = NewEvent::new(EventType::Deleted, now, &by, serde_json::json!({}));
             let tombstone = Tombstone {
-                generation: next_generation(&tx)?,
-                deleted_at: Utc::now(),
+                generation: write_events(&tx, &id, vec![event], per_app, &records)?,
+                deleted_at: now,
             };
             tx.execute(
                 "INSERT INTO tombstones (id, generation, deleted_at) VALUES (?1, ?2, ?3)
@@ -705,6 +832,7 @@ impl Store {
         let id = id.clone();
         let container_id = container_id.to_owned();
         let records = self.records.clone();
+        let per_app = self.per_app;
         self.with_conn(move |c| {
             durability(c, Durability::CrashSafe)?;
             let tx = c.transaction()?;
@@ -714,15 +842,28 @@ impl Store {
             if record.container_id() != container_id {
                 return Ok(None);
             }
-            let Some(observation) = observe(&record) else {
+            let Some(mut observation) = observe(&record) else {
                 return Ok(Some(record));
             };
-            observation.apply_to(&mut record);
-            record.updated_at = now;
-            record.generation = next_generation(&tx)?;
+            let before = record.clone();
+            let seen = keepable(&tx, &id, std::mem::take(&mut observation.events))?;
+            if observation.for_events_only {
+                // Only the history changes: the record keeps what it says, and when.
+                if seen.is_empty() {
+                    return Ok(Some(record));
+                }
+            } else {
+                observation.apply_to(&mut record);
+                record.updated_at = now;
+            }
+            // The engine's own events first: they happened before the look that settled the
+            // record, and before any operation's end written with it.
+            let mut made = seen;
+            made.extend(events::derive(&before, &record, now));
+            record.generation = write_events(&tx, &id, made, per_app, &records)?;
             tx.execute(
                 "UPDATE apps SET metrics = ?2, last_exit = ?3, last_stop = ?4, last_start = ?5,
-                     updated_at = ?6, generation = ?7
+                     updated_at = ?6, generation = ?7, restart_count = ?8
                  WHERE id = ?1",
                 params![
                     id.as_str(),
@@ -730,8 +871,9 @@ impl Store {
                     to_json_text(&record.last_exit),
                     to_json_text(&record.last_stop),
                     to_json_text(&record.last_start),
-                    format_time(now),
+                    format_time(record.updated_at),
                     generation_value(record.generation),
+                    record.restart_count.map(generation_value),
                 ],
             )?;
             // Answer with the row as stored (times at stored precision), as a later read would.
@@ -739,6 +881,143 @@ impl Store {
             tx.commit()?;
             Store::committed(&records, &id, Current::Record(Box::new(stored.clone())));
             Ok(Some(stored))
+        })
+        .await
+    }
+
+    /// `id`'s events, newest first: up to `limit` older than generation `before` (all when
+    /// `None`), and whether there are more beyond them.
+    pub async fn events(
+        &self,
+        id: &AppId,
+        limit: usize,
+        before: Option<u64>,
+    ) -> Result<(Vec<AppEvent>, bool), StoreError> {
+        let id = id.clone();
+        self.with_conn(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT generation, type, at, by, details FROM events
+                 WHERE app_id = ?1 AND generation < ?2 ORDER BY generation DESC LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(
+                params![
+                    id.as_str(),
+                    before.map_or(i64::MAX, generation_value),
+                    i64::try_from(limit + 1).unwrap_or(i64::MAX)
+                ],
+                event_row,
+            )?;
+            let mut events = Vec::with_capacity(limit);
+            let mut more = false;
+            for row in rows {
+                if events.len() == limit {
+                    more = true;
+                    break;
+                }
+                events.extend(decode_event(&id, row?));
+            }
+            Ok((events, more))
+        })
+        .await
+    }
+
+    /// The undelivered events of each `(app, generation)` of `changes` up to that generation,
+    /// oldest first, in the order of `changes`; it stops after the change that brings the count
+    /// to `budget` (the first change always gets all of its own).
+    pub async fn undelivered_events(
+        &self,
+        changes: Vec<(AppId, u64)>,
+        budget: usize,
+    ) -> Result<Vec<Vec<AppEvent>>, StoreError> {
+        self.with_conn(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT generation, type, at, by, details FROM events
+                 WHERE app_id = ?1 AND delivered = 0 AND generation <= ?2 ORDER BY generation",
+            )?;
+            let mut out = Vec::with_capacity(changes.len());
+            let mut total = 0;
+            for (id, upto) in changes {
+                if !out.is_empty() && total >= budget {
+                    break;
+                }
+                let rows =
+                    stmt.query_map(params![id.as_str(), generation_value(upto)], event_row)?;
+                let mut events = Vec::new();
+                for row in rows {
+                    events.extend(decode_event(&id, row?));
+                }
+                total += events.len();
+                out.push(events);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Events written since the store was opened, by type.
+    pub fn events_written(&self) -> [u64; EventType::ALL.len()] {
+        std::array::from_fn(|n| self.records.written[n].load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Events dropped before the control plane had them, since the store was opened.
+    pub fn events_dropped(&self) -> u64 {
+        self.records
+            .dropped
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The engine's time of the last engine event written to a history, if any.
+    pub async fn engine_events_seen(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        Ok(self.node_state(ENGINE_EVENTS_SEEN).await?.and_then(|t| {
+            DateTime::parse_from_rfc3339(&t)
+                .ok()
+                .map(|t| t.with_timezone(&Utc))
+        }))
+    }
+
+    /// Keeps `t` as the engine time up to which its events have been taken in: the next
+    /// (re)connection asks for the events since then.
+    pub async fn set_engine_events_seen(&self, t: DateTime<Utc>) -> Result<(), StoreError> {
+        self.set_node_state(ENGINE_EVENTS_SEEN, engine_time_text(t))
+            .await
+    }
+
+    /// How many events are kept, and how many of them the control plane has not acknowledged.
+    pub async fn event_counts(&self) -> Result<(u64, u64), StoreError> {
+        self.with_conn(|c| {
+            let (all, pending): (i64, i64) = c.query_row(
+                "SELECT count(*), count(*) FILTER (WHERE delivered = 0) FROM events",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            Ok((
+                u64::try_from(all).unwrap_or_default(),
+                u64::try_from(pending).unwrap_or_default(),
+            ))
+        })
+        .await
+    }
+
+    /// The node's state kept under `key` (a JSON document), if any.
+    pub async fn node_state(&self, key: &'static str) -> Result<Option<String>, StoreError> {
+        self.with_conn(move |c| {
+            Ok(
+                c.query_row("SELECT value FROM node WHERE key = ?1", [key], |r| r.get(0))
+                    .optional()?,
+            )
+        })
+        .await
+    }
+
+    /// Keeps `value` (a JSON document) as the node's state under `key`, durably before it returns.
+    pub async fn set_node_state(&self, key: &'static str, value: String) -> Result<(), StoreError> {
+        self.with_conn(move |c| {
+            c.execute(
+                "INSERT INTO node (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )?;
+            Ok(())
         })
         .await
     }
@@ -782,6 +1061,233 @@ fn next_generation(tx: &rusqlite::Transaction<'_>) -> Result<u64, StoreError> {
         |r| r.get(0),
     )?;
     Ok(u64::try_from(g).unwrap_or_default())
+}
+
+/// Writes `made` to `id`'s history (what the engine reported, already through [`keepable`]), each
+/// event with a generation of its own drawn from the node's counter, in the caller's transaction.
+/// Returns the generation the change itself takes: the last event's, or a fresh one when
+/// there is none. Events the control plane has beyond the last `per_app` of the app go.
+fn write_events(
+    tx: &rusqlite::Transaction<'_>,
+    id: &AppId,
+    made: Vec<NewEvent>,
+    per_app: usize,
+    tally: &Committed,
+) -> Result<u64, StoreError> {
+    let mut last = None;
+    for event in made {
+        let generation = next_generation(tx)?;
+        tx.prepare_cached(
+            "INSERT INTO events (generation, app_id, type, at, by, details, key, delivered)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?
+        .execute(params![
+            generation_value(generation),
+            id.as_str(),
+            event.kind.as_str(),
+            format_time(event.at),
+            event.by,
+            event.details.to_string(),
+            event.key,
+            !tally.reporting,
+        ])?;
+        keep_window(tx, id, &event)?;
+        last = Some(generation);
+        if let Some(n) = EventType::ALL.iter().position(|t| *t == event.kind) {
+            tally.written[n].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    if last.is_some() {
+        let dropped = prune_events(tx, id, per_app)?;
+        tally
+            .dropped
+            .fetch_add(dropped as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+    match last {
+        Some(g) => Ok(g),
+        None => next_generation(tx),
+    }
+}
+
+/// `made`, without what the engine reported that is already kept (its key) or is not a fact of
+/// `id`'s own history ([`not_on_its_own`]).
+fn keepable(
+    tx: &rusqlite::Transaction<'_>,
+    id: &AppId,
+    made: Vec<NewEvent>,
+) -> Result<Vec<NewEvent>, StoreError> {
+    let mut out = Vec::with_capacity(made.len());
+    let mut keys = std::collections::HashSet::new();
+    for event in made {
+        if let Some(key) = &event.key {
+            if !keys.insert(key.clone()) {
+                continue;
+            }
+            let kept: Option<i64> = tx
+                .prepare_cached("SELECT generation FROM events WHERE app_id = ?1 AND key = ?2")?
+                .query_row(params![id.as_str(), key], |r| r.get(0))
+                .optional()?;
+            if kept.is_some() || not_on_its_own(tx, id, &event)? {
+                continue;
+            }
+        }
+        out.push(event);
+    }
+    Ok(out)
+}
+
+/// Whether what the engine reported at `event.at` is not a fact of its own in `id`'s history:
+/// it came before the app was registered with this container, or inside one of the agent's own operations on it (its
+/// request and its end are in the history), which says it with its own events. The engine's
+/// events may come late (Podman's by a second or more), after later operations: so every
+/// operation kept is asked, not only the record's last.
+fn not_on_its_own(
+    tx: &rusqlite::Transaction<'_>,
+    id: &AppId,
+    event: &NewEvent,
+) -> Result<bool, StoreError> {
+    // Operation times are kept to the millisecond, the engine's to the nanosecond.
+    let slack = chrono::TimeDelta::milliseconds(5);
+    let start = event.kind == EventType::StartedByEngine;
+    // A start's own `start` is inside it whatever it found; an exit is a start's only when the
+    // start failed, or (one that ended `started`, having seen its run alive) before that run
+    // began: a restart's stop, whose `die` Podman may tell late.
+    let kinds = if start {
+        "('registered', 'started', 'start_failed')"
+    } else {
+        "('registered', 'stop', 'started', 'start_failed')"
+    };
+    let sql = format!(
+        "SELECT EXISTS (SELECT 1 FROM windows WHERE app_id = ?1 AND to_at >= ?3 AND from_at <= ?4
+                        AND kind IN {kinds} AND (?5 OR kind <> 'started' OR run_began > ?2))"
+    );
+    Ok(tx.prepare_cached(&sql)?.query_row(
+        params![
+            id.as_str(),
+            engine_time_text(event.at),
+            engine_time_text(event.at - slack),
+            engine_time_text(event.at + slack),
+            start,
+        ],
+        |r| r.get(0),
+    )?)
+}
+
+/// How long the spans of operations and registrations are kept to tell the engine's events
+/// apart: longer than any engine is late, and than the replay after a restart reaches back.
+const WINDOWS_KEPT: chrono::TimeDelta = chrono::TimeDelta::hours(2);
+
+/// Keeps the span an event of the agent's own closes (an operation's end, a registration of a
+/// new container), so that an engine event inside it is told apart from one of its own, however
+/// late it comes and whatever the history has pruned.
+fn keep_window(
+    tx: &rusqlite::Transaction<'_>,
+    id: &AppId,
+    event: &NewEvent,
+) -> Result<(), StoreError> {
+    let time = |key: &str| {
+        event.details[key]
+            .as_str()
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc))
+    };
+    let (kind, from) = match event.kind {
+        EventType::Stopped | EventType::StopFailed => ("stop", time("requestedAt")),
+        EventType::Started => ("started", time("requestedAt")),
+        EventType::StartFailed => ("start_failed", time("requestedAt")),
+        EventType::Registered if event.details["containerChanged"] == true => {
+            ("registered", Some(DateTime::<Utc>::MIN_UTC))
+        }
+        _ => return Ok(()),
+    };
+    let Some(from) = from else { return Ok(()) };
+    tx.prepare_cached(
+        "DELETE FROM windows WHERE app_id = ?1 AND to_at < ?2 AND kind <> 'registered'",
+    )?
+    .execute(params![
+        id.as_str(),
+        engine_time_text(event.at - WINDOWS_KEPT)
+    ])?;
+    tx.prepare_cached(
+        "INSERT INTO windows (app_id, kind, from_at, to_at, run_began) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        id.as_str(),
+        kind,
+        engine_time_text(from),
+        engine_time_text(event.at),
+        time("startedAt").map(engine_time_text),
+    ])?;
+    Ok(())
+}
+
+/// The engine's time as kept in the node's state: RFC 3339 with nanoseconds, in UTC, so that the
+/// text sorts as the time does.
+fn engine_time_text(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+/// The most events one app keeps while the control plane has not acknowledged them (at least
+/// `per_app`): a control plane away for days, and an app that crash-loops or is stopped and started
+/// without end meanwhile, never fill the disk. Past it, the oldest go, counted and logged.
+pub const MAX_UNDELIVERED_PER_APP: usize = 10_000;
+
+/// Forgets `id`'s events that the control plane has acknowledged, beyond the last `per_app`, and
+/// any beyond the last [`MAX_UNDELIVERED_PER_APP`] (or `per_app`, if more). Returns how many events
+/// went undelivered.
+fn prune_events(c: &Connection, id: &AppId, per_app: usize) -> Result<usize, StoreError> {
+    c.prepare_cached(
+        "DELETE FROM events WHERE app_id = ?1 AND delivered = 1
+             AND generation <= (SELECT generation FROM events WHERE app_id = ?1
+                                ORDER BY generation DESC LIMIT 1 OFFSET ?2)",
+    )?
+    .execute(params![
+        id.as_str(),
+        i64::try_from(per_app).unwrap_or(i64::MAX)
+    ])?;
+    let most = per_app.max(MAX_UNDELIVERED_PER_APP);
+    let dropped = c
+        .prepare_cached(
+            "DELETE FROM events WHERE app_id = ?1
+                 AND generation <= (SELECT generation FROM events WHERE app_id = ?1
+                                    ORDER BY generation DESC LIMIT 1 OFFSET ?2)",
+        )?
+        .execute(params![
+            id.as_str(),
+            i64::try_from(most).unwrap_or(i64::MAX)
+        ])?;
+    if dropped > 0 {
+        tracing::warn!(
+            app = %id, dropped, kept = most,
+            "events the control plane has not acknowledged were dropped: the app keeps at most this many"
+        );
+    }
+    Ok(dropped)
+}
+
+/// One stored event.
+fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, String, String, String, String)> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+}
+
+/// An event as stored, read back; `None` (logged) for one this agent cannot read.
+fn decode_event(
+    id: &AppId,
+    (generation, kind, at, by, details): (i64, String, String, String, String),
+) -> Option<AppEvent> {
+    let event = (|| {
+        Some(AppEvent {
+            generation: u64::try_from(generation).ok()?,
+            kind: EventType::parse(&kind)?,
+            at: DateTime::parse_from_rfc3339(&at).ok()?.with_timezone(&Utc),
+            by,
+            details: serde_json::from_str(&details).ok()?,
+        })
+    })();
+    if event.is_none() {
+        tracing::error!(app = %id, generation, "stored event skipped: it cannot be read");
+    }
+    event
 }
 
 /// The value of one of the node's counters (`generation`, `acknowledged`).
@@ -830,6 +1336,7 @@ struct RawRow {
     last_start: Option<String>,
     updated_at: String,
     generation: i64,
+    restart_count: Option<i64>,
 }
 
 fn raw_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
@@ -842,6 +1349,7 @@ fn raw_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
         last_start: r.get(5)?,
         updated_at: r.get(6)?,
         generation: r.get(7)?,
+        restart_count: r.get(8)?,
     })
 }
 
@@ -871,6 +1379,7 @@ impl RawRow {
             last_start,
             updated_at,
             generation: u64::try_from(self.generation).unwrap_or_default(),
+            restart_count: self.restart_count.and_then(|n| u64::try_from(n).ok()),
         })
     }
 }
@@ -888,7 +1397,8 @@ fn optional_json<T: serde::de::DeserializeOwned>(
 /// Reads every record and tombstone, and the acknowledged generation, into the in-memory tables.
 fn load_all(c: &Connection) -> Result<Tables, StoreError> {
     let mut stmt = c.prepare(
-        "SELECT id, registered, metrics, last_exit, last_stop, last_start, updated_at, generation
+        "SELECT id, registered, metrics, last_exit, last_stop, last_start, updated_at, generation,
+                restart_count
          FROM apps ORDER BY id",
     )?;
     let rows = stmt.query_map([], raw_row)?;
@@ -936,7 +1446,8 @@ fn load_all(c: &Connection) -> Result<Tables, StoreError> {
 
 fn select_one(c: &Connection, id: &AppId) -> Result<Option<AppRecord>, StoreError> {
     let mut stmt = c.prepare_cached(
-        "SELECT id, registered, metrics, last_exit, last_stop, last_start, updated_at, generation
+        "SELECT id, registered, metrics, last_exit, last_stop, last_start, updated_at, generation,
+                restart_count
          FROM apps WHERE id = ?1",
     )?;
     let raw = stmt.query_row([id.as_str()], raw_row).optional()?;
@@ -947,6 +1458,7 @@ fn select_one(c: &Connection, id: &AppId) -> Result<Option<AppRecord>, StoreErro
 mod tests {
     use super::*;
     use crate::record::WorkerNode;
+    use chrono::SubsecRound;
     use serde_json::json;
 
     fn reg(id: &AppId, container: &str) -> Registration {
@@ -1007,7 +1519,7 @@ mod tests {
         {
             let store = Store::open(&path).expect("open");
             let (_, how) = store
-                .register(&id, reg(&id, "c1"), Utc::now(), |_| None)
+                .register(&id, reg(&id, "c1"), Utc::now(), "cp", |_| None)
                 .await
                 .expect("put");
             assert_eq!(how, Registered::Created);
@@ -1030,7 +1542,7 @@ mod tests {
         let store = Store::open(&dir.path().join("a.db")).expect("open");
         let id = AppId::parse("a").expect("id");
         store
-            .register(&id, reg(&id, "c1"), Utc::now(), |_| None)
+            .register(&id, reg(&id, "c1"), Utc::now(), "cp", |_| None)
             .await
             .expect("put");
         store
@@ -1038,13 +1550,13 @@ mod tests {
             .await
             .expect("obs");
         let (r, how) = store
-            .register(&id, reg(&id, "c1"), Utc::now(), |_| None)
+            .register(&id, reg(&id, "c1"), Utc::now(), "cp", |_| None)
             .await
             .expect("put");
         assert_eq!(how, Registered::Replaced);
         assert!(r.online());
         let (r, _) = store
-            .register(&id, reg(&id, "c2"), Utc::now(), |_| None)
+            .register(&id, reg(&id, "c2"), Utc::now(), "cp", |_| None)
             .await
             .expect("put");
         assert!(r.metrics.is_none());
@@ -1076,12 +1588,12 @@ mod tests {
         {
             let store = Store::open(&path).expect("open");
             let (r, _) = store
-                .register(&a, reg(&a, "ca"), Utc::now(), |_| None)
+                .register(&a, reg(&a, "ca"), Utc::now(), "cp", |_| None)
                 .await
                 .expect("put");
             generations.push(r.generation);
             let (r, _) = store
-                .register(&b, reg(&b, "cb"), Utc::now(), |_| None)
+                .register(&b, reg(&b, "cb"), Utc::now(), "cp", |_| None)
                 .await
                 .expect("put");
             generations.push(r.generation);
@@ -1098,7 +1610,7 @@ mod tests {
                 .expect("observe")
                 .expect("kept");
             assert_eq!(same.generation, r.generation);
-            assert!(store.delete(&a).await.expect("delete"));
+            assert!(store.delete(&a, "cp").await.expect("delete"));
             let tomb = store.tombstone(&a).await.expect("tomb").expect("kept");
             generations.push(tomb);
             assert_eq!(
@@ -1113,7 +1625,7 @@ mod tests {
         );
         // Registered again after its deletion: newer than its tombstone, which goes.
         let (r, _) = store
-            .register(&a, reg(&a, "ca"), Utc::now(), |_| None)
+            .register(&a, reg(&a, "ca"), Utc::now(), "cp", |_| None)
             .await
             .expect("put");
         generations.push(r.generation);
@@ -1149,7 +1661,7 @@ mod tests {
             let head = store.head();
             for id in [&a, &b, &c] {
                 store
-                    .register(id, reg(id, id.as_str()), Utc::now(), |_| None)
+                    .register(id, reg(id, id.as_str()), Utc::now(), "cp", |_| None)
                     .await
                     .expect("put");
             }
@@ -1180,7 +1692,7 @@ mod tests {
             );
             assert!(outbox.oldest.is_some());
 
-            assert!(store.delete(&b).await.expect("delete"));
+            assert!(store.delete(&b, "cp").await.expect("delete"));
             store.acknowledge(3).await.expect("ack");
             // Going down is not a thing the acknowledged generation does.
             store.acknowledge(1).await.expect("ack");
@@ -1237,7 +1749,7 @@ mod tests {
         assert_eq!(version, SCHEMA_VERSION);
         // The next change draws from the counter the upgrade set.
         let (r, _) = store
-            .register(&a, reg(&a, "ca"), Utc::now(), |_| None)
+            .register(&a, reg(&a, "ca"), Utc::now(), "cp", |_| None)
             .await
             .expect("put");
         assert_eq!(r.generation, 2);
@@ -1250,7 +1762,7 @@ mod tests {
         for name in ["b", "a", "c"] {
             let id = AppId::parse(name).expect("id");
             store
-                .register(&id, reg(&id, name), Utc::now(), |_| None)
+                .register(&id, reg(&id, name), Utc::now(), "cp", |_| None)
                 .await
                 .expect("put");
         }
@@ -1263,8 +1775,8 @@ mod tests {
             .collect();
         assert_eq!(ids, ["a", "b", "c"]);
         let b = AppId::parse("b").expect("id");
-        assert!(store.delete(&b).await.expect("delete"));
-        assert!(!store.delete(&b).await.expect("delete"));
+        assert!(store.delete(&b, "cp").await.expect("delete"));
+        assert!(!store.delete(&b, "cp").await.expect("delete"));
         assert!(store.get(&b).await.expect("get").is_none());
         assert!(
             store
@@ -1273,5 +1785,270 @@ mod tests {
                 .expect("obs")
                 .is_none()
         );
+    }
+
+    fn engine_event(kind: EventType, at: DateTime<Utc>, key: &str) -> NewEvent {
+        NewEvent {
+            key: Some(key.to_owned()),
+            ..NewEvent::new(kind, at, crate::events::BY_ENGINE, json!({}))
+        }
+    }
+
+    /// Writes `events` to `id`'s history with an observation that changes nothing else.
+    async fn tell(store: &Store, id: &AppId, container: &str, events: Vec<NewEvent>) -> u64 {
+        store
+            .observe(id, container, Utc::now(), move |r| {
+                Some(Observation {
+                    metrics: r.metrics.clone().unwrap_or_default(),
+                    events,
+                    for_events_only: true,
+                    ..Observation::default()
+                })
+            })
+            .await
+            .expect("observe")
+            .expect("written")
+            .generation
+    }
+
+    async fn kinds(store: &Store, id: &AppId) -> Vec<&'static str> {
+        let (events, _) = store.events(id, 100, None).await.expect("events");
+        events.iter().rev().map(|e| e.kind.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn each_event_has_a_generation_of_its_own_and_the_change_takes_the_last() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(&dir.path().join("a.db")).expect("open");
+        let a = AppId::parse("a").expect("id");
+        let (r, _) = store
+            .register(&a, reg(&a, "ca"), Utc::now(), "cp", |_| None)
+            .await
+            .expect("put");
+        let now = Utc::now();
+        // A restart's intents: two events, and the record takes the second's generation.
+        let written = store
+            .observe(&a, "ca", now, move |_| {
+                Some(Observation {
+                    last_stop: Some(LastOp::intent("cp", now)),
+                    last_start: Some(LastOp::intent("cp", now)),
+                    ..seen(true)
+                })
+            })
+            .await
+            .expect("observe")
+            .expect("written");
+        let (events, more) = store.events(&a, 10, None).await.expect("events");
+        assert!(!more);
+        let generations: Vec<u64> = events.iter().map(|e| e.generation).collect();
+        assert_eq!(
+            generations,
+            [r.generation + 2, r.generation + 1, r.generation]
+        );
+        assert_eq!(written.generation, r.generation + 2);
+        assert_eq!(
+            kinds(&store, &a).await,
+            ["registered", "stop_requested", "start_requested"]
+        );
+        // A plain observation makes no event, and takes a generation of its own.
+        let g = store
+            .observe(&a, "ca", Utc::now(), |_| Some(seen(false)))
+            .await
+            .expect("observe")
+            .expect("written")
+            .generation;
+        assert_eq!(g, written.generation + 1);
+        assert_eq!(kinds(&store, &a).await.len(), 3);
+        // Pages: newest first, `before` a generation.
+        let (page, more) = store.events(&a, 2, None).await.expect("page");
+        assert!(more);
+        assert_eq!(page[0].kind, EventType::StartRequested);
+        let (page, more) = store
+            .events(&a, 2, Some(page[1].generation))
+            .await
+            .expect("page");
+        assert!(!more);
+        assert_eq!(page.len(), 1);
+        assert_eq!(page[0].kind, EventType::Registered);
+        assert_eq!(store.events_written()[0], 1, "one registration");
+    }
+
+    #[tokio::test]
+    async fn what_the_engine_reports_is_kept_once_and_never_for_the_agents_own_operations() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("a.db");
+        let store = Store::open(&path).expect("open");
+        let a = AppId::parse("a").expect("id");
+        let before = Utc::now() - chrono::TimeDelta::seconds(10);
+        store
+            .register(&a, reg(&a, "ca"), Utc::now(), "cp", |_| None)
+            .await
+            .expect("put");
+        // Before the registration: not the app's, and the record is left as it is.
+        let registered = store.get(&a).await.expect("get").expect("there").generation;
+        let g = tell(
+            &store,
+            &a,
+            "ca",
+            vec![engine_event(EventType::StartedByEngine, before, "s0")],
+        )
+        .await;
+        assert_eq!(kinds(&store, &a).await, ["registered"]);
+        assert_eq!(g, registered);
+        // A stop by the agent, from t0 to t1: a die inside it is the stop's.
+        let t0 = Utc::now().trunc_subsecs(3);
+        let t1 = t0 + chrono::TimeDelta::seconds(2);
+        store
+            .observe(&a, "ca", t0, move |_| {
+                Some(Observation {
+                    last_stop: Some(LastOp::intent("cp", t0)),
+                    ..seen(true)
+                })
+            })
+            .await
+            .expect("intent");
+        store
+            .observe(&a, "ca", t1, move |r| {
+                Some(Observation {
+                    last_stop: r
+                        .last_stop
+                        .clone()
+                        .map(|s| s.closed(StopOutcome::Stopped, t1, None)),
+                    ..seen(false)
+                })
+            })
+            .await
+            .expect("final");
+        let inside = t0 + chrono::TimeDelta::milliseconds(500);
+        let after = t1 + chrono::TimeDelta::seconds(1);
+        tell(
+            &store,
+            &a,
+            "ca",
+            vec![engine_event(EventType::Exited, inside, "d1")],
+        )
+        .await;
+        assert_eq!(
+            kinds(&store, &a).await,
+            ["registered", "stop_requested", "stopped"]
+        );
+        // After it, on its own; and the same event told twice is kept once.
+        for _ in 0..2 {
+            tell(
+                &store,
+                &a,
+                "ca",
+                vec![engine_event(EventType::Exited, after, "d2")],
+            )
+            .await;
+        }
+        assert_eq!(
+            kinds(&store, &a).await,
+            ["registered", "stop_requested", "stopped", "exited"]
+        );
+        // How far the watcher took the engine's events in, kept to the nanosecond.
+        let noted = after + chrono::TimeDelta::nanoseconds(7);
+        store.set_engine_events_seen(noted).await.expect("note");
+        drop(store);
+        let store = Store::open(&path).expect("reopen");
+        tell(
+            &store,
+            &a,
+            "ca",
+            vec![engine_event(EventType::Exited, after, "d2")],
+        )
+        .await;
+        assert_eq!(store.engine_events_seen().await.expect("read"), Some(noted));
+        assert_eq!(
+            kinds(&store, &a).await.len(),
+            4,
+            "kept once across a restart"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_history_keeps_every_event_until_acknowledged_then_its_last_per_app() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(&dir.path().join("a.db"))
+            .expect("open")
+            .keeping_events(3, true);
+        let (a, b) = (
+            AppId::parse("a").expect("id"),
+            AppId::parse("b").expect("id"),
+        );
+        store
+            .register(&a, reg(&a, "ca"), Utc::now(), "cp", |_| None)
+            .await
+            .expect("put");
+        let mut at = Utc::now();
+        for n in 0..6 {
+            at += chrono::TimeDelta::seconds(1);
+            tell(
+                &store,
+                &a,
+                "ca",
+                vec![engine_event(EventType::Exited, at, &format!("d{n}"))],
+            )
+            .await;
+        }
+        // Nothing delivered yet: all seven kept, and all seven go with the next report.
+        assert_eq!(kinds(&store, &a).await.len(), 7);
+        let head = *store.head().borrow();
+        let undelivered = |upto: u64| {
+            let store = store.clone();
+            let a = a.clone();
+            async move {
+                store
+                    .undelivered_events(vec![(a, upto)], 100)
+                    .await
+                    .expect("read")
+                    .concat()
+            }
+        };
+        assert_eq!(undelivered(head).await.len(), 7);
+        // A report that carried a change of another app only, up to a higher generation, delivers
+        // none of them.
+        let b_head = store
+            .register(&b, reg(&b, "cb"), Utc::now(), "cp", |_| None)
+            .await
+            .expect("put")
+            .0
+            .generation;
+        store
+            .acknowledge_batch(b_head, vec![(b.clone(), b_head)])
+            .await
+            .expect("ack");
+        assert_eq!(undelivered(head).await.len(), 7);
+        assert_eq!(kinds(&store, &a).await.len(), 7);
+        store
+            .acknowledge_batch(b_head, vec![(a.clone(), head)])
+            .await
+            .expect("ack");
+        assert_eq!(kinds(&store, &a).await, ["exited", "exited", "exited"]);
+        assert!(undelivered(head).await.is_empty());
+        let (all, pending) = store.event_counts().await.expect("counts");
+        assert_eq!((all, pending), (3 + 1, 0));
+        // A deleted app's history goes once its deletion is acknowledged.
+        assert!(store.delete(&b, "cp").await.expect("delete"));
+        assert_eq!(kinds(&store, &b).await, ["registered", "deleted"]);
+        store
+            .acknowledge(*store.head().borrow())
+            .await
+            .expect("ack");
+        assert!(kinds(&store, &b).await.is_empty());
+        assert_eq!(kinds(&store, &a).await.len(), 3);
+        // A control plane away for good: an app keeps at most MAX_UNDELIVERED_PER_APP, the oldest
+        // go, counted.
+        let flood: Vec<NewEvent> = (0..MAX_UNDELIVERED_PER_APP + 5)
+            .map(|n| {
+                at += chrono::TimeDelta::milliseconds(1);
+                engine_event(EventType::Exited, at, &format!("f{n}"))
+            })
+            .collect();
+        tell(&store, &a, "ca", flood).await;
+        let (all, pending) = store.event_counts().await.expect("counts");
+        let most = MAX_UNDELIVERED_PER_APP as u64;
+        assert_eq!((all, pending), (most, most));
+        assert_eq!(store.events_dropped(), 5);
     }
 }

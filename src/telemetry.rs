@@ -19,8 +19,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::metrics::{SamplePurpose as Purpose, SampleSource};
-use crate::operation::Operation;
+use crate::lifecycle::Operation;
+use crate::stats::{SamplePurpose as Purpose, SampleSource};
 
 /// The route an operation came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +29,8 @@ pub enum Route {
     V1,
     /// `POST /api/apps/{id}/stop/` (`/start/`), answered at once and done in the background.
     Okeanos,
+    /// The node's own: a drain's stops, and the starts of its end.
+    Node,
 }
 
 impl Route {
@@ -36,6 +38,7 @@ impl Route {
         match self {
             Route::V1 => "v1",
             Route::Okeanos => "okeanos",
+            Route::Node => "node",
         }
     }
 }
@@ -46,6 +49,8 @@ pub const STOPPED: &str = "stopped";
 pub const ALREADY_STOPPED: &str = "already_stopped";
 /// A stop of the same app was under way.
 pub const IN_PROGRESS: &str = "in_progress";
+/// A start or restart refused while the node is draining or drained.
+pub const NODE_DRAINING: &str = "node_draining";
 /// Refused before the engine was asked anything: a bad or missing token, a malformed request, an
 /// app the caller may not see or stop.
 pub const REFUSED: &str = "refused";
@@ -145,6 +150,7 @@ fn outcomes(op: Operation) -> &'static [&'static str] {
             ALREADY_RUNNING,
             CONTAINER_MISSING,
             IN_PROGRESS,
+            NODE_DRAINING,
             REFUSED,
             ENGINE_UNAVAILABLE,
             FAILED,
@@ -154,6 +160,7 @@ fn outcomes(op: Operation) -> &'static [&'static str] {
             EXITED,
             CONTAINER_MISSING,
             IN_PROGRESS,
+            NODE_DRAINING,
             REFUSED,
             ENGINE_UNAVAILABLE,
             FAILED,
@@ -177,6 +184,7 @@ struct StatusLabels {
     code: u16,
 }
 
+/// A label of one outcome: a report's, or an app's in the node's drain.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReportLabels {
     outcome: &'static str,
@@ -196,6 +204,11 @@ struct SourceLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
     state: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TypeLabels {
+    r#type: &'static str,
 }
 
 /// Upper bounds of the duration buckets, in seconds: a start or a SIGKILL takes a fraction of a
@@ -232,8 +245,20 @@ pub struct Telemetry {
     report_pending: Gauge,
     report_oldest_age: Gauge<f64, std::sync::atomic::AtomicU64>,
     report_status: Mutex<ReportStatus>,
+    events: Family<TypeLabels, Counter>,
+    events_dropped: Counter,
+    drain_state: Family<StateLabels, Gauge>,
+    drain_apps: Family<ReportLabels, Gauge>,
+    drain_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    shutdown_lock_held: Gauge,
+    shutdown_cut_short: Gauge,
+    shutdown_drain_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    shutdown_apps: Family<ReportLabels, Gauge>,
     started: Instant,
 }
+
+/// The states of the node's drain, as `/metrics` labels them.
+const DRAIN_STATES: [&str; 4] = ["none", "draining", "drained", "ended"];
 
 impl Default for Telemetry {
     fn default() -> Self {
@@ -385,13 +410,83 @@ impl Telemetry {
             "Age of the oldest change not yet acknowledged (0 when none is pending)",
             report_oldest_age.clone(),
         );
+        let events = Family::<TypeLabels, Counter>::default();
+        for t in crate::events::EventType::ALL {
+            let _created = events.get_or_create(&TypeLabels { r#type: t.as_str() });
+        }
+        registry.register(
+            "events",
+            "Events written to the apps' histories, by type (`exited`: an app's process ended on its own)",
+            events.clone(),
+        );
+        let events_dropped = Counter::default();
+        registry.register(
+            "events_dropped",
+            "Events dropped before the control plane acknowledged them: an app past the most it keeps undelivered",
+            events_dropped.clone(),
+        );
+        let drain_state = Family::<StateLabels, Gauge>::default();
+        for state in DRAIN_STATES {
+            let _created = drain_state.get_or_create(&StateLabels { state });
+        }
+        registry.register(
+            "drain_state",
+            "The node's drain: 1 for the state it is in (none, draining, drained, ended), else 0",
+            drain_state.clone(),
+        );
+        let drain_apps = Family::<ReportLabels, Gauge>::default();
+        registry.register(
+            "drain_apps",
+            "Apps of the node's last drain, by outcome (stopped, already_stopped, \
+             killed_at_deadline, failed)",
+            drain_apps.clone(),
+        );
+        let drain_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "drain_duration_seconds",
+            "How long the node's last finished drain took, from its start to its last stop",
+            drain_seconds.clone(),
+        );
+        let shutdown_lock_held = Gauge::default();
+        registry.register(
+            "shutdown_lock_held",
+            "1 while the agent holds systemd-logind's delay lock on shutdown, else 0",
+            shutdown_lock_held.clone(),
+        );
+        let shutdown_cut_short = Gauge::default();
+        registry.register(
+            "shutdown_budget_cut_short",
+            "1 when logind's InhibitDelayMaxUSec is shorter than [shutdown] grace_secs + report_secs",
+            shutdown_cut_short.clone(),
+        );
+        let shutdown_drain_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "shutdown_drain_seconds",
+            "How long the drain of the node's last shutdown took",
+            shutdown_drain_seconds.clone(),
+        );
+        let shutdown_apps = Family::<ReportLabels, Gauge>::default();
+        registry.register(
+            "shutdown_apps",
+            "Apps of the node's last shutdown, by outcome (stopped, killed_at_deadline)",
+            shutdown_apps.clone(),
+        );
         Telemetry {
             registry,
+            shutdown_lock_held,
+            shutdown_cut_short,
+            shutdown_drain_seconds,
+            shutdown_apps,
+            drain_state,
+            drain_apps,
+            drain_seconds,
             reports,
             reported_changes,
             report_pending,
             report_oldest_age,
             report_status: Mutex::default(),
+            events,
+            events_dropped,
             counts,
             seconds,
             sample_age,
@@ -520,6 +615,43 @@ impl Telemetry {
         self.waits_in_progress
             .set(i64::try_from(now.waits_in_progress).unwrap_or(i64::MAX));
         self.uptime.set(self.started.elapsed().as_secs_f64());
+        let drain = &now.drain;
+        for state in DRAIN_STATES {
+            self.drain_state
+                .get_or_create(&StateLabels { state })
+                .set(i64::from(state == drain.state));
+        }
+        for (outcome, n) in [
+            ("stopped", drain.stopped),
+            ("already_stopped", drain.already_stopped),
+            ("killed_at_deadline", drain.killed_at_deadline),
+            ("failed", drain.failed),
+        ] {
+            self.drain_apps
+                .get_or_create(&ReportLabels { outcome })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        self.drain_seconds.set(drain.duration_secs.unwrap_or(0.0));
+        let shutdown = &now.shutdown;
+        self.shutdown_lock_held.set(i64::from(shutdown.lock_held));
+        self.shutdown_cut_short.set(i64::from(shutdown.cut_short));
+        self.shutdown_drain_seconds.set(shutdown.drain_secs);
+        for (outcome, n) in [
+            ("stopped", shutdown.stopped),
+            ("killed_at_deadline", shutdown.killed_at_deadline),
+        ] {
+            self.shutdown_apps
+                .get_or_create(&ReportLabels { outcome })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        for (t, n) in crate::events::EventType::ALL.iter().zip(now.events_written) {
+            let counter = self
+                .events
+                .get_or_create(&TypeLabels { r#type: t.as_str() });
+            counter.inc_by(n.saturating_sub(counter.get()));
+        }
+        self.events_dropped
+            .inc_by(now.events_dropped.saturating_sub(self.events_dropped.get()));
         self.report_pending
             .set(i64::try_from(now.report_pending).unwrap_or(i64::MAX));
         self.report_oldest_age.set(now.report_oldest_age_secs);
@@ -574,6 +706,50 @@ pub struct Present {
     /// Running containers followed on the host's files, and through the engine's stream.
     pub followed_on_host: usize,
     pub followed_streams: usize,
+    /// The node's drain.
+    pub drain: DrainFigures,
+    /// The node's shutdown.
+    pub shutdown: ShutdownFigures,
+    /// Events written to the histories since the agent started, in `EventType::ALL`'s order.
+    pub events_written: [u64; crate::events::EventType::ALL.len()],
+    /// Events dropped before the control plane had them, since the agent started.
+    pub events_dropped: u64,
+}
+
+/// Figures of the node's shutdown: logind's lock, and the last shutdown's drain.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ShutdownFigures {
+    pub lock_held: bool,
+    pub cut_short: bool,
+    pub drain_secs: f64,
+    pub stopped: usize,
+    pub killed_at_deadline: usize,
+}
+
+/// Figures of the node's drain.
+#[derive(Debug, Clone, Copy)]
+pub struct DrainFigures {
+    /// `draining`, `drained`, `ended`, or `none` when the node was never drained.
+    pub state: &'static str,
+    pub stopped: usize,
+    pub already_stopped: usize,
+    pub killed_at_deadline: usize,
+    pub failed: usize,
+    /// How long the last drain that finished took, in seconds.
+    pub duration_secs: Option<f64>,
+}
+
+impl Default for DrainFigures {
+    fn default() -> Self {
+        DrainFigures {
+            state: "none",
+            stopped: 0,
+            already_stopped: 0,
+            killed_at_deadline: 0,
+            failed: 0,
+            duration_secs: None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -608,6 +784,21 @@ mod tests {
             report_oldest_age_secs: 1.5,
             followed_on_host: 7,
             followed_streams: 1,
+            drain: DrainFigures {
+                state: "drained",
+                stopped: 4,
+                killed_at_deadline: 1,
+                duration_secs: Some(2.5),
+                ..DrainFigures::default()
+            },
+            shutdown: ShutdownFigures {
+                lock_held: true,
+                drain_secs: 4.5,
+                stopped: 3,
+                ..ShutdownFigures::default()
+            },
+            events_written: [0, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0],
+            events_dropped: 2,
         });
         for line in [
             "node_agent_samples_total{source=\"cgroup\",purpose=\"final\"} 1",
@@ -617,6 +808,18 @@ mod tests {
             "node_agent_waits_in_progress 2",
             "node_agent_followed_containers{source=\"engine\"} 1",
             "node_agent_stops_total{route=\"v1\",outcome=\"stopped\"} 1",
+            "node_agent_drain_state{state=\"drained\"} 1",
+            "node_agent_drain_state{state=\"draining\"} 0",
+            "node_agent_drain_apps{outcome=\"stopped\"} 4",
+            "node_agent_drain_apps{outcome=\"killed_at_deadline\"} 1",
+            "node_agent_drain_duration_seconds 2.5",
+            "node_agent_events_total{type=\"exited\"} 3",
+            "node_agent_events_total{type=\"stopped\"} 0",
+            "node_agent_events_dropped_total 2",
+            "node_agent_shutdown_lock_held 1",
+            "node_agent_shutdown_budget_cut_short 0",
+            "node_agent_shutdown_drain_seconds 4.5",
+            "node_agent_shutdown_apps{outcome=\"stopped\"} 3",
             "node_agent_stops_total{route=\"okeanos\",outcome=\"refused\"} 1",
             "node_agent_stop_duration_seconds_bucket{le=\"0.5\",route=\"v1\"} 1",
             "node_agent_stop_duration_seconds_count{route=\"v1\"} 1",

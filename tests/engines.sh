@@ -18,10 +18,11 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BASE="$ROOT/target/engines"
 ALL=(docker26 podman)
 # The tests that drive the engine: stops and signals, starts and restarts, ~okeanos, events and
-# crashes, an engine that goes away, kill -9 of the agent and the chaos run. The kill -9 loops run
-# a third of their rounds, and the chaos run 12 s, here: the machine's own engine runs them in full.
-ENGINE_TESTS=(--test stop --test start --test okeanos --test world --test engine --test sampling
-  --test kill9)
+# crashes, an engine that goes away, kill -9 of the agent and the chaos run, the node's drain and its
+# shutdown, the apps' histories. The kill -9 loops run a third of their rounds, and the chaos run
+# 12 s, here: the machine's own engine runs them in full.
+# They are modules of the one test binary, picked by their names' prefixes.
+ENGINE_TESTS=(stop:: start:: okeanos:: world:: engine:: sampling:: kill9:: drain:: shutdown:: history::)
 SHORT_ENV=(NODE_AGENT_KILL9_SHORT=1 NODE_AGENT_CHAOS_SECS=12)
 
 log() { printf '==> %s\n' "$*" >&2; }
@@ -189,11 +190,13 @@ runtime = "runc"
 tmp_dir = "$dir/tmp"
 EOF
   log "starting Podman (log: $dir/podman.log)"
-  # The shell writes its own pid, then becomes podman: the pid file names podman itself.
-  in_netns podman env "CONTAINERS_CONF=$dir/containers.conf" \
+  # The shell writes its own pid, then becomes podman: the pid file names podman itself. It runs
+  # in its own folder: conmon writes a file named `oom` into its working directory when a
+  # container is killed for memory, which would otherwise land in the checkout.
+  (cd "$dir" && in_netns podman env "CONTAINERS_CONF=$dir/containers.conf" \
     setsid sh -c 'echo $$ >"$0"; exec "$@"' "$dir/podman.pid" \
     podman --root "$dir/root" --runroot "$run" --storage-driver vfs \
-    system service --time=0 "unix://$(socket_of podman)" \
+    system service --time=0 "unix://$(socket_of podman)") \
     >"$dir/podman.log" 2>&1 </dev/null &
   wait_answer podman "$dir/podman.log"
   # As Docker's socket: the docker group may use it, so that a test can run the agent as an
@@ -281,7 +284,7 @@ case $command in
     for name in "${chosen[@]}"; do
       log "engine-facing tests against $name"
       env "${SHORT_ENV[@]}" DOCKER_HOST="unix://$(socket_of "$name")" \
-        cargo test --locked "${ENGINE_TESTS[@]}" ||
+        cargo test --locked --test it -- "${ENGINE_TESTS[@]}" ||
         failed+=("$name")
     done
     if [ ${#failed[@]} -gt 0 ]; then

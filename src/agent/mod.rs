@@ -5,19 +5,21 @@
 //! ([`operation`], with the engine calls in [`stopping`] and [`starting`]). A watcher keeps records
 //! true when containers change behind the agent's back ([`watch`]).
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use chrono::{SubsecRound, Utc};
 use serde_json::Value;
 use tokio_util::task::TaskTracker;
 
+use crate::agent::figures::{final_metrics, last_exit, running_metrics};
 use crate::auth::Principal;
-use crate::metrics::{RawStats, final_metrics, last_exit, running_metrics};
-use crate::operation::Operation;
+use crate::background::Background;
+use crate::events::NewEvent;
+use crate::lifecycle::Operation;
 use crate::policy::{Action, Denial, authorize, may_manage_records};
 use crate::record::{AppId, AppRecord, RecordError, Registration, ResourceMetrics, WorkerNode};
 use crate::runtime::{ContainerRuntime, ContainerState, RuntimeError};
+use crate::stats::RawStats;
 use crate::store::{Observation, Registered, Store, StoreError};
 use crate::telemetry::Telemetry;
 
@@ -50,6 +52,16 @@ pub enum AgentError {
     },
     #[error("the container of app {id:?} no longer exists on this node")]
     ContainerMissing { id: AppId, record: Box<AppRecord> },
+    #[error(
+        "the node is {state}: app {id:?} may not be started until an operator ends the drain (DELETE /v1/node/drain)"
+    )]
+    NodeDraining {
+        id: AppId,
+        state: &'static str,
+        record: Box<AppRecord>,
+    },
+    #[error("the node is not drained: there is no drain to end")]
+    NotDraining,
     #[error("the container of app {id:?} was started again by someone else while the stop ran")]
     StopOvertaken { id: AppId, record: Box<AppRecord> },
     #[error("app {id:?} did not reach the state asked for in time")]
@@ -75,7 +87,7 @@ impl AgentError {
     pub fn outcome(&self, op: Operation) -> &'static str {
         use crate::telemetry::{
             ALREADY_RUNNING, ALREADY_STOPPED, CONTAINER_MISSING, ENGINE_UNAVAILABLE, FAILED,
-            IN_PROGRESS, REFUSED, STOPPED,
+            IN_PROGRESS, NODE_DRAINING, REFUSED, STOPPED,
         };
         match self {
             AgentError::AlreadyStopped { .. } if op == Operation::Stop => ALREADY_STOPPED,
@@ -92,6 +104,8 @@ impl AgentError {
             | AgentError::TimeoutOverCap { .. }
             | AgentError::TooManyWaits { .. }
             | AgentError::WaitTimeout { .. } => REFUSED,
+            AgentError::NodeDraining { .. } => NODE_DRAINING,
+            AgentError::NotDraining => REFUSED,
             AgentError::DockerUnavailable(_) => ENGINE_UNAVAILABLE,
             AgentError::Engine(_) | AgentError::Store(_) | AgentError::Internal(_) => FAILED,
         }
@@ -154,18 +168,22 @@ struct Inner {
     /// The waits each token holds at this moment, by token name.
     waits: Arc<crate::quota::Quota<String>>,
     /// The operation under way on each app, if any.
-    operations: Mutex<HashMap<AppId, operation::UnderWay>>,
+    operations: operation::Operations,
     /// Every operation's task, so that shutdown can let them finish.
-    tasks: TaskTracker,
+    operation_tasks: TaskTracker,
+    /// The agent's long-lived tasks: the watcher, the sampler's, the engine probe.
+    background: Background,
     /// The readings of each running app's figures.
     readings: Mutex<sampling::Readings>,
     /// This host's files, where the engine runs on this host: samples read there.
     host: Option<Arc<crate::cgroup::HostFiles>>,
-    telemetry: Telemetry,
-    /// Since when the engine has not answered, while it does not.
-    engine_away: Mutex<Option<crate::record::EngineUnavailable>>,
-    /// Whether a probe for the engine's return is under way.
-    probing: std::sync::atomic::AtomicBool,
+    telemetry: Arc<Telemetry>,
+    /// Whether the engine answered lately.
+    engine: EngineHealth,
+    /// The node's drain, if it was ever drained.
+    drain: drain::NodeDrain,
+    /// The node's shutdown: logind's lock, the last shutdown.
+    shutdown: Mutex<node::ShutdownReport>,
 }
 
 /// What the core allows callers, and assumes where a request is silent: from the configuration.
@@ -221,9 +239,10 @@ impl Agent {
         store: Store,
         node: WorkerNode,
         limits: Limits,
+        background: Background,
     ) -> Agent {
         let host = crate::cgroup::HostFiles::of_this_host(runtime.is_local());
-        Agent::with_host_files(runtime, store, node, limits, host)
+        Agent::with_host_files(runtime, store, node, limits, background, host)
     }
 
     /// An agent that reads containers' figures from `host` (the host's files, or a recorded set),
@@ -233,6 +252,7 @@ impl Agent {
         store: Store,
         node: WorkerNode,
         limits: Limits,
+        background: Background,
         host: Option<crate::cgroup::HostFiles>,
     ) -> Agent {
         Agent {
@@ -243,12 +263,14 @@ impl Agent {
                 node,
                 limits,
                 waits: crate::quota::Quota::new(limits.max_waits_per_token),
-                operations: Mutex::new(HashMap::new()),
-                tasks: TaskTracker::new(),
+                operations: operation::Operations::default(),
+                operation_tasks: TaskTracker::new(),
+                background,
                 readings: Mutex::default(),
-                telemetry: Telemetry::new(),
-                engine_away: Mutex::default(),
-                probing: std::sync::atomic::AtomicBool::new(false),
+                telemetry: Arc::new(Telemetry::new()),
+                engine: EngineHealth::default(),
+                drain: drain::NodeDrain::default(),
+                shutdown: Mutex::default(),
             }),
         }
     }
@@ -269,19 +291,47 @@ impl Agent {
         &self.inner.telemetry
     }
 
-    /// Stops under way at this moment.
-    pub fn stops_in_progress(&self) -> usize {
+    /// What the report sender reads, and nothing more of the agent.
+    pub fn report_sources(&self) -> crate::report::ReportSources {
+        crate::report::ReportSources {
+            store: self.inner.store.clone(),
+            telemetry: self.inner.telemetry.clone(),
+            node: self.inner.node.clone(),
+        }
+    }
+
+    /// The node's shutdown, as `/v1/node` reports it.
+    pub fn shutdown_report(&self) -> node::ShutdownReport {
         self.inner
-            .under_way_ops()
-            .values()
-            .filter(|u| u.op == Operation::Stop)
-            .count()
+            .shutdown
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Changes what the agent reports of the node's shutdown.
+    pub fn set_shutdown(&self, f: impl FnOnce(&mut node::ShutdownReport)) {
+        f(&mut self
+            .inner
+            .shutdown
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// The agent's background work, on which its long-lived tasks run.
+    pub fn background(&self) -> &Background {
+        &self.inner.background
+    }
+
+    /// Operations of `kind` under way at this moment.
+    pub fn under_way_of_kind(&self, kind: Operation) -> usize {
+        self.inner.operations.count(kind)
     }
 
     /// Waits until every operation under way, in the foreground or the background, has finished.
-    pub async fn drain_stops(&self) {
-        self.inner.tasks.close();
-        self.inner.tasks.wait().await;
+    pub async fn finish_operations(&self) {
+        self.inner.operation_tasks.close();
+        self.inner.operation_tasks.wait().await;
     }
 
     /// The record of `id`, as stored.
@@ -342,9 +392,13 @@ impl Agent {
         let (record, how) = self
             .inner
             .store
-            .register(id, registration, Utc::now(), move |record| {
-                settle.and_then(|settle| settle(record))
-            })
+            .register(
+                id,
+                registration,
+                Utc::now(),
+                &principal.name,
+                move |record| settle.and_then(|settle| settle(record)),
+            )
             .await?;
         Ok(RegisterOutcome {
             record,
@@ -355,7 +409,7 @@ impl Agent {
     /// Forgets an app record; its container is left alone.
     pub async fn delete(&self, principal: &Principal, id: &AppId) -> Result<(), AgentError> {
         self.may_manage_records(principal, "delete")?;
-        if self.inner.store.delete(id).await? {
+        if self.inner.store.delete(id, &principal.name).await? {
             Ok(())
         } else {
             Err(AgentError::NotFound(id.clone()))
@@ -394,6 +448,19 @@ impl Agent {
         }
     }
 
+    /// `id`'s events for `principal`, who must be allowed to read the app: newest first, up to
+    /// `limit` older than generation `before`, and whether there are more.
+    pub async fn events(
+        &self,
+        principal: &Principal,
+        id: &AppId,
+        limit: usize,
+        before: Option<u64>,
+    ) -> Result<(Vec<crate::events::AppEvent>, bool), AgentError> {
+        self.authorized(principal, id, Action::Read, "read").await?;
+        Ok(self.inner.store.events(id, limit, before).await?)
+    }
+
     /// `record` as the engine shows its container now, with fresh figures while it runs. The
     /// inspect is a probe: an engine that hangs is away after [`crate::runtime::PROBE_LIMIT`].
     async fn with_fresh_figures(
@@ -401,17 +468,13 @@ impl Agent {
         id: &AppId,
         record: AppRecord,
     ) -> Result<AppRecord, AgentError> {
-        let sighting = crate::runtime::probe(self.sight(&record))
-            .await
-            .map_err(AgentError::from_runtime)?;
-        let state = sighting.state.clone();
-        let mut record = self
-            .record_sighting(record, sighting, Settler::Read)
+        let Settled { mut record, state } = self
+            .look_and_settle(record, Settler::Read, Look::Probe)
             .await?;
         if let Some(state) = state.filter(|s| s.running) {
             let container = record.container_id().to_owned();
             let stats = self
-                .sample_now(&container, &state, crate::metrics::SamplePurpose::Read)
+                .sample_now(&container, &state, crate::stats::SamplePurpose::Read)
                 .await;
             let stats = match stats {
                 Ok(s) => s,
@@ -424,6 +487,76 @@ impl Agent {
             record.metrics = Some(running_metrics(&state, &stats, Utc::now()));
         }
         Ok(record)
+    }
+
+    /// The one way every path looks at a container and settles its record: inspects the container
+    /// of `record` (within the probe's limit for [`Look::Probe`]), then makes the stored record say
+    /// what it saw ([`Agent::record_sighting`]). An engine that could not be asked leaves the record
+    /// alone ([`AgentError::DockerUnavailable`] or [`AgentError::Engine`]); a store that fails is
+    /// logged here, and its error returned.
+    pub(super) async fn look_and_settle(
+        &self,
+        record: AppRecord,
+        settler: Settler,
+        look: Look,
+    ) -> Result<Settled, AgentError> {
+        self.look_settle_and_tell(record, settler, look, Vec::new())
+            .await
+    }
+
+    /// [`Agent::look_and_settle`], writing `told` (what the engine reported, for the app's history)
+    /// in the same transaction as what the look finds.
+    pub(super) async fn look_settle_and_tell(
+        &self,
+        record: AppRecord,
+        settler: Settler,
+        look: Look,
+        told: Vec<NewEvent>,
+    ) -> Result<Settled, AgentError> {
+        let sighting = match look {
+            Look::Probe => crate::runtime::probe(self.sight(&record)).await,
+            Look::Patient => self.sight(&record).await,
+        };
+        let sighting = match sighting {
+            Ok(s) => s,
+            Err(e) => {
+                // What the engine reported stays a fact of the history, looked at or not.
+                if !told.is_empty() {
+                    let written = self
+                        .inner
+                        .store
+                        .observe(
+                            &record.id,
+                            record.container_id(),
+                            Utc::now(),
+                            move |stored| {
+                                Some(Observation {
+                                    metrics: stored.metrics.clone().unwrap_or_default(),
+                                    events: told,
+                                    for_events_only: true,
+                                    ..Observation::default()
+                                })
+                            },
+                        )
+                        .await;
+                    if let Err(e) = written {
+                        tracing::error!(app = %record.id, error = %e, "could not write the engine's events to the history");
+                    }
+                }
+                return Err(AgentError::from_runtime(e));
+            }
+        };
+        let state = sighting.state.clone();
+        match self
+            .record_sighting(record.clone(), sighting, settler, told)
+            .await
+        {
+            Ok(record) => Ok(Settled { record, state }),
+            Err(e) => {
+                tracing::error!(app = %record.id, error = %e, "could not record the container's state");
+                Err(e)
+            }
+        }
     }
 
     /// Inspects the container of `record`, noting when it looked.
@@ -454,8 +587,25 @@ impl Agent {
         record: AppRecord,
         sighting: Sighting,
         settler: Settler,
+        told: Vec<NewEvent>,
     ) -> Result<AppRecord, AgentError> {
+        let told = watch::oom_from_state(told, sighting.state.as_ref());
         let settle = self.settlement(record.container_id(), sighting, settler);
+        // What the engine reported is written whatever the look decides: with its observation,
+        // or alone, the record's figures as they stand.
+        let settle = move |stored: &AppRecord| {
+            let observation = settle(stored);
+            if told.is_empty() {
+                return observation;
+            }
+            let mut observation = observation.unwrap_or_else(|| Observation {
+                metrics: stored.metrics.clone().unwrap_or_default(),
+                for_events_only: true,
+                ..Observation::default()
+            });
+            observation.events = told;
+            Some(observation)
+        };
         let observed = self
             .inner
             .store
@@ -486,10 +636,10 @@ impl Agent {
                 None
             }
         };
-        let inner = self.inner.clone();
+        let operations = self.inner.operations.clone();
         move |stored: &AppRecord| {
             if settler == Settler::Read
-                && (inner.under_way(&stored.id, true) || stored.updated_at > at)
+                && (operations.under_way(&stored.id, true) || stored.updated_at > at)
             {
                 return None;
             }
@@ -525,6 +675,31 @@ impl Agent {
     }
 }
 
+/// How long a look at a container may wait for the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Look {
+    /// A read answered to a client: an engine that hangs is away after
+    /// [`crate::runtime::PROBE_LIMIT`].
+    Probe,
+    /// Background work and operations: as long as the engine's own call timeout.
+    Patient,
+}
+
+/// A record settled on what its container is: the record as it now stands, and the container's
+/// state as seen (`None`: it no longer exists).
+#[derive(Debug)]
+pub(super) struct Settled {
+    pub record: AppRecord,
+    pub state: Option<ContainerState>,
+}
+
+impl Settled {
+    /// Whether the container was seen running.
+    pub fn running(&self) -> bool {
+        self.state.as_ref().is_some_and(|s| s.running)
+    }
+}
+
 /// What the agent saw of a container, and when it looked.
 #[derive(Debug, Clone)]
 pub(super) struct Sighting {
@@ -546,7 +721,7 @@ fn running_observation(
         .metrics
         .as_ref()
         .filter(|m| m.started_at == fresh.started_at);
-    if kept.is_some_and(|m| m.online) {
+    if kept.is_some_and(|m| m.online) && stored.restart_count == Some(state.restart_count) {
         return None;
     }
     let metrics = match kept {
@@ -560,7 +735,10 @@ fn running_observation(
         },
         None => fresh,
     };
-    Some(Observation::metrics(metrics))
+    Some(Observation {
+        restart_count: Some(state.restart_count),
+        ..Observation::metrics(metrics)
+    })
 }
 
 /// A container that is not running (`None`: gone): offline, with its exit, and its last sample (the
@@ -573,8 +751,10 @@ fn exited_observation(
     now: chrono::DateTime<Utc>,
 ) -> Option<Observation> {
     let exit = state.and_then(last_exit);
+    let restart_count = state.map(|s| s.restart_count);
     let already_true = stored.metrics.as_ref().is_some_and(|m| !m.online)
-        && (exit.is_none() || exit == stored.last_exit);
+        && (exit.is_none() || exit == stored.last_exit)
+        && (restart_count.is_none() || restart_count == stored.restart_count);
     if already_true {
         return None;
     }
@@ -588,13 +768,24 @@ fn exited_observation(
     Some(Observation {
         metrics,
         last_exit: exit,
+        restart_count,
         ..Observation::default()
     })
 }
 
 mod away;
+mod boot;
+mod dispatch;
+mod drain;
+pub use dispatch::{Dispatched, Mode, OpRequest};
+pub use drain::{
+    DEFAULT_DEADLINE_SECS, DrainApps, DrainFailure, DrainRequest, DrainState, DrainSummary,
+    MAX_DEADLINE_SECS,
+};
+mod figures;
+pub use away::EngineHealth;
 mod node;
-pub use node::NodeReport;
+pub use node::{LastShutdown, NodeReport, ShutdownReport};
 mod operation;
 mod sampling;
 mod starting;

@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use super::Agent;
 use crate::host::{self, DiskFigures, HostFigures};
+use crate::lifecycle::Operation;
 use crate::runtime::{RuntimeError, probe};
 use crate::telemetry::ReportStatus;
 
@@ -27,6 +28,47 @@ pub struct NodeReport {
     pub agent: AgentReport,
     /// The reports to the control plane: where they go, how the last went, what is pending.
     pub report: ReportStatus,
+    /// The node's drain and its progress; null when the node was never drained.
+    pub drain: Option<super::DrainSummary>,
+    /// The node's shutdown: the logind delay lock, and the last shutdown's figures.
+    pub shutdown: ShutdownReport,
+}
+
+/// The node's shutdown as the agent follows it: whether it holds logind's delay lock (and why not),
+/// whether logind would cut its budget short, and how the last shutdown went.
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ShutdownReport {
+    /// `[shutdown] inhibit`.
+    pub inhibit: bool,
+    /// Whether the agent holds logind's delay lock at this moment.
+    pub lock_held: bool,
+    /// Why it does not, when it does not.
+    pub lock_error: Option<String>,
+    /// What the lock may hold the shutdown back: `grace_secs` + `report_secs`.
+    pub budget_secs: u64,
+    /// logind's `InhibitDelayMaxUSec`, in seconds, once read.
+    pub delay_max_secs: Option<f64>,
+    /// True when logind would release the shutdown before the budget is spent.
+    pub cut_short: bool,
+    /// The last shutdown this agent drained the node for.
+    pub last: Option<LastShutdown>,
+}
+
+/// How a node's shutdown went, from `PrepareForShutdown(true)` to the lock's release.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LastShutdown {
+    #[serde(with = "crate::record::rfc3339_millis")]
+    pub began_at: chrono::DateTime<chrono::Utc>,
+    /// Seconds the drain took.
+    pub drain_secs: f64,
+    /// Seconds spent pushing the final records after it.
+    pub report_secs: f64,
+    /// Changes the control plane had not acknowledged when the lock was released.
+    pub unreported: usize,
+    pub stopped: usize,
+    pub killed_at_deadline: usize,
 }
 
 /// The engine, or why it could not be asked.
@@ -94,13 +136,15 @@ impl Agent {
             apps: AppCounts {
                 registered,
                 online,
-                stopping: self.stops_in_progress(),
+                stopping: self.under_way_of_kind(Operation::Stop),
             },
             agent: AgentReport {
                 version: env!("CARGO_PKG_VERSION"),
                 uptime_seconds: self.telemetry().uptime_secs(),
             },
             report: self.telemetry().report_status(&self.store().outbox()),
+            drain: self.drain_summary(),
+            shutdown: self.shutdown_report(),
         }
     }
 
@@ -129,6 +173,21 @@ impl Agent {
                 root_dir: None,
                 error: Some(e.to_string()),
             },
+        }
+    }
+}
+
+impl Agent {
+    /// The node's shutdown's figures for `/metrics`.
+    pub fn shutdown_figures(&self) -> crate::telemetry::ShutdownFigures {
+        let r = self.shutdown_report();
+        let last = r.last.as_ref();
+        crate::telemetry::ShutdownFigures {
+            lock_held: r.lock_held,
+            cut_short: r.cut_short,
+            drain_secs: last.map_or(0.0, |l| l.drain_secs),
+            stopped: last.map_or(0, |l| l.stopped),
+            killed_at_deadline: last.map_or(0, |l| l.killed_at_deadline),
         }
     }
 }

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
@@ -15,12 +16,13 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::{Agent, AgentError, Inner};
+use super::{Agent, AgentError};
 use crate::auth::Principal;
-use crate::operation::Operation;
+use crate::lifecycle::Operation;
 use crate::policy::Action;
-use crate::record::{AppId, AppRecord};
+use crate::record::{AppId, AppRecord, ResourceMetrics};
 use crate::runtime::{ContainerState, RuntimeError};
+use crate::store::{Observation, StoreError};
 use crate::telemetry::Route;
 
 /// An operation under way on one app.
@@ -30,61 +32,166 @@ pub(super) struct UnderWay {
     /// An observation (a read, an engine event, reconciliation) was held back while it ran; the
     /// container is looked at again once it ends.
     pub missed: bool,
+    /// What the engine reported of the container meanwhile: told apart from the operation's own
+    /// doing, and written to the history, once the operation has ended.
+    pub reported: Vec<super::watch::Reported>,
     /// When the container is killed if it has not exited: set by a stop once its grace is known,
     /// brought forward by an operator who asks for an earlier kill. The sender goes with the mark,
     /// so its receivers also learn that the operation has ended.
     kill_at: watch::Sender<Option<Instant>>,
+    /// Set once the operation's intent is in the store; the sender goes with the mark.
+    intent: watch::Sender<bool>,
 }
+
+/// The operations under way, by app: a cheap-clone handle on the one guard per app.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Operations {
+    under_way: Arc<Mutex<HashMap<AppId, UnderWay>>>,
+    /// What the engine reported during an operation whose guard went without being released
+    /// (refused after it was taken): told by the watcher at its next beat.
+    orphans: Arc<Mutex<Orphans>>,
+}
+
+/// What the engine reported during operations whose guard went without being released, by app.
+type Orphans = Vec<(AppId, Vec<super::watch::Reported>)>;
 
 /// Marks an operation on one app as under way; dropping it ends the mark.
 #[derive(Debug)]
 pub(super) struct OpGuard {
-    agent: std::sync::Arc<Inner>,
+    operations: Operations,
     id: AppId,
     /// Whether the mark is still this guard's to end.
     held: bool,
 }
 
 impl OpGuard {
-    /// Ends the mark; true when an observation was held back meanwhile.
-    fn release(mut self) -> bool {
+    /// Ends the mark; `Some` with what the engine reported meanwhile when an observation was held
+    /// back.
+    fn release(mut self) -> Option<Vec<super::watch::Reported>> {
         self.held = false;
-        self.agent.remove_guard(&self.id)
+        self.operations.remove_guard(&self.id)
     }
 }
 
 impl Drop for OpGuard {
     fn drop(&mut self) {
-        if self.held {
-            self.agent.remove_guard(&self.id);
+        if self.held
+            && let Some(reported) = self
+                .operations
+                .remove_guard(&self.id)
+                .filter(|r| !r.is_empty())
+        {
+            self.operations
+                .orphans
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((self.id.clone(), reported));
         }
     }
 }
 
-impl Inner {
+impl Operations {
     /// The operations under way, by app; held for a few statements, never across an `.await`.
-    pub(super) fn under_way_ops(&self) -> std::sync::MutexGuard<'_, HashMap<AppId, UnderWay>> {
-        self.operations.lock().unwrap_or_else(|p| p.into_inner())
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<AppId, UnderWay>> {
+        self.under_way.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn remove_guard(&self, id: &AppId) -> bool {
-        self.under_way_ops().remove(id).is_some_and(|u| u.missed)
+    /// Operations of `kind` under way at this moment.
+    pub(super) fn count(&self, kind: Operation) -> usize {
+        self.lock().values().filter(|u| u.op == kind).count()
+    }
+
+    /// Marks `op` on `id` as under way, unless one is already: then refused, naming it.
+    fn begin(&self, id: &AppId, op: Operation, record: &AppRecord) -> Result<OpGuard, AgentError> {
+        let mut ops = self.lock();
+        if let Some(u) = ops.get(id) {
+            return Err(AgentError::InProgress {
+                id: id.clone(),
+                under_way: u.op,
+                record: Box::new(record.clone()),
+            });
+        }
+        ops.insert(
+            id.clone(),
+            UnderWay {
+                op,
+                missed: false,
+                reported: Vec::new(),
+                kill_at: watch::channel(None).0,
+                intent: watch::channel(false).0,
+            },
+        );
+        Ok(OpGuard {
+            operations: self.clone(),
+            id: id.clone(),
+            held: true,
+        })
+    }
+
+    fn remove_guard(&self, id: &AppId) -> Option<Vec<super::watch::Reported>> {
+        self.lock()
+            .remove(id)
+            .filter(|u| u.missed)
+            .map(|u| u.reported)
+    }
+
+    /// What the engine reported during operations whose guard went without being released.
+    pub(super) fn take_orphans(&self) -> Orphans {
+        std::mem::take(&mut *self.orphans.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The engine's time of the oldest report held for an operation under way, if any.
+    pub(super) fn oldest_held(&self) -> Option<DateTime<Utc>> {
+        let ops = self.lock();
+        let orphans = self.orphans.lock().unwrap_or_else(|p| p.into_inner());
+        ops.values()
+            .flat_map(|u| &u.reported)
+            .chain(orphans.iter().flat_map(|(_, r)| r))
+            .map(|r| r.at)
+            .min()
+    }
+
+    /// Keeps what the engine reported of `id`'s container while an operation on it is under way,
+    /// for when it ends; false when none is.
+    pub(super) fn hold_report(&self, id: &AppId, reported: &super::watch::Reported) -> bool {
+        let mut ops = self.lock();
+        match ops.get_mut(id) {
+            Some(u) => {
+                u.missed = true;
+                u.reported.push(reported.clone());
+                true
+            }
+            None => false,
+        }
     }
 
     /// Notes that the stop under way on `id` kills its container `grace` seconds from now, so that
     /// a later ask can tell whether its own kill would come earlier.
     pub(super) fn note_kill_deadline(&self, id: &AppId, grace: u32) {
         let at = Instant::now() + Duration::from_secs(grace.into());
-        let ops = self.under_way_ops();
+        let ops = self.lock();
         if let Some(u) = ops.get(id) {
             u.kill_at.send_replace(Some(at));
         }
     }
 
+    /// Notes that the intent of the operation under way on `id` is in the store.
+    fn note_intent_written(&self, id: &AppId) {
+        if let Some(u) = self.lock().get(id) {
+            u.intent.send_replace(true);
+        }
+    }
+
+    /// A receiver that turns true once the intent of the operation under way on `id` is written,
+    /// and whose sender goes when the operation ends; `None` when none is under way.
+    fn intent_written(&self, id: &AppId) -> Option<watch::Receiver<bool>> {
+        self.lock().get(id).map(|u| u.intent.subscribe())
+    }
+
     /// Whether an operation on `id` is under way; if so, and `hold_back` is set, notes that an
     /// observation was held back, so that the container is looked at again when it ends.
     pub(super) fn under_way(&self, id: &AppId, hold_back: bool) -> bool {
-        let mut ops = self.under_way_ops();
+        let mut ops = self.lock();
         match ops.get_mut(id) {
             Some(u) => {
                 u.missed |= hold_back;
@@ -105,31 +212,7 @@ fn outcome_of(op: Operation, result: &Result<AppRecord, AgentError>) -> &'static
 impl Agent {
     /// Whether any operation on `id` is under way.
     pub(super) fn operation_under_way(&self, id: &AppId) -> bool {
-        self.inner.under_way(id, false)
-    }
-
-    fn begin(&self, id: &AppId, op: Operation, record: &AppRecord) -> Result<OpGuard, AgentError> {
-        let mut ops = self.inner.under_way_ops();
-        if let Some(u) = ops.get(id) {
-            return Err(AgentError::InProgress {
-                id: id.clone(),
-                under_way: u.op,
-                record: Box::new(record.clone()),
-            });
-        }
-        ops.insert(
-            id.clone(),
-            UnderWay {
-                op,
-                missed: false,
-                kill_at: watch::channel(None).0,
-            },
-        );
-        Ok(OpGuard {
-            agent: self.inner.clone(),
-            id: id.clone(),
-            held: true,
-        })
+        self.inner.operations.under_way(id, false)
     }
 
     /// Whether `principal` may ask for `req`: a user token's stop `timeout` is capped
@@ -159,7 +242,7 @@ impl Agent {
         timeout: u32,
     ) -> Option<watch::Receiver<Option<Instant>>> {
         let mut kill_at = {
-            let ops = self.inner.under_way_ops();
+            let ops = self.inner.operations.lock();
             ops.get(id)
                 .filter(|u| u.op == Operation::Stop)?
                 .kill_at
@@ -177,7 +260,7 @@ impl Agent {
             return None;
         }
         let sooner = {
-            let ops = self.inner.under_way_ops();
+            let ops = self.inner.operations.lock();
             // Unless the stop has ended meanwhile, or another ask brought its kill forward further.
             ops.get(id)
                 .filter(|_| kill_at.has_changed().is_ok())
@@ -198,7 +281,7 @@ impl Agent {
                 container.to_owned(),
                 kill_at.clone(),
             );
-            self.inner.tasks.spawn(async move {
+            self.inner.operation_tasks.spawn(async move {
                 tokio::time::sleep_until(at).await;
                 // Only the stop this was asked of: once it has ended, its sender is gone.
                 if ended.has_changed().is_err() {
@@ -230,8 +313,11 @@ impl Agent {
         let record = self
             .authorized(principal, id, Action::ChangeStatus, op.verb())
             .await?;
+        if op != Operation::Stop {
+            self.may_start_on_node(&record)?;
+        }
         let record = self.close_dead_intents(record).await;
-        let guard = self.begin(id, op, &record)?;
+        let guard = self.inner.operations.begin(id, op, &record)?;
         let record = self.record_of(id).await?;
         Ok((record, guard))
     }
@@ -244,6 +330,7 @@ impl Agent {
         principal: &Principal,
         id: &AppId,
         op: Operation,
+        route: Route,
     ) -> Result<(AppRecord, ContainerState, OpGuard), AgentError> {
         let admitted = async {
             let (record, guard) = self.admit(principal, id, op).await?;
@@ -255,9 +342,24 @@ impl Agent {
         };
         let admitted = admitted
             .await
-            .inspect_err(|e| self.refused(op, Route::Okeanos, principal, id, e))?;
+            .inspect_err(|e| self.refused(op, route, principal, id, e))?;
         tracing::info!(app = %id, token = %principal.name, "{}", op.accepted());
         Ok(admitted)
+    }
+
+    /// Runs the admitted background operation `launched` starts, and returns once its intent is
+    /// in the store (or it has ended first): a read right after the 202 shows it under way.
+    pub(super) async fn launch_in_background(
+        &self,
+        id: &AppId,
+        launched: impl FnOnce() -> JoinHandle<Result<AppRecord, AgentError>>,
+    ) {
+        let written = self.inner.operations.intent_written(id);
+        drop(launched());
+        if let Some(mut written) = written {
+            // An error means the operation ended (its guard went) before writing one.
+            let _ = written.wait_for(|w| *w).await;
+        }
     }
 
     /// The answer of an operation's task, once it has ended.
@@ -314,15 +416,15 @@ impl Agent {
             let telemetry = agent.telemetry();
             telemetry.ended(op, route, outcome_of(op, &outcome));
             telemetry.took(op, route, elapsed_ms.max(0) as f64 / 1000.0);
-            if guard.release() {
+            if let Some(reported) = guard.release() {
                 // Off the answer's path: the engine's own event of this very operation is the
                 // usual reason, and it rarely changes anything.
                 let again = agent.clone();
                 let app = app.clone();
                 agent
                     .inner
-                    .tasks
-                    .spawn(async move { again.look_again(&app).await });
+                    .operation_tasks
+                    .spawn(async move { again.look_again(&app, reported).await });
             }
             match &outcome {
                 Ok(r) => {
@@ -335,24 +437,66 @@ impl Agent {
             outcome
         };
         self.inner
-            .tasks
+            .operation_tasks
             .spawn(tracing::Instrument::instrument(task, span))
     }
 
     /// Looks at the container of `id` again, for an observation held back while an operation ran.
-    async fn look_again(&self, id: &AppId) {
+    pub(super) async fn look_again(&self, id: &AppId, reported: Vec<super::watch::Reported>) {
         let Ok(record) = self.record_of(id).await else {
             return;
         };
-        let outcome = match self.sight(&record).await {
-            Ok(sighting) => {
-                self.record_sighting(record, sighting, super::Settler::Read)
-                    .await
-            }
-            Err(e) => Err(AgentError::from_runtime(e)),
-        };
-        if let Err(e) = outcome {
+        let told = super::watch::history_of(&record, &reported);
+        let looked = self
+            .look_settle_and_tell(record, super::Settler::Read, super::Look::Patient, told)
+            .await;
+        if let Err(e) = looked {
             tracing::warn!(app = %id, error = %e, "could not look at the container again; left for the watcher");
         }
+    }
+
+    /// Writes an operation's intent (what `observed` makes of the stored record) before the engine
+    /// is touched: should the agent die during the operation, its next start finds the intent and
+    /// makes the record true. A record deleted or re-registered meanwhile is answered as it was.
+    pub(super) async fn write_intent(
+        &self,
+        record: AppRecord,
+        now: DateTime<Utc>,
+        observed: impl FnOnce(&AppRecord) -> Observation + Send + 'static,
+    ) -> Result<AppRecord, AgentError> {
+        let written = self
+            .inner
+            .store
+            .observe(&record.id, record.container_id(), now, move |stored| {
+                Some(observed(stored))
+            })
+            .await?;
+        self.inner.operations.note_intent_written(&record.id);
+        Ok(written.unwrap_or(record))
+    }
+
+    /// Writes how an operation ended: what `observed` makes of the figures kept (the stored ones).
+    /// The one fallback of every operation: a record deleted or re-registered while it ran is
+    /// answered with what was observed, made of the answer's own figures.
+    pub(super) async fn record_final(
+        &self,
+        mut record: AppRecord,
+        now: DateTime<Utc>,
+        observed: impl Fn(Option<&ResourceMetrics>) -> Observation + Send + Sync + Clone + 'static,
+    ) -> Result<AppRecord, StoreError> {
+        let written = {
+            let observed = observed.clone();
+            self.inner
+                .store
+                .observe(&record.id, record.container_id(), now, move |stored| {
+                    Some(observed(stored.metrics.as_ref()))
+                })
+                .await?
+        };
+        Ok(written.unwrap_or_else(|| {
+            observed(record.metrics.as_ref()).apply_to(&mut record);
+            record.updated_at = now;
+            record
+        }))
     }
 }

@@ -6,6 +6,22 @@
 //! engine, a process the agent cannot see, a layout it does not recognise, a file it may not
 //! read), the agent follows the engine's own one-a-second stats stream instead, and asks the engine
 //! when that has no fresh reading.
+//!
+//! The ticker's cost grows with the apps, so a tick reads of each container only what moves when
+//! it does anything: its CPU time and memory usage, two small cgroup files, and a look that its
+//! process lives ([`crate::cgroup::HostFiles::pulse`]). The files whose text the kernel formats
+//! at some length (`memory.stat`, `net/dev`) and the memory limit are read again only when that
+//! pulse has moved since they were last read, or after [`SETTLED_REFRESH`]. The figures stay as
+//! fresh as they were when every tick read every file:
+//! - a sample asked for (a read, a stop's final sample) reads every file at that moment, as it
+//!   always did ([`Agent::sample_now`]); the start of its CPU interval is still a tick's point, and
+//!   every tick still reads the CPU time;
+//! - a container that ends on its own leaves the last tick's figures, as before: its CPU time and
+//!   memory usage read at that tick, and the rest read at that tick too whenever the container
+//!   used any CPU or memory since they were read. A container whose CPU time has not moved by one
+//!   nanosecond, nor its memory usage by one byte, has not run: its page cache and its own traffic
+//!   are as they were (only the kernel moves them then, by reclaim or by packets the container
+//!   never wakes for, which [`SETTLED_REFRESH`] bounds).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -15,9 +31,9 @@ use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 
 use super::Agent;
-use crate::cgroup::{CpuPoint, HostFiles, Located, ReadError, Reading, Unusable};
-use crate::metrics::{RawStats, SamplePurpose};
+use crate::cgroup::{CpuPoint, HostFiles, Located, Pulse, ReadError, Reading, Unusable};
 use crate::runtime::{ContainerState, RuntimeError};
+use crate::stats::{RawStats, SamplePurpose};
 
 /// A stream's reading older than this is not fresh enough for a final sample; the engine sends one
 /// a second.
@@ -36,6 +52,9 @@ const SHORTEST: Duration = Duration::from_millis(10);
 /// CPU points kept of each container: enough for an interval of half a second to a second and a
 /// half between ticks.
 const POINTS: usize = 3;
+/// How long a tick may go on taking a container's memory limit, reclaimable page cache and network
+/// counters from an earlier reading while its CPU time and memory usage have not moved.
+const SETTLED_REFRESH: Duration = Duration::from_secs(10);
 /// How long a container whose cgroup has gone keeps its last figures for the record that has not
 /// noticed yet.
 const ENDED_KEPT: Duration = Duration::from_secs(60);
@@ -72,6 +91,12 @@ struct Tracked {
     points: VecDeque<(Instant, CpuPoint)>,
     /// The latest figures, for a container that ends on its own.
     last: RawStats,
+    /// The latest reading of every file, and when it was taken: what a tick that reads only the
+    /// pulse brings up to date.
+    full: (Instant, Reading),
+    /// Whether its pulse moved between the last two readings of every file: a container that
+    /// runs is read whole at once, without a look at its pulse first.
+    busy: bool,
     /// When a read found its cgroup gone.
     ended: Option<Instant>,
 }
@@ -88,6 +113,24 @@ impl Tracked {
             .copied()
     }
 
+    /// What a tick reads of it: the pulse alone when that has not moved since the last full
+    /// reading and that is recent, else everything (see the module's documentation).
+    fn wants(&self, now: Instant) -> Want {
+        let (at, full) = &self.full;
+        if !self.busy && now.saturating_duration_since(*at) < SETTLED_REFRESH {
+            Want::Pulse(full.pulse())
+        } else {
+            Want::Full
+        }
+    }
+
+    /// Takes a reading of every file.
+    fn note_full(&mut self, at: Instant, reading: Reading) {
+        self.note(at, &reading);
+        self.busy = reading.pulse() != self.full.1.pulse();
+        self.full = (at, reading);
+    }
+
     fn note(&mut self, at: Instant, reading: &Reading) {
         let before = self.points.back().map(|(_, p)| *p);
         self.last = reading.to_raw(before);
@@ -96,6 +139,23 @@ impl Tracked {
             self.points.pop_front();
         }
     }
+}
+
+/// What a tick reads of a container.
+#[derive(Debug, Clone, Copy)]
+enum Want {
+    /// Its pulse; everything if that differs from this one.
+    Pulse(Pulse),
+    /// Everything.
+    Full,
+}
+
+/// What a tick read of a container.
+#[derive(Debug)]
+enum Read {
+    /// Its pulse, unmoved, with when it was read and the host's CPU time just before.
+    Pulse(DateTime<Utc>, crate::cgroup::SystemCpu, Pulse),
+    Full(Reading),
 }
 
 #[derive(Debug)]
@@ -181,6 +241,8 @@ impl Agent {
                     located,
                     points: VecDeque::new(),
                     last: RawStats::default(),
+                    full: (now, reading.clone()),
+                    busy: false,
                     ended: None,
                 };
                 tracked.note(now, &reading);
@@ -216,7 +278,7 @@ impl Agent {
     /// long as the agent lives.
     fn start_ticker(&self) {
         let weak = Arc::downgrade(&self.inner);
-        tokio::spawn(async move {
+        self.background().spawn(async move {
             let mut tick = tokio::time::interval(TICK);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
@@ -232,7 +294,8 @@ impl Agent {
         let Some(host) = self.host_files().cloned() else {
             return;
         };
-        let followed: Vec<(String, Located)> = {
+        let now = Instant::now();
+        let followed: Vec<(String, Located, Want)> = {
             let mut readings = self.readings();
             readings
                 .host
@@ -241,7 +304,7 @@ impl Agent {
                 .host
                 .iter()
                 .filter(|(_, t)| t.ended.is_none())
-                .map(|(c, t)| (c.clone(), t.located.clone()))
+                .map(|(c, t)| (c.clone(), t.located.clone(), t.wants(now)))
                 .collect()
         };
         if followed.is_empty() {
@@ -258,9 +321,17 @@ impl Agent {
             };
             followed
                 .into_iter()
-                .map(|(container, located)| {
-                    let reading = host.read(&located, system);
-                    (container, located.pid, Instant::now(), reading)
+                .map(|(container, located, want)| {
+                    let at = Utc::now();
+                    let read = match want {
+                        Want::Pulse(before) => match host.pulse(&located) {
+                            Ok(pulse) if pulse == before => Ok(Read::Pulse(at, system, pulse)),
+                            Ok(_) => host.read(&located, system).map(Read::Full),
+                            Err(e) => Err(e),
+                        },
+                        Want::Full => host.read(&located, system).map(Read::Full),
+                    };
+                    (container, located.pid, Instant::now(), read)
                 })
                 .collect::<Vec<_>>()
         })
@@ -277,7 +348,12 @@ impl Agent {
                     continue;
                 }
                 match reading {
-                    Ok(reading) => t.note(at, &reading),
+                    Ok(Read::Full(reading)) => t.note_full(at, reading),
+                    Ok(Read::Pulse(read_at, system, pulse)) => {
+                        let reading = t.full.1.advanced(read_at, system, pulse);
+                        t.note(at, &reading);
+                        t.busy = false;
+                    }
                     Err(ReadError::Gone) => t.ended = Some(at),
                     Err(e) => refused.push((container, pid, e)),
                 }
@@ -339,6 +415,7 @@ impl Agent {
             .filter(|t| t.located.pid == located.pid)
         {
             t.last = stats.clone();
+            t.full = (Instant::now(), reading);
         }
         Some(Ok(stats))
     }
@@ -421,7 +498,7 @@ impl Agent {
         }
         let agent = self.clone();
         let container = container.to_owned();
-        tokio::spawn(async move {
+        self.background().spawn(async move {
             match agent.runtime().stats_stream(&container).await {
                 Ok(mut stream) => {
                     while let Some(Ok(stats)) = stream.next().await {
@@ -458,6 +535,12 @@ impl Agent {
             .latest
             .get(container)
             .is_some_and(|l| !l.stats.is_empty())
+    }
+
+    /// The latest figures the ticks have of `container` on the host's files.
+    #[cfg(test)]
+    pub(super) fn last_on_host(&self, container: &str) -> Option<RawStats> {
+        self.readings().host.get(container).map(|t| t.last.clone())
     }
 
     /// Whether `container` is followed on the host's files.

@@ -5,73 +5,78 @@
 //!
 //! Every path out of a start whose intent was written records how it ended.
 
-use std::time::Duration;
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use tokio::task::JoinHandle;
 
 use super::operation::OpGuard;
-use super::stopping::StopIntent;
-use super::{Agent, AgentError, AlreadyRunning, AlreadyStopped, Settler, Sighting};
+use super::stopping::{Intent, OpFrom};
+use super::{Agent, AgentError, AlreadyRunning, AlreadyStopped, Look, Settler, Sighting};
+use crate::agent::figures::{final_metrics, last_exit, running_metrics};
 use crate::auth::Principal;
-use crate::metrics::{RawStats, final_metrics, last_exit, running_metrics};
-use crate::operation::Operation;
-use crate::record::{AppId, AppRecord, LastStart, StartOutcome};
+use crate::lifecycle::Operation;
+use crate::record::{AppId, AppRecord, LastOp, StartOutcome};
 use crate::runtime::{ContainerState, RuntimeError};
+use crate::stats::RawStats;
 use crate::stop::StopRequest;
 use crate::store::Observation;
 use crate::telemetry::Route;
 
-/// How long a container must go on running after the engine has started it before the start
-/// reports it as running. The engine answers a start as soon as the process exists; a process that
-/// dies at once (a bad command line, a missing file, a crash at boot) is gone within this window,
-/// and the engine's record of its exit lags by a few milliseconds.
-const BOOT_CHECK: Duration = Duration::from_millis(20);
-
 impl Agent {
     /// Starts the app's container and answers with the updated record once the engine says it runs
     /// (or that it exited at once). The work runs in a task of its own, as a stop's does.
-    pub async fn start(&self, principal: &Principal, id: &AppId) -> Result<AppRecord, AgentError> {
+    pub(crate) async fn start(
+        &self,
+        principal: &Principal,
+        id: &AppId,
+        route: Route,
+    ) -> Result<AppRecord, AgentError> {
         let (record, guard) = self
             .admit(principal, id, Operation::Start)
             .await
-            .inspect_err(|e| self.refused(Operation::Start, Route::V1, principal, id, e))?;
-        let task = self.launch_start(principal, record, guard, None, Route::V1);
+            .inspect_err(|e| self.refused(Operation::Start, route, principal, id, e))?;
+        let task = self.launch_start(principal, record, guard, OpFrom::asked(route, None));
         Agent::answer(Operation::Start, task).await
     }
 
     /// Checks that the app's container exists and is not running, then starts it in the background
-    /// and returns at once; the outcome lands in the record (`lastStart`, the metrics, the exit).
-    pub async fn start_in_background(
+    /// and returns as soon as the start's intent is written; the outcome lands in the record
+    /// (`lastStart`, the metrics, the exit).
+    pub(crate) async fn start_in_background(
         &self,
         principal: &Principal,
         id: &AppId,
+        route: Route,
     ) -> Result<(), AgentError> {
         let (record, state, guard) = self
-            .admit_for_background(principal, id, Operation::Start)
+            .admit_for_background(principal, id, Operation::Start, route)
             .await?;
-        drop(self.launch_start(principal, record, guard, Some(state), Route::Okeanos));
+        let from = OpFrom::asked(route, Some(state));
+        self.launch_in_background(id, || self.launch_start(principal, record, guard, from))
+            .await;
         Ok(())
     }
 
     /// Stops the app's container exactly as a stop does, then starts it, under one guard; a stopped
     /// app is just started.
-    pub async fn restart(
+    pub(crate) async fn restart(
         &self,
         principal: &Principal,
         id: &AppId,
         req: StopRequest,
+        route: Route,
     ) -> Result<AppRecord, AgentError> {
         let admitted = match self.may_ask_for(principal, &req) {
             Ok(()) => self.admit(principal, id, Operation::Restart).await,
             Err(e) => Err(e),
         };
-        let (record, guard) = admitted
-            .inspect_err(|e| self.refused(Operation::Restart, Route::V1, principal, id, e))?;
+        let (record, guard) =
+            admitted.inspect_err(|e| self.refused(Operation::Restart, route, principal, id, e))?;
         let app = record.id.clone();
         let task = self.launch(
             Operation::Restart,
-            Route::V1,
+            route,
             principal,
             app,
             guard,
@@ -82,14 +87,18 @@ impl Agent {
         Agent::answer(Operation::Restart, task).await
     }
 
-    fn launch_start(
+    pub(super) fn launch_start(
         &self,
         caller: &Principal,
         record: AppRecord,
         guard: OpGuard,
-        known: Option<ContainerState>,
-        route: Route,
+        from: OpFrom,
     ) -> JoinHandle<Result<AppRecord, AgentError>> {
+        let OpFrom {
+            known,
+            route,
+            reason,
+        } = from;
         self.launch(
             Operation::Start,
             route,
@@ -97,9 +106,8 @@ impl Agent {
             record.id.clone(),
             guard,
             move |agent, caller, requested_at| async move {
-                agent
-                    .start_closed(&caller, requested_at, record, known)
-                    .await
+                let intent = Intent::new(&caller, requested_at, reason);
+                agent.start_closed(&intent, record, known).await
             },
         )
     }
@@ -118,7 +126,10 @@ impl Agent {
             Err(e) => return Err(AgentError::from_runtime(e)),
         };
         let record = if state.running {
-            let intent = StopIntent::new(caller, requested_at, true);
+            let intent = Intent {
+                restart: true,
+                ..Intent::new(caller, requested_at, None)
+            };
             match self.run_stop(&intent, record, req, Some(state)).await {
                 Ok(record) => record,
                 Err(e) => {
@@ -150,19 +161,19 @@ impl Agent {
         } else {
             record
         };
-        self.start_closed(caller, requested_at, record, None).await
+        let intent = Intent::new(caller, requested_at, None);
+        self.start_closed(&intent, record, None).await
     }
 
     /// Runs a start; if it fails after writing its intent, the intent is closed with how it ended.
     async fn start_closed(
         &self,
-        caller: &str,
-        requested_at: DateTime<Utc>,
+        intent: &Intent,
         record: AppRecord,
         known: Option<ContainerState>,
     ) -> Result<AppRecord, AgentError> {
         let id = record.id.clone();
-        let outcome = self.run_start(caller, requested_at, record, known).await;
+        let outcome = self.run_start(intent, record, known).await;
         if let Err(e) = &outcome {
             self.close_start_intent(&id, e).await;
         }
@@ -216,7 +227,10 @@ impl Agent {
             at: Utc::now(),
             state: Some(state),
         };
-        match self.record_sighting(record, sighting, Settler::Op).await {
+        match self
+            .record_sighting(record, sighting, Settler::Op, Vec::new())
+            .await
+        {
             Ok(record) => AgentError::AlreadyRunning {
                 id,
                 how,
@@ -233,7 +247,10 @@ impl Agent {
             at: Utc::now(),
             state: None,
         };
-        match self.record_sighting(record, sighting, Settler::Op).await {
+        match self
+            .record_sighting(record, sighting, Settler::Op, Vec::new())
+            .await
+        {
             Ok(record) => AgentError::ContainerMissing {
                 id,
                 record: Box::new(record),
@@ -244,8 +261,7 @@ impl Agent {
 
     async fn run_start(
         &self,
-        caller: &str,
-        requested_at: DateTime<Utc>,
+        intent: &Intent,
         record: AppRecord,
         known: Option<ContainerState>,
     ) -> Result<AppRecord, AgentError> {
@@ -255,29 +271,28 @@ impl Agent {
             Some(state) => (record, state),
             None => self.stopped_state(record).await?,
         };
-        let record = self
-            .write_start_intent(record, caller, requested_at)
-            .await?;
+        let record = self.write_start_intent(record, intent).await?;
         // The policy the last stop set to `no`, unless someone has given the container one since.
         let give_back = record
             .restart_policy_set_aside()
             .filter(|_| !state.may_restart_itself())
             .map(str::to_owned);
+        let asked = Instant::now();
         match runtime.start(&container).await {
             Ok(()) => {}
             Err(RuntimeError::NotFound(_)) => return Err(self.container_missing(record).await),
             Err(e) => return Err(AgentError::from_runtime(e)),
         }
-        // The boot check, and the policy given back beside it. The wait's own failure is not the
-        // start's: the inspect below says how the container is.
+        let start_call = asked.elapsed();
+        // The boot check ([`super::boot`]), and the policy given back beside it.
         let restore = async {
             match &give_back {
                 Some(policy) => Some(runtime.set_restart_policy(&container, policy).await),
                 None => None,
             }
         };
-        let (_exited, restored) = tokio::join!(runtime.wait_exit(&container, BOOT_CHECK), restore);
-        let state = match runtime.inspect(&container).await {
+        let (state, restored) = super::boot::check(runtime, &container, start_call, restore).await;
+        let state = match state {
             Ok(s) => Some(s),
             Err(RuntimeError::NotFound(_)) => None,
             Err(e) => return Err(AgentError::from_runtime(e)),
@@ -300,65 +315,48 @@ impl Agent {
         if let Some(s) = state.as_ref().filter(|s| s.running) {
             self.follow(&container, s);
         }
-        let start = LastStart {
-            outcome: if running {
-                StartOutcome::Started
-            } else {
-                StartOutcome::Exited
-            },
-            by: caller.to_owned(),
-            requested_at,
-            finished_at: Some(Utc::now()),
-            error,
-            restored_restart_policy: restored,
+        let outcome = if running {
+            StartOutcome::Started
+        } else {
+            StartOutcome::Exited
         };
-        self.record_start(record, state, start).await
+        let start = LastOp {
+            restored_restart_policy: restored,
+            ..intent.last_op().closed(outcome, Utc::now(), error)
+        };
+        self.record_start_final(record, state, start).await
     }
 
-    /// Writes the start's intent before the engine is touched: should the agent die during the
-    /// start, its next start finds the intent and makes the record true.
+    /// Writes the start's intent before the engine is touched, keeping the stored figures.
     async fn write_start_intent(
         &self,
         record: AppRecord,
-        caller: &str,
-        requested_at: DateTime<Utc>,
+        intent: &Intent,
     ) -> Result<AppRecord, AgentError> {
         let now = Utc::now();
-        let intent = LastStart {
-            outcome: StartOutcome::Starting,
-            by: caller.to_owned(),
-            requested_at,
-            finished_at: None,
-            error: None,
-            restored_restart_policy: None,
-        };
-        let written = self
-            .inner
-            .store
-            .observe(&record.id, record.container_id(), now, move |stored| {
-                Some(Observation {
-                    metrics: stored
-                        .metrics
-                        .clone()
-                        .unwrap_or(crate::record::ResourceMetrics {
-                            timestamp: now,
-                            ..Default::default()
-                        }),
-                    last_start: Some(intent),
-                    ..Observation::default()
-                })
-            })
-            .await?;
-        Ok(written.unwrap_or(record))
+        let intent = intent.last_op();
+        self.write_intent(record, now, move |stored| Observation {
+            metrics: stored
+                .metrics
+                .clone()
+                .unwrap_or(crate::record::ResourceMetrics {
+                    timestamp: now,
+                    ..Default::default()
+                }),
+            last_start: Some(intent),
+            ..Observation::default()
+        })
+        .await
     }
 
-    /// The record of the new run: running, without figures until a reading comes; or exited at
-    /// once, with how (`None`: the container is gone, as an auto-removing one may be).
-    async fn record_start(
+    /// The start's final record, of the new run: running, without figures until a reading comes;
+    /// or exited at once, with how (`None`: the container is gone, as an auto-removing one may
+    /// be).
+    async fn record_start_final(
         &self,
-        mut record: AppRecord,
+        record: AppRecord,
         state: Option<ContainerState>,
-        start: LastStart,
+        start: LastOp<StartOutcome>,
     ) -> Result<AppRecord, AgentError> {
         let now = Utc::now();
         let (metrics, exit) = match &state {
@@ -375,24 +373,12 @@ impl Agent {
             last_exit: exit,
             last_stop: None,
             last_start: Some(start),
+            restart_count: state.as_ref().map(|s| s.restart_count),
+            ..Observation::default()
         };
-        let written = {
-            let observation = observation.clone();
-            self.inner
-                .store
-                .observe(&record.id, record.container_id(), now, move |_| {
-                    Some(observation)
-                })
-                .await?
-        };
-        // The record was deleted or re-registered during the start: answer with what was observed.
-        Ok(written.unwrap_or_else(|| {
-            record.metrics = Some(observation.metrics);
-            record.last_exit = observation.last_exit.or(record.last_exit.take());
-            record.last_start = observation.last_start;
-            record.updated_at = now;
-            record
-        }))
+        Ok(self
+            .record_final(record, now, move |_| observation.clone())
+            .await?)
     }
 
     /// A start that ended in `err` after writing its intent records how it ended, and the record is
@@ -405,83 +391,39 @@ impl Agent {
         if !record.start_pending() {
             return;
         }
-        let record = match self.sight(&record).await {
-            Ok(sighting) => {
-                let running = sighting.state.as_ref().is_some_and(|s| s.running);
-                let record = match self
-                    .record_sighting(record.clone(), sighting, Settler::Op)
-                    .await
-                {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::error!(app = %id, error = %e, "could not record the container's state");
-                        record
-                    }
-                };
-                if running {
-                    let policy = record.restart_policy_set_aside().map(str::to_owned);
-                    self.give_back_restart_policy(&record, policy.as_deref())
+        // The engine away or the store failing: the record keeps what it said; the watcher's next
+        // pass makes it true.
+        let record = match self
+            .look_and_settle(record.clone(), Settler::Op, Look::Patient)
+            .await
+        {
+            Ok(settled) => {
+                if settled.running() {
+                    let policy = settled.record.restart_policy_set_aside().map(str::to_owned);
+                    self.give_back_restart_policy(&settled.record, policy.as_deref())
                         .await;
                 }
-                record
+                settled.record
             }
-            // The engine is away: the record keeps what it said; the watcher's next pass makes it
-            // true once the engine is back.
             Err(_) => record,
         };
         let error = match err {
             AgentError::ContainerMissing { .. } => "its container no longer exists".to_owned(),
             other => other.to_string(),
         };
+        let Some(requested_at) = record
+            .last_start
+            .as_ref()
+            .filter(|s| s.under_way())
+            .map(|s| s.requested_at)
+        else {
+            return;
+        };
         if let Err(e) = self
-            .close_start(&record, StartOutcome::Failed, Some(error))
+            .close_op(&record, requested_at, StartOutcome::Failed, Some(error))
             .await
         {
             tracing::error!(app = %id, error = %e, "could not record how the start ended");
         }
-    }
-
-    /// Closes the start intent of `record` with `outcome`, unless another start has begun since
-    /// (its intent has another request time) or, for `interrupted`, an operation is under way.
-    pub(super) async fn close_start(
-        &self,
-        record: &AppRecord,
-        outcome: StartOutcome,
-        error: Option<String>,
-    ) -> Result<AppRecord, AgentError> {
-        let Some(pending) = record
-            .last_start
-            .clone()
-            .filter(|s| s.outcome == StartOutcome::Starting)
-        else {
-            return Ok(record.clone());
-        };
-        let now = Utc::now();
-        let inner = self.inner.clone();
-        let closed = self
-            .inner
-            .store
-            .observe(&record.id, record.container_id(), now, move |stored| {
-                let start = stored.last_start.clone()?;
-                let ours = start.outcome == StartOutcome::Starting
-                    && start.requested_at == pending.requested_at;
-                if !ours
-                    || (outcome == StartOutcome::Interrupted && inner.under_way(&stored.id, false))
-                {
-                    return None;
-                }
-                Some(Observation {
-                    metrics: stored.metrics.clone().unwrap_or_default(),
-                    last_start: Some(LastStart {
-                        outcome,
-                        finished_at: Some(now),
-                        error,
-                        ..start
-                    }),
-                    ..Observation::default()
-                })
-            })
-            .await?;
-        Ok(closed.unwrap_or_else(|| record.clone()))
     }
 }

@@ -8,12 +8,13 @@ use chrono::{DateTime, Utc};
 use tokio::task::JoinHandle;
 
 use super::operation::OpGuard;
-use super::{Agent, AgentError, AlreadyStopped, Settler, Sighting};
+use super::{Agent, AgentError, AlreadyStopped, Look, Settler, Sighting};
+use crate::agent::figures::{final_metrics, last_exit, running_metrics};
 use crate::auth::Principal;
-use crate::metrics::{RawStats, final_metrics, last_exit, running_metrics};
-use crate::operation::Operation;
-use crate::record::{AppId, AppRecord, LastStart, LastStop, StartOutcome, StopOutcome};
+use crate::lifecycle::Operation;
+use crate::record::{AppId, AppRecord, LastOp, NodeReason, StopOutcome};
 use crate::runtime::{ContainerState, RuntimeError};
+use crate::stats::RawStats;
 use crate::stop::{StopRequest, effective_grace, halt};
 use crate::store::{Observation, StoreError};
 use crate::telemetry::Route;
@@ -22,21 +23,54 @@ use crate::telemetry::Route;
 /// engine's times are truncated to milliseconds.
 const EXIT_CLOCK_SLACK: chrono::Duration = chrono::Duration::milliseconds(5);
 
-/// Who asked for a stop and when; for a restart, its start is recorded as intended too, so that an
-/// agent dying between the two halves leaves an intent that says the start never came.
+/// Who asked for an operation, when, and why the node did when it did; a restart's stop also
+/// records its start as intended, so that an agent dying between the two halves leaves an intent
+/// that says the start never came.
 #[derive(Debug, Clone)]
-pub(super) struct StopIntent {
+pub(super) struct Intent {
     pub by: String,
     pub requested_at: DateTime<Utc>,
     pub restart: bool,
+    /// Why the node stops or starts the app (a drain, a shutdown, a boot); `None` for a caller's
+    /// own ask.
+    pub reason: Option<NodeReason>,
 }
 
-impl StopIntent {
-    pub fn new(by: &str, requested_at: DateTime<Utc>, restart: bool) -> StopIntent {
-        StopIntent {
+impl Intent {
+    pub fn new(by: &str, requested_at: DateTime<Utc>, reason: Option<NodeReason>) -> Intent {
+        Intent {
             by: by.to_owned(),
             requested_at,
-            restart,
+            restart: false,
+            reason,
+        }
+    }
+
+    /// This operation's last-operation entry, under way.
+    pub fn last_op<O: crate::record::OpOutcome>(&self) -> LastOp<O> {
+        LastOp {
+            reason: self.reason,
+            ..LastOp::intent(&self.by, self.requested_at)
+        }
+    }
+}
+
+/// Where an operation comes from: the route that asked, the container's state if the asker just
+/// inspected it, and why the node stops or starts the app when it does.
+#[derive(Debug, Clone)]
+pub(super) struct OpFrom {
+    pub known: Option<ContainerState>,
+    pub route: Route,
+    pub reason: Option<NodeReason>,
+}
+
+impl OpFrom {
+    /// A caller's own operation, through `route`.
+    pub fn asked(route: Route, known: Option<ContainerState>) -> OpFrom {
+        OpFrom {
+            known,
+            route,
+            reason: None,
         }
     }
 }
@@ -44,11 +78,12 @@ impl StopIntent {
 impl Agent {
     /// Stops the app's container and answers with the updated record. The work runs in a task of its
     /// own: dropping this future (a client that hangs up) does not cancel the stop.
-    pub async fn stop(
+    pub(crate) async fn stop(
         &self,
         principal: &Principal,
         id: &AppId,
         req: StopRequest,
+        route: Route,
     ) -> Result<AppRecord, AgentError> {
         let admitted = match self.may_ask_for(principal, &req) {
             Ok(()) => self.admit(principal, id, Operation::Stop).await,
@@ -65,14 +100,15 @@ impl Agent {
                 }),
                 Some(timeout),
             ) if principal.is_operator() => {
-                return self.join_stop(principal, id, record, timeout).await;
+                return self.join_stop(principal, id, record, timeout, route).await;
             }
             (Err(e), _) => {
-                self.refused(Operation::Stop, Route::V1, principal, id, &e);
+                self.refused(Operation::Stop, route, principal, id, &e);
                 return Err(e);
             }
         };
-        let task = self.launch_stop(principal, record, guard, req, None, Route::V1);
+        let from = OpFrom::asked(route, None);
+        let task = self.launch_stop(principal, record, guard, req, from);
         Agent::answer(Operation::Stop, task).await
     }
 
@@ -85,6 +121,7 @@ impl Agent {
         id: &AppId,
         record: Box<AppRecord>,
         timeout: u32,
+        route: Route,
     ) -> Result<AppRecord, AgentError> {
         let Some(mut ended) = self.hasten_kill(id, record.container_id(), timeout).await else {
             let e = AgentError::InProgress {
@@ -92,7 +129,7 @@ impl Agent {
                 under_way: Operation::Stop,
                 record,
             };
-            self.refused(Operation::Stop, Route::V1, principal, id, &e);
+            self.refused(Operation::Stop, route, principal, id, &e);
             return Err(e);
         };
         tracing::info!(app = %id, token = %principal.name, timeout, "stop under way: kill brought forward");
@@ -115,33 +152,40 @@ impl Agent {
     }
 
     /// Checks that the app's container exists and runs, then stops it in the background and returns
-    /// at once; the outcome lands in the record (`lastStop`, the metrics and the exit).
-    pub async fn stop_in_background(
+    /// as soon as the stop's intent is written (after the final sample, a few milliseconds); the
+    /// outcome lands in the record (`lastStop`, the metrics and the exit).
+    pub(crate) async fn stop_in_background(
         &self,
         principal: &Principal,
         id: &AppId,
         req: StopRequest,
+        route: Route,
     ) -> Result<(), AgentError> {
         self.may_ask_for(principal, &req)
-            .inspect_err(|e| self.refused(Operation::Stop, Route::Okeanos, principal, id, e))?;
+            .inspect_err(|e| self.refused(Operation::Stop, route, principal, id, e))?;
         let (record, state, guard) = self
-            .admit_for_background(principal, id, Operation::Stop)
+            .admit_for_background(principal, id, Operation::Stop, route)
             .await?;
-        drop(self.launch_stop(principal, record, guard, req, Some(state), Route::Okeanos));
+        let from = OpFrom::asked(route, Some(state));
+        self.launch_in_background(id, || self.launch_stop(principal, record, guard, req, from))
+            .await;
         Ok(())
     }
 
-    /// Runs a stop in a task of the agent's tracker. `known` is the container's state if the caller
-    /// just inspected it.
-    fn launch_stop(
+    /// Runs a stop in a task of the agent's tracker.
+    pub(super) fn launch_stop(
         &self,
         caller: &Principal,
         record: AppRecord,
         guard: OpGuard,
         req: StopRequest,
-        known: Option<ContainerState>,
-        route: Route,
+        from: OpFrom,
     ) -> JoinHandle<Result<AppRecord, AgentError>> {
+        let OpFrom {
+            known,
+            route,
+            reason,
+        } = from;
         let app = record.id.clone();
         self.launch(
             Operation::Stop,
@@ -150,7 +194,7 @@ impl Agent {
             app.clone(),
             guard,
             move |agent, caller, requested_at| async move {
-                let intent = StopIntent::new(&caller, requested_at, false);
+                let intent = Intent::new(&caller, requested_at, reason);
                 let outcome = agent.run_stop(&intent, record, req, known).await;
                 if let Err(e) = &outcome {
                     agent.close_intent(&app, e).await;
@@ -190,7 +234,10 @@ impl Agent {
             at: Utc::now(),
             state: state.cloned(),
         };
-        match self.record_sighting(record, sighting, Settler::Op).await {
+        match self
+            .record_sighting(record, sighting, Settler::Op, Vec::new())
+            .await
+        {
             Ok(record) => AgentError::AlreadyStopped {
                 id,
                 how,
@@ -219,38 +266,35 @@ impl Agent {
             AgentError::AlreadyStopped { .. } => (StopOutcome::AlreadyStopped, None),
             other => (StopOutcome::Failed, Some(other.to_string())),
         };
-        let record = match self.sight(&record).await {
-            Ok(sighting) => {
-                if sighting.state.as_ref().is_some_and(|s| s.running) {
+        // The engine away or the store failing: the record keeps what it said; the watcher's next
+        // pass makes it true.
+        let record = match self
+            .look_and_settle(record.clone(), Settler::Op, Look::Patient)
+            .await
+        {
+            Ok(settled) => {
+                if settled.running() {
                     self.give_back_restart_policy(
-                        &record,
+                        &settled.record,
                         pending.previous_restart_policy.as_deref(),
                     )
                     .await;
                 }
-                match self
-                    .record_sighting(record.clone(), sighting, Settler::Op)
-                    .await
-                {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::error!(app = %id, error = %e, "could not record the container's state");
-                        record
-                    }
-                }
+                settled.record
             }
-            // The engine is away: the record keeps what it said; the watcher's next pass makes it
-            // true once the engine is back.
             Err(_) => record,
         };
-        if let Err(e) = self.close_stop(&record, &pending, outcome, error).await {
+        if let Err(e) = self
+            .close_op(&record, pending.requested_at, outcome, error)
+            .await
+        {
             tracing::error!(app = %id, error = %e, "could not record how the stop ended");
         }
     }
 
     pub(super) async fn run_stop(
         &self,
-        intent: &StopIntent,
+        intent: &Intent,
         record: AppRecord,
         req: StopRequest,
         known: Option<ContainerState>,
@@ -265,7 +309,7 @@ impl Agent {
         // is read from the host's files at this moment; where they cannot serve, it is the engine
         // stream's latest reading (at most about a second old) or the engine's stats answer.
         let sampled = self
-            .sample_now(&container, &state, crate::metrics::SamplePurpose::Final)
+            .sample_now(&container, &state, crate::stats::SamplePurpose::Final)
             .await;
         let reading = match sampled {
             Ok(s) if !s.is_empty() => {
@@ -294,7 +338,7 @@ impl Agent {
             tracing::info!(app = %record.id, policy = state.restart_policy.as_deref().unwrap_or_default(), "Podman keeps the restart policy of a container it stopped");
         }
         let record = self
-            .write_intent(record, &state, reading.as_ref(), intent, set_aside)
+            .write_stop_intent(record, &state, reading.as_ref(), intent, set_aside)
             .await?;
         if set_aside {
             // Without that guarantee the stop does not go ahead.
@@ -311,7 +355,7 @@ impl Agent {
             }
         }
         let grace = effective_grace(&req, self.inner.limits.default_timeout, &state);
-        self.inner.note_kill_deadline(&record.id, grace);
+        self.inner.operations.note_kill_deadline(&record.id, grace);
         let halt_started = Utc::now();
         match halt(runtime, &container, &req, grace).await {
             Ok(path) => tracing::debug!(app = %record.id, ?path, grace, "container halted"),
@@ -364,7 +408,7 @@ impl Agent {
             StopOutcome::Stopped
         };
         let record = self
-            .record_final(record, final_state, reading, outcome, now)
+            .record_stop_final(record, final_state, reading, outcome, now)
             .await?;
         if exited_before {
             return Err(AgentError::AlreadyStopped {
@@ -395,13 +439,16 @@ impl Agent {
             at: Utc::now(),
             state: Some(state),
         };
-        let mut record = match self.record_sighting(record, sighting, Settler::Op).await {
+        let mut record = match self
+            .record_sighting(record, sighting, Settler::Op, Vec::new())
+            .await
+        {
             Ok(r) => r,
             Err(e) => return e,
         };
         if let Some(pending) = pending {
             match self
-                .close_stop(&record, &pending, StopOutcome::Stopped, None)
+                .close_op(&record, pending.requested_at, StopOutcome::Stopped, None)
                 .await
             {
                 Ok(r) => record = r,
@@ -415,90 +462,55 @@ impl Agent {
         }
     }
 
-    /// Writes the stop's intent, with the final sample, before the engine is touched: should the
-    /// agent die during the stop, its next start finds the intent and makes the record true.
-    async fn write_intent(
+    /// Writes the stop's intent, with the final sample, before the engine is touched (and, for a
+    /// restart, the start's intent with it).
+    async fn write_stop_intent(
         &self,
         record: AppRecord,
         state: &ContainerState,
         reading: Option<&RawStats>,
-        intent: &StopIntent,
+        intent: &Intent,
         set_aside: bool,
     ) -> Result<AppRecord, AgentError> {
         let now = Utc::now();
         let observation = Observation {
             metrics: running_metrics(state, reading.unwrap_or(&RawStats::default()), now),
             last_exit: None,
-            last_stop: Some(LastStop {
-                outcome: StopOutcome::Stopping,
-                by: intent.by.clone(),
-                requested_at: intent.requested_at,
-                finished_at: None,
-                error: None,
+            last_stop: Some(LastOp {
                 previous_restart_policy: set_aside.then(|| state.restart_policy.clone()).flatten(),
+                ..intent.last_op()
             }),
-            last_start: intent.restart.then(|| LastStart {
-                outcome: StartOutcome::Starting,
-                by: intent.by.clone(),
-                requested_at: intent.requested_at,
-                finished_at: None,
-                error: None,
-                restored_restart_policy: None,
-            }),
+            last_start: intent.restart.then(|| intent.last_op()),
+            restart_count: Some(state.restart_count),
+            ..Observation::default()
         };
-        let written = self
-            .inner
-            .store
-            .observe(&record.id, record.container_id(), now, move |_| {
-                Some(observation)
-            })
-            .await?;
-        Ok(written.unwrap_or(record))
+        self.write_intent(record, now, move |_| observation).await
     }
 
-    async fn record_final(
+    /// The stop's final record: the container's exit, its last sample, and the stop closed with
+    /// `outcome`.
+    async fn record_stop_final(
         &self,
-        mut record: AppRecord,
+        record: AppRecord,
         state: ContainerState,
         reading: Option<RawStats>,
         outcome: StopOutcome,
         now: DateTime<Utc>,
     ) -> Result<AppRecord, StoreError> {
         let exit = last_exit(&state);
-        let stop = record.last_stop.clone().map(|s| LastStop {
-            outcome,
-            finished_at: Some(now),
-            ..s
+        let restart_count = Some(state.restart_count);
+        let stop = record.last_stop.clone().map(|s| {
+            let error = s.error.clone();
+            s.closed(outcome, now, error)
         });
-        let observed = {
-            let (exit, stop, state, reading) =
-                (exit.clone(), stop.clone(), state.clone(), reading.clone());
-            move |stored: &AppRecord| {
-                Some(Observation {
-                    metrics: final_metrics(&state, reading.as_ref(), stored.metrics.as_ref(), now),
-                    last_exit: exit,
-                    last_stop: stop,
-                    last_start: None,
-                })
-            }
-        };
-        let stored = self
-            .inner
-            .store
-            .observe(&record.id, record.container_id(), now, observed)
-            .await?;
-        // The record was deleted or re-registered during the stop: answer with what was observed.
-        Ok(stored.unwrap_or_else(|| {
-            record.metrics = Some(final_metrics(
-                &state,
-                reading.as_ref(),
-                record.metrics.as_ref(),
-                now,
-            ));
-            record.last_exit = exit.or(record.last_exit.take());
-            record.last_stop = stop;
-            record.updated_at = now;
-            record
-        }))
+        self.record_final(record, now, move |kept| Observation {
+            metrics: final_metrics(&state, reading.as_ref(), kept, now),
+            last_exit: exit.clone(),
+            last_stop: stop.clone(),
+            last_start: None,
+            restart_count,
+            ..Observation::default()
+        })
+        .await
     }
 }

@@ -3,12 +3,13 @@
 use super::*;
 use crate::auth::Access;
 use crate::cgroup::recorded::{self as recorded_set, copy_tree};
-use crate::metrics::SampleSource;
-use crate::operation::Operation;
-use crate::record::{StartOutcome, StopOutcome};
+use crate::lifecycle::Operation;
+use crate::record::{NodeReason, StartOutcome, StopOutcome};
 use crate::runtime::PROBE_LIMIT;
 use crate::runtime::fake::FakeRuntime;
+use crate::stats::SampleSource;
 use crate::stop::{Signal, StopRequest};
+use crate::telemetry::Route;
 use chrono::SubsecRound;
 use serde_json::json;
 
@@ -33,7 +34,13 @@ async fn fixture(stop_takes_signal: bool, apps: &[(&str, Value)]) -> Fixture {
         id: "n".into(),
         node_name: "N".into(),
     };
-    let agent = Agent::new(Arc::new(fake.clone()), store, node, Limits::default());
+    let agent = Agent::new(
+        Arc::new(fake.clone()),
+        store,
+        node,
+        Limits::default(),
+        crate::background::Background::new(),
+    );
     for (id, body) in apps {
         let id = AppId::parse(id).expect("id");
         fake.add_running(
@@ -64,7 +71,7 @@ impl Fixture {
         app: &str,
         req: StopRequest,
     ) -> Result<AppRecord, AgentError> {
-        self.agent.stop(who, &id(app), req).await
+        self.agent.stop(who, &id(app), req, Route::V1).await
     }
 
     /// A default stop of `app` by an operator.
@@ -74,6 +81,17 @@ impl Fixture {
 
     async fn stored(&self, app: &str) -> Option<AppRecord> {
         self.agent.store().get(&id(app)).await.expect("get")
+    }
+
+    /// A fresh agent over the same engine and store: the next start of an agent that died.
+    fn restarted(&self) -> Agent {
+        Agent::new(
+            Arc::new(self.fake.clone()),
+            self.agent.store().clone(),
+            self.agent.node().clone(),
+            Limits::default(),
+            crate::background::Background::new(),
+        )
     }
 }
 
@@ -189,6 +207,7 @@ async fn app_on_host_files_with(
         store,
         node,
         Limits::default(),
+        crate::background::Background::new(),
         Some(files),
     );
     fake.add_running("ca", &["SIGTERM"]);
@@ -234,6 +253,29 @@ async fn a_stop_reads_its_final_sample_from_the_hosts_files_without_the_engines_
         text.contains("node_agent_samples_total{source=\"cgroup\",purpose=\"final\"} 1"),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn a_tick_reads_every_file_again_once_the_containers_cpu_or_memory_has_moved() {
+    let (f, host) = app_on_host_files().await;
+    let net_dev = format!("proc/{}/net/dev", recorded_set::PID);
+    // Traffic the container never woke for: its CPU time and memory usage have not moved, and a
+    // tick keeps the network counters it read last.
+    std::fs::copy(recorded("b").join(&net_dev), host.path().join(&net_dev)).expect("copy");
+    tokio::time::sleep(super::sampling::TICK * 2 + std::time::Duration::from_millis(300)).await;
+    let last = f.agent.last_on_host("ca").expect("followed");
+    assert_eq!(last.network_rx, 646);
+    // It ran: the next tick reads everything.
+    copy_tree(&recorded("b"), host.path());
+    tokio::time::sleep(super::sampling::TICK + std::time::Duration::from_millis(300)).await;
+    let last = f.agent.last_on_host("ca").expect("followed");
+    assert_eq!(last.network_rx, 736);
+    assert_eq!(last.memory_usage, 18_100_224);
+    // A sample asked for reads every file at that moment, whatever the ticks read.
+    copy_tree(&recorded("a"), host.path());
+    std::fs::copy(recorded("b").join(&net_dev), host.path().join(&net_dev)).expect("copy");
+    let r = f.agent.get(&operator(), &id("a")).await.expect("read");
+    assert_eq!(r.metrics.expect("metrics").network_rx_bytes, Some(736));
 }
 
 #[tokio::test]
@@ -362,7 +404,7 @@ async fn an_interrupted_stop_is_made_true_at_the_next_start() {
         let agent = f.agent.clone();
         tokio::spawn(async move {
             agent
-                .stop(&operator(), &id(app), StopRequest::default())
+                .stop(&operator(), &id(app), StopRequest::default(), Route::V1)
                 .await
         });
         f.fake.entered().await;
@@ -373,12 +415,7 @@ async fn an_interrupted_stop_is_made_true_at_the_next_start() {
     }
     // "a" did stop before the crash, "b" did not.
     f.fake.crash("ca", 143, false);
-    let restarted = Agent::new(
-        Arc::new(f.fake.clone()),
-        f.agent.store().clone(),
-        f.agent.node().clone(),
-        Limits::default(),
-    );
+    let restarted = f.restarted();
     let changed = restarted.reconcile_all().await.expect("reconciled");
     assert_eq!(changed, 2);
     let a = f.stored("a").await.expect("a");
@@ -405,7 +442,7 @@ async fn an_interrupted_stop_is_made_true_at_the_next_start() {
 #[tokio::test]
 async fn containers_changing_behind_the_agents_back_update_their_records() {
     let f = fixture(true, &[("a", json!({"containerId": "ca"}))]).await;
-    let watcher = f.agent.spawn_watcher();
+    f.agent.spawn_watcher();
     let wait_online = |want_online: bool| {
         let f = &f;
         async move {
@@ -429,14 +466,13 @@ async fn containers_changing_behind_the_agents_back_update_their_records() {
     f.fake.start_by_hand("ca");
     let r = wait_online(true).await;
     assert!(r.metrics.expect("m").started_at.is_some());
-    watcher.abort();
 }
 
 #[tokio::test]
 async fn on_podman_a_sweep_of_the_running_containers_keeps_records_true_without_events() {
     let f = fixture(true, &[("a", json!({"containerId": "ca"}))]).await;
     f.fake.set_podman();
-    let watcher = f.agent.spawn_watcher();
+    f.agent.spawn_watcher();
     wait_for(|| f.fake.watchers() == 1).await;
     f.fake.crash("ca", 1, false);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -457,7 +493,6 @@ async fn on_podman_a_sweep_of_the_running_containers_keeps_records_true_without_
         );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    watcher.abort();
 }
 
 #[tokio::test]
@@ -559,7 +594,7 @@ async fn a_restart_whose_stop_is_overtaken_starts_nothing_and_says_so() {
     f.fake.start_after("stop", "ca");
     let err = f
         .agent
-        .restart(&operator(), &id("a"), StopRequest::default())
+        .restart(&operator(), &id("a"), StopRequest::default(), Route::V1)
         .await;
     let Err(AgentError::StopOvertaken { record, .. }) = err else {
         panic!("{err:?}");
@@ -588,25 +623,20 @@ async fn an_operation_admitted_first_closes_the_intents_of_an_agent_that_died() 
     )
     .await;
     f.stopped("b", None).await;
-    let restarted = Agent::new(
-        Arc::new(f.fake.clone()),
-        f.agent.store().clone(),
-        f.agent.node().clone(),
-        Limits::default(),
-    );
+    let restarted = f.restarted();
     // The agent dies during a stop of "a", which the engine finishes; before any reconciliation,
     // a start of "a" is admitted by the next agent: it closes the dead stop's intent.
     f.fake.gate("stop");
     let agent = f.agent.clone();
     tokio::spawn(async move {
         agent
-            .stop(&operator(), &id("a"), StopRequest::default())
+            .stop(&operator(), &id("a"), StopRequest::default(), Route::V1)
             .await
     });
     f.fake.entered().await;
     f.fake.crash("ca", 143, false);
     let a = restarted
-        .start(&operator(), &id("a"))
+        .start(&operator(), &id("a"), Route::V1)
         .await
         .expect("started");
     assert_eq!(
@@ -621,11 +651,11 @@ async fn an_operation_admitted_first_closes_the_intents_of_an_agent_that_died() 
     // The same for a start of "b" the agent died in, and a stop admitted first.
     f.fake.gate("start");
     let agent = f.agent.clone();
-    tokio::spawn(async move { agent.start(&operator(), &id("b")).await });
+    tokio::spawn(async move { agent.start(&operator(), &id("b"), Route::V1).await });
     f.fake.entered().await;
     f.fake.start_by_hand("cb");
     let b = restarted
-        .stop(&operator(), &id("b"), StopRequest::default())
+        .stop(&operator(), &id("b"), StopRequest::default(), Route::V1)
         .await
         .expect("stopped");
     assert_eq!(
@@ -772,7 +802,7 @@ async fn a_stale_copy_never_overwrites_the_final_record() {
     };
     let settled = f
         .agent
-        .record_sighting(stale, sighting, Settler::Read)
+        .record_sighting(stale, sighting, Settler::Read, Vec::new())
         .await
         .expect("settled");
     assert_eq!(settled, stopped);
@@ -867,7 +897,7 @@ async fn a_hanging_stop_excludes_only_its_own_app_and_survives_its_caller() {
     let agent = f.agent.clone();
     let first = tokio::spawn(async move {
         agent
-            .stop(&operator(), &id("a"), StopRequest::default())
+            .stop(&operator(), &id("a"), StopRequest::default(), Route::V1)
             .await
     });
     f.fake.entered().await;
@@ -888,7 +918,7 @@ async fn a_hanging_stop_excludes_only_its_own_app_and_survives_its_caller() {
     let agent = f.agent.clone();
     let other = tokio::spawn(async move {
         agent
-            .stop(&operator(), &id("b"), StopRequest::default())
+            .stop(&operator(), &id("b"), StopRequest::default(), Route::V1)
             .await
     });
     f.fake.entered().await;
@@ -1023,7 +1053,7 @@ impl Fixture {
     }
 
     async fn start(&self, app: &str) -> Result<AppRecord, AgentError> {
-        self.agent.start(&operator(), &id(app)).await
+        self.agent.start(&operator(), &id(app), Route::V1).await
     }
 }
 
@@ -1129,7 +1159,7 @@ async fn starts_refused_for_running_missing_and_busy_apps() {
     );
     let restart = f
         .agent
-        .restart(&operator(), &id("b"), StopRequest::default())
+        .restart(&operator(), &id("b"), StopRequest::default(), Route::V1)
         .await;
     assert!(
         matches!(restart, Err(AgentError::ContainerMissing { .. })),
@@ -1145,7 +1175,7 @@ async fn starts_refused_for_running_missing_and_busy_apps() {
     let agent = f.agent.clone();
     let stop = tokio::spawn(async move {
         agent
-            .stop(&operator(), &id("a"), StopRequest::default())
+            .stop(&operator(), &id("a"), StopRequest::default(), Route::V1)
             .await
     });
     f.fake.entered().await;
@@ -1154,7 +1184,7 @@ async fn starts_refused_for_running_missing_and_busy_apps() {
         (
             "restart",
             f.agent
-                .restart(&operator(), &id("a"), StopRequest::default())
+                .restart(&operator(), &id("a"), StopRequest::default(), Route::V1)
                 .await,
         ),
     ] {
@@ -1185,7 +1215,7 @@ async fn a_restart_stops_then_starts_under_one_guard() {
     };
     let r = f
         .agent
-        .restart(&operator(), &id("a"), req)
+        .restart(&operator(), &id("a"), req, Route::V1)
         .await
         .expect("restarted");
     assert!(r.online());
@@ -1216,7 +1246,7 @@ async fn a_restart_stops_then_starts_under_one_guard() {
     f.stopped("a", None).await;
     let r = f
         .agent
-        .restart(&operator(), &id("a"), StopRequest::default())
+        .restart(&operator(), &id("a"), StopRequest::default(), Route::V1)
         .await
         .expect("restarted");
     assert!(r.online());
@@ -1234,7 +1264,7 @@ async fn a_restart_whose_stop_fails_starts_nothing() {
         .fail_next("stop", RuntimeError::Engine("stop refused".into()));
     let err = f
         .agent
-        .restart(&operator(), &id("a"), StopRequest::default())
+        .restart(&operator(), &id("a"), StopRequest::default(), Route::V1)
         .await;
     assert!(matches!(err, Err(AgentError::Engine(_))), "{err:?}");
     assert!(
@@ -1257,7 +1287,7 @@ async fn a_restart_whose_start_fails_leaves_the_record_stopped_with_the_error() 
         .fail_next("start", RuntimeError::Engine("no such image layer".into()));
     let err = f
         .agent
-        .restart(&operator(), &id("a"), StopRequest::default())
+        .restart(&operator(), &id("a"), StopRequest::default(), Route::V1)
         .await;
     assert!(matches!(err, Err(AgentError::Engine(_))), "{err:?}");
     let r = f.stored("a").await.expect("record");
@@ -1284,7 +1314,7 @@ async fn an_interrupted_start_is_made_true_at_the_next_start() {
     f.fake.gate("start");
     for app in ["a", "b"] {
         let agent = f.agent.clone();
-        tokio::spawn(async move { agent.start(&operator(), &id(app)).await });
+        tokio::spawn(async move { agent.start(&operator(), &id(app), Route::V1).await });
         f.fake.entered().await;
         assert!(
             f.stored(app).await.expect("record").start_pending(),
@@ -1292,12 +1322,7 @@ async fn an_interrupted_start_is_made_true_at_the_next_start() {
         );
     }
     f.fake.start_by_hand("ca");
-    let restarted = Agent::new(
-        Arc::new(f.fake.clone()),
-        f.agent.store().clone(),
-        f.agent.node().clone(),
-        Limits::default(),
-    );
+    let restarted = f.restarted();
     restarted.reconcile_all().await.expect("reconciled");
     let a = f.stored("a").await.expect("a");
     assert!(a.online());
@@ -1324,12 +1349,12 @@ async fn an_interrupted_start_is_made_true_at_the_next_start() {
 async fn an_event_held_back_during_a_start_is_looked_at_once_it_ends() {
     let f = fixture(true, &[("a", json!({"containerId": "ca"}))]).await;
     f.stopped("a", Some("always")).await;
-    let watcher = f.agent.spawn_watcher();
+    f.agent.spawn_watcher();
     wait_for(|| f.fake.watchers() > 0).await;
     // The start is held while it gives the restart policy back: the container runs.
     f.fake.gate("update");
     let agent = f.agent.clone();
-    let start = tokio::spawn(async move { agent.start(&operator(), &id("a")).await });
+    let start = tokio::spawn(async move { agent.start(&operator(), &id("a"), Route::V1).await });
     f.fake.entered().await;
     // An event comes meanwhile; the watcher's observation of it is held back.
     f.fake.start_by_hand("ca");
@@ -1338,7 +1363,6 @@ async fn an_event_held_back_during_a_start_is_looked_at_once_it_ends() {
             .inner
             .operations
             .lock()
-            .expect("lock")
             .get(&id("a"))
             .is_some_and(|u| u.missed)
     };
@@ -1362,5 +1386,63 @@ async fn an_event_held_back_during_a_start_is_looked_at_once_it_ends() {
         assert!(std::time::Instant::now() < deadline, "{r:?}");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    watcher.abort();
+}
+
+#[tokio::test]
+async fn a_drain_under_way_when_the_agent_died_goes_on_at_its_next_start() {
+    let f = fixture(
+        true,
+        &[
+            ("a", json!({"containerId": "ca"})),
+            ("b", json!({"containerId": "cb"})),
+        ],
+    )
+    .await;
+    // The agent dies while its drain's stops are in the engine's hands.
+    f.fake.gate("stop");
+    let (summary, done) = f
+        .agent
+        .drain(
+            &operator(),
+            DrainRequest::default(),
+            NodeReason::Drain,
+            false,
+        )
+        .await
+        .expect("drain");
+    assert!(!done);
+    assert_eq!(summary.state, DrainState::Draining);
+    f.fake.entered().await;
+    let restarted = f.restarted();
+    restarted.take_up_drain().await.expect("taken up");
+    let kept = restarted.drain_summary().expect("kept");
+    assert_eq!(
+        (kept.state, kept.started_at),
+        (DrainState::Draining, summary.started_at)
+    );
+    // Starts are refused from the first request of the new agent.
+    let refused = restarted.start(&operator(), &id("a"), Route::V1).await;
+    assert!(
+        matches!(refused, Err(AgentError::NodeDraining { .. })),
+        "{refused:?}"
+    );
+    f.fake.release();
+    wait_for(|| {
+        restarted
+            .drain_summary()
+            .is_some_and(|s| s.state == DrainState::Drained)
+    })
+    .await;
+    for app in ["a", "b"] {
+        let r = f.stored(app).await.expect("record");
+        assert!(!r.online(), "{app}: {r:?}");
+        let stop = r.last_stop.expect("stop");
+        assert_eq!(stop.reason, Some(NodeReason::Drain), "{app}");
+        assert!(!stop.under_way(), "{app}");
+    }
+    // The end starts again exactly what the drain stopped.
+    let ended = restarted.end_drain(&operator(), true).await.expect("ended");
+    assert_eq!(ended.state, DrainState::Ended);
+    assert_eq!(ended.apps.started_again, Some(2));
+    assert!(f.stored("a").await.expect("a").online());
 }

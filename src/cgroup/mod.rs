@@ -21,7 +21,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use procfs_core::{ExplicitSystemInfo, FromRead, FromReadSI};
 
-use crate::metrics::{RawStats, SampleSource};
+use crate::stats::{RawStats, SampleSource};
 
 /// `/proc/stat` counts in USER_HZ, 100 on every architecture Linux runs Docker on (the engine
 /// assumes the same).
@@ -45,12 +45,15 @@ pub struct Located {
     pub pid: u32,
     pub version: CgroupVersion,
     files: Arc<CgroupFiles>,
-    /// `/proc/<pid>`, opened once, whose `net/dev` is opened at each reading; `None` for a
-    /// container on the host's network, whose counters are the host's (the engine reports none
-    /// for it either). The directory stays the container's process's: once that has ended, a
-    /// reading fails rather than find a new process under a reused pid. `net/dev` itself is not
-    /// kept open: that would keep the container's network namespace alive after the container.
-    net: Option<Arc<ProcDir>>,
+    /// `/proc/<pid>`, opened once: whose `net/dev` is opened at each full reading, and through
+    /// which a [`HostFiles::pulse`] tells whether the process still lives. The directory stays the
+    /// container's process's: once that has ended, a reading fails rather than find a new process
+    /// under a reused pid. `net/dev` itself is not kept open: that would keep the container's
+    /// network namespace alive after the container.
+    proc: Arc<ProcDir>,
+    /// On the host's network: its counters are the host's, and none are read (the engine reports
+    /// none for it either).
+    host_network: bool,
 }
 
 /// A process's `/proc` directory, held open.
@@ -70,6 +73,15 @@ impl ProcDir {
         )
         .map_err(|e| ReadError::io(&path, e.into()))?;
         Ok(ProcDir { path, dir })
+    }
+
+    /// Whether this very process still lives: one lookup in its directory, which fails once the
+    /// process has ended and been reaped ([`ReadError::Gone`]).
+    fn alive(&self) -> Result<(), ReadError> {
+        use rustix::fs::{AtFlags, statat};
+        statat(&self.dir, c"cgroup", AtFlags::SYMLINK_NOFOLLOW)
+            .map(drop)
+            .map_err(|e| ReadError::io(&self.path, e.into()))
     }
 
     /// `net/dev` of this very process, read now.
@@ -145,6 +157,46 @@ impl CgroupFile {
         text.truncate(len);
         String::from_utf8(text).map_err(|_| ReadError::malformed(&self.path, "not UTF-8"))
     }
+
+    /// As [`CgroupFile::read`], for the small files read at every tick (one number, or the few
+    /// lines of `cpu.stat`): read into the stack, without an allocation; a text that fills the
+    /// buffer is read again the long way.
+    fn with_small<T>(
+        &self,
+        f: impl FnOnce(&Path, &str) -> Result<T, ReadError>,
+    ) -> Result<T, ReadError> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 512];
+        let n = self
+            .file
+            .read_at(&mut buf, 0)
+            .map_err(|e| ReadError::io(&self.path, e))?;
+        if n == buf.len() {
+            return f(&self.path, &self.read()?);
+        }
+        let text = std::str::from_utf8(&buf[..n])
+            .map_err(|_| ReadError::malformed(&self.path, "not UTF-8"))?;
+        f(&self.path, text)
+    }
+}
+
+impl CgroupFiles {
+    /// The cgroup's CPU time, nanoseconds.
+    fn cpu_ns(&self) -> Result<u64, ReadError> {
+        if self.cpu_v2 {
+            self.cpu.with_small(|path, text| {
+                Ok(parse::keyed(path, text, "usage_usec")?
+                    .ok_or_else(|| ReadError::malformed(path, "no usage_usec"))?
+                    .saturating_mul(1000))
+            })
+        } else {
+            self.cpu.with_small(parse::number)
+        }
+    }
+
+    fn memory_usage(&self) -> Result<u64, ReadError> {
+        self.usage.with_small(parse::number)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,6 +255,14 @@ pub struct Reading {
     pub network_tx: u64,
 }
 
+/// The two figures of a container that move whenever it does anything, read at every tick: its
+/// CPU time and its memory usage ([`HostFiles::pulse`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pulse {
+    pub cpu_ns: u64,
+    pub memory_usage: u64,
+}
+
 /// The CPU counters of a reading, the start of the next interval.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CpuPoint {
@@ -211,6 +271,27 @@ pub struct CpuPoint {
 }
 
 impl Reading {
+    /// The figures this reading's [`Pulse`] gives.
+    pub fn pulse(&self) -> Pulse {
+        Pulse {
+            cpu_ns: self.cpu_ns,
+            memory_usage: self.memory_usage,
+        }
+    }
+
+    /// This reading brought up to `pulse`, read at `at` after `system`: the CPU time, the memory
+    /// usage and the host's CPU time are `pulse`'s and `system`'s, the rest (the memory limit, the
+    /// reclaimable page cache, the network counters) this reading's.
+    pub fn advanced(&self, at: DateTime<Utc>, system: SystemCpu, pulse: Pulse) -> Reading {
+        Reading {
+            at,
+            cpu_ns: pulse.cpu_ns,
+            system,
+            memory_usage: pulse.memory_usage,
+            ..self.clone()
+        }
+    }
+
     pub fn cpu_point(&self) -> CpuPoint {
         CpuPoint {
             cpu_ns: self.cpu_ns,
@@ -434,16 +515,13 @@ impl HostFiles {
             stat: open(memory_dir.join("memory.stat"))?,
             inactive_key,
         };
-        let net = if host_network {
-            None
-        } else {
-            Some(Arc::new(ProcDir::open(proc_dir)?))
-        };
+        let proc = Arc::new(ProcDir::open(proc_dir)?);
         Ok(Located {
             pid,
             version: memory_version,
             files: Arc::new(files),
-            net,
+            proc,
+            host_network,
         })
     }
 
@@ -524,7 +602,7 @@ impl HostFiles {
     /// then means the container has stopped, and no reading of it is made.
     pub fn read(&self, located: &Located, system: SystemCpu) -> Result<Reading, ReadError> {
         let at = Utc::now();
-        let (network_rx, network_tx) = match &located.net {
+        let (network_rx, network_tx) = match (!located.host_network).then_some(&located.proc) {
             Some(proc_dir) => {
                 let bytes = proc_dir.net_dev()?;
                 let devices = procfs_core::net::InterfaceDeviceStatus::from_read(bytes.as_slice())
@@ -544,14 +622,8 @@ impl HostFiles {
             None => (0, 0),
         };
         let f = &located.files;
-        let cpu_ns = if f.cpu_v2 {
-            parse::keyed(&f.cpu.path, &f.cpu.read()?, "usage_usec")?
-                .ok_or_else(|| ReadError::malformed(&f.cpu.path, "no usage_usec"))?
-                .saturating_mul(1000)
-        } else {
-            parse::number(&f.cpu.path, &f.cpu.read()?)?
-        };
-        let memory_usage = parse::number(&f.usage.path, &f.usage.read()?)?;
+        let cpu_ns = f.cpu_ns()?;
+        let memory_usage = f.memory_usage()?;
         let own_limit = parse::limit(&f.limit.path, &f.limit.read()?)?;
         let memory_inactive_file = parse::keyed(&f.stat.path, &f.stat.read()?, f.inactive_key)?;
         Ok(Reading {
@@ -569,6 +641,20 @@ impl HostFiles {
             network_rx,
             network_tx,
         })
+    }
+}
+
+impl HostFiles {
+    /// The container's [`Pulse`] now: its CPU time and memory usage, two small cgroup files, then
+    /// a look at whether its process still lives. [`ReadError::Gone`] once the process has ended
+    /// (its cgroup may outlive it a moment, with the figures of no process), as a full reading.
+    pub fn pulse(&self, located: &Located) -> Result<Pulse, ReadError> {
+        let pulse = Pulse {
+            cpu_ns: located.files.cpu_ns()?,
+            memory_usage: located.files.memory_usage()?,
+        };
+        located.proc.alive()?;
+        Ok(pulse)
     }
 }
 

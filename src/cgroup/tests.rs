@@ -8,7 +8,7 @@ use std::path::Path;
 
 use super::recorded::{ID, PID, copy_tree, set};
 use super::*;
-use crate::metrics::RawStats;
+use crate::stats::RawStats;
 
 /// `MemTotal` of the recording host, in bytes.
 const MACHINE_MEMORY: u64 = 24_683_584 * 1024;
@@ -252,4 +252,24 @@ fn a_container_on_the_hosts_network_has_no_counters_of_its_own() {
         .read(&located, h.system().expect("test file"))
         .expect("read");
     assert_eq!((r.network_rx, r.network_tx), (0, 0));
+}
+
+#[test]
+fn a_pulse_is_the_cpu_time_and_memory_usage_of_a_reading_and_ends_with_the_process() {
+    for layout in ["v1-cgroupfs", "v1-systemd", "v2"] {
+        let dir = copy(layout);
+        let h = host(dir.path());
+        let located = h.locate(PID, ID, false).expect(layout);
+        let full = h.read(&located, h.system().expect("system")).expect(layout);
+        assert_eq!(h.pulse(&located).expect(layout), full.pulse(), "{layout}");
+        let later = full.advanced(Utc::now(), full.system, full.pulse());
+        assert_eq!(later.network_rx, full.network_rx, "{layout}");
+        assert_eq!(later.memory_inactive_file, full.memory_inactive_file);
+        // The process ended: its cgroup may still be there a moment, its figures no one's.
+        std::fs::remove_dir_all(dir.path().join(format!("proc/{PID}"))).expect("test file");
+        assert!(
+            matches!(h.pulse(&located), Err(ReadError::Gone)),
+            "{layout}"
+        );
+    }
 }

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
 use crate::agent::AgentError;
-use crate::operation::Operation;
+use crate::lifecycle::Operation;
 use crate::record::{AppRecord, WorkerNode};
 
 /// An error answer of the `/v1` family.
@@ -113,6 +113,10 @@ impl ApiError {
             AgentError::StopOvertaken { record, .. } => {
                 Self::new(StatusCode::CONFLICT, "stop_overtaken", message).with_app(&record, node)
             }
+            AgentError::NodeDraining { record, .. } => {
+                Self::new(StatusCode::CONFLICT, "node_draining", message).with_app(&record, node)
+            }
+            AgentError::NotDraining => Self::new(StatusCode::CONFLICT, "not_draining", message),
             AgentError::DockerUnavailable(cause) => {
                 tracing::warn!(%cause, "Docker engine unavailable");
                 Self::new(

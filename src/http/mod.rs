@@ -37,7 +37,7 @@ pub struct ApiContext {
 
 /// Every route: its path in axum's syntax and its handlers. The API document describes exactly
 /// these paths and methods (`openapi::tests`).
-fn routes() -> [(&'static str, MethodRouter<ApiContext>); 15] {
+fn routes() -> [(&'static str, MethodRouter<ApiContext>); 17] {
     [
         ("/v1/apps", get(v1::list_apps)),
         (
@@ -48,6 +48,11 @@ fn routes() -> [(&'static str, MethodRouter<ApiContext>); 15] {
         ("/v1/apps/{app_id}/start", post(v1::start_app)),
         ("/v1/apps/{app_id}/restart", post(v1::restart_app)),
         ("/v1/apps/{app_id}/wait", get(v1::wait_app)),
+        ("/v1/apps/{app_id}/events", get(v1::app_events)),
+        (
+            "/v1/node/drain",
+            post(v1::node::drain_node).delete(v1::node::end_drain),
+        ),
         ("/api/apps/{app_id}/stop/", post(okeanos::stop_app)),
         ("/api/apps/{app_id}/stop", post(okeanos::stop_app)),
         ("/api/apps/{app_id}/start/", post(okeanos::start_app)),

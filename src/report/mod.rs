@@ -12,25 +12,28 @@
 mod transport;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::{Value, json};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
-use crate::agent::Agent;
 use crate::auth::TokensError;
+use crate::background::Background;
 use crate::config::ReportConfig;
 use crate::pem::TlsError;
-use crate::record::format_time;
-use crate::store::Change;
-use crate::telemetry::ReportOutcome;
+use crate::record::{AppId, WorkerNode, format_time};
+use crate::store::{Change, Store, StoreError};
+use crate::telemetry::{ReportOutcome, Telemetry};
 pub use transport::{Answered, Credentials, retry_after};
 use transport::{Transport, client_tls, no_tls, read_token};
 
 /// Most changes in one report.
 pub const MAX_BATCH: usize = 250;
+
+/// The events one report carries, past which its batch ends (after the change that reached it).
+pub const MAX_BATCH_EVENTS: usize = 2_000;
 /// Least time from one report to the next: changes that come faster are gathered into one.
 pub const MIN_INTERVAL: Duration = Duration::from_millis(200);
 /// The first backoff after a failure, and the longest.
@@ -121,33 +124,38 @@ impl Reporting {
         Ok(())
     }
 
-    /// Starts the sender; it runs until `stop` is cancelled.
-    pub fn spawn(self, agent: Agent, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
-        agent.telemetry().reporting_to(self.host.clone());
+    /// Starts the sender in `background`; it runs until that is shut down. What is not
+    /// acknowledged by then stays in the store, and is sent after the next start.
+    pub fn spawn(self, from: ReportSources, background: &Background) {
+        from.telemetry.reporting_to(self.host.clone());
         tracing::info!(host = %self.host, resync_secs = self.resync.as_secs(), "reporting changes to the control plane");
-        tokio::spawn(async move {
-            tokio::select! {
-                () = Sender::new(self, agent).run() => {}
-                () = stop.cancelled() => {}
-            }
-        })
+        background.spawn(Sender::new(self, from).run());
     }
+}
+
+/// What the report sender reads: the store (its outbox), the telemetry it counts reports in, and
+/// the node the reports speak for.
+#[derive(Debug, Clone)]
+pub struct ReportSources {
+    pub store: Store,
+    pub telemetry: Arc<Telemetry>,
+    pub node: WorkerNode,
 }
 
 /// The one task that sends reports.
 struct Sender {
     reporting: Reporting,
-    agent: Agent,
+    from: ReportSources,
     /// Changes above this generation are still to be sent in this pass.
     cursor: u64,
     backoff: Backoff,
 }
 
 impl Sender {
-    fn new(reporting: Reporting, agent: Agent) -> Sender {
+    fn new(reporting: Reporting, from: ReportSources) -> Sender {
         Sender {
             reporting,
-            agent,
+            from,
             // Start-up is a resync: every record is sent again.
             cursor: 0,
             backoff: Backoff::default(),
@@ -155,7 +163,7 @@ impl Sender {
     }
 
     async fn run(mut self) {
-        let store = self.agent.store().clone();
+        let store = self.from.store.clone();
         let mut head = store.head();
         let mut next_resync = Instant::now() + self.reporting.resync;
         let mut last_sent: Option<Instant> = None;
@@ -178,7 +186,12 @@ impl Sender {
                 tokio::time::sleep_until(at + MIN_INTERVAL).await;
             }
             // Read after the pause, so that the batch carries the latest state of each app.
-            let batch = store.changes_after(self.cursor, MAX_BATCH);
+            let mut batch = store.changes_after(self.cursor, MAX_BATCH);
+            if let Err(e) = with_events(&store, &mut batch).await {
+                tracing::error!(error = %e, "the events of a report could not be read; it waits");
+                tokio::time::sleep(self.backoff.next_wait()).await;
+                continue;
+            }
             let Some(upto) = batch.last().map(|c| c.generation) else {
                 continue;
             };
@@ -187,7 +200,7 @@ impl Sender {
                 Sent::Done => {
                     self.cursor = upto;
                     self.backoff.reset();
-                    if let Err(e) = store.acknowledge(upto).await {
+                    if let Err(e) = store.acknowledge_batch(upto, delivered_by(&batch)).await {
                         // The changes are sent again after a restart: at least once still holds.
                         tracing::error!(error = %e, "the acknowledgement could not be stored");
                     }
@@ -199,8 +212,8 @@ impl Sender {
 
     /// POSTs one batch, logs and counts how it ended.
     async fn send(&mut self, batch: &[Change]) -> Sent {
-        let body = report_body(&self.agent, batch);
-        let telemetry = self.agent.telemetry();
+        let body = report_body(&self.from.node, batch);
+        let telemetry = &self.from.telemetry;
         let (first, last) = (batch[0].generation, batch[batch.len() - 1].generation);
         match self.reporting.transport.post(body).await {
             Answered::Acknowledged => {
@@ -247,18 +260,46 @@ enum Sent {
     Again(Duration),
 }
 
+/// Gives each change of `batch` its app's undelivered events up to its own generation (a later
+/// change of the app brings the rest), and cuts the batch after the change that brings it to
+/// [`MAX_BATCH_EVENTS`] (one change always goes, however many events it has): a change's events
+/// go whole with it, and only the events of the changes sent are marked delivered
+/// ([`delivered_by`]), so acknowledging the batch never acknowledges an event not sent.
+async fn with_events(store: &Store, batch: &mut Vec<Change>) -> Result<(), StoreError> {
+    let changes = batch.iter().map(|c| (c.id.clone(), c.generation)).collect();
+    let events = store.undelivered_events(changes, MAX_BATCH_EVENTS).await?;
+    batch.truncate(events.len());
+    for (change, events) in batch.iter_mut().zip(events) {
+        change.events = events;
+    }
+    Ok(())
+}
+
+/// What acknowledging `batch` delivers: each app's undelivered events up to its change's
+/// generation.
+fn delivered_by(batch: &[Change]) -> Vec<(AppId, u64)> {
+    batch.iter().map(|c| (c.id.clone(), c.generation)).collect()
+}
+
 /// The body of a report, as the contract gives it.
-pub fn report_body(agent: &Agent, batch: &[Change]) -> Vec<u8> {
-    let node = agent.node();
+pub fn report_body(node: &WorkerNode, batch: &[Change]) -> Vec<u8> {
     let changes: Vec<Value> = batch
         .iter()
-        .map(|c| match &c.record {
-            Some(record) => json!({
-                "appId": c.id.as_str(),
-                "generation": c.generation,
-                "record": record.to_json(node),
-            }),
-            None => json!({"appId": c.id.as_str(), "generation": c.generation, "deleted": true}),
+        .map(|c| {
+            let mut change = match &c.record {
+                Some(record) => json!({
+                    "appId": c.id.as_str(),
+                    "generation": c.generation,
+                    "record": record.to_json(node),
+                }),
+                None => {
+                    json!({"appId": c.id.as_str(), "generation": c.generation, "deleted": true})
+                }
+            };
+            if !c.events.is_empty() {
+                change["events"] = json!(c.events);
+            }
+            change
         })
         .collect();
     let body = json!({

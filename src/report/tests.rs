@@ -7,11 +7,10 @@ use axum::http::StatusCode;
 use serde_json::json;
 
 use super::*;
-use crate::agent::Limits;
+use crate::agent::{Agent, Limits};
 use crate::auth::{Access, Principal};
-use crate::record::{AppId, WorkerNode};
+use crate::record::AppId;
 use crate::runtime::fake::FakeRuntime;
-use crate::store::Store;
 
 #[test]
 fn backoff_doubles_from_a_quarter_second_to_thirty_with_jitter() {
@@ -114,7 +113,6 @@ impl Receiver {
 struct Fixture {
     agent: Agent,
     _dir: tempfile::TempDir,
-    stop: CancellationToken,
 }
 
 async fn fixture(url: &str) -> Fixture {
@@ -128,7 +126,14 @@ async fn fixture(url: &str) -> Fixture {
         id: "n1".into(),
         node_name: "ODIN".into(),
     };
-    let agent = Agent::new(Arc::new(fake), store, node, Limits::default());
+    let background = crate::background::Background::new();
+    let agent = Agent::new(
+        Arc::new(fake),
+        store,
+        node,
+        Limits::default(),
+        background.clone(),
+    );
     let token = dir.path().join("report-token");
     std::fs::write(&token, "tok-1\n").expect("token");
     std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600))
@@ -139,19 +144,9 @@ async fn fixture(url: &str) -> Fixture {
         ..ReportConfig::default()
     };
     let reporting = Reporting::load(&config).expect("load").expect("configured");
-    let stop = CancellationToken::new();
-    reporting.spawn(agent.clone(), stop.clone());
-    Fixture {
-        agent,
-        _dir: dir,
-        stop,
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
+    // The sender runs until the test's runtime ends.
+    reporting.spawn(agent.report_sources(), &background);
+    Fixture { agent, _dir: dir }
 }
 
 async fn register(agent: &Agent, app: &str, container: &str) -> u64 {

@@ -20,7 +20,7 @@ use super::{
     RunningContainer, RuntimeError, StatsStream,
 };
 use crate::config::DockerEndpoint;
-use crate::metrics::SampleSource;
+use crate::stats::SampleSource;
 
 /// Budget of every call but stop and wait: an engine slower than this counts as unavailable.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -311,6 +311,10 @@ impl ContainerRuntime for DockerRuntime {
             .and_then(|h| h.network_mode.as_deref())
             == Some("host");
         Ok(ContainerState {
+            restart_count: c
+                .restart_count
+                .and_then(|n| u64::try_from(n).ok())
+                .unwrap_or(0),
             pid: state.pid.and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
             host_network,
             id: c.id.unwrap_or_default(),
@@ -430,7 +434,12 @@ impl ContainerRuntime for DockerRuntime {
             // the event as `die`; Docker ignores a name it does not know.
             (
                 "event".to_owned(),
-                vec!["start".to_owned(), "die".to_owned(), "died".to_owned()],
+                vec![
+                    "start".to_owned(),
+                    "die".to_owned(),
+                    "died".to_owned(),
+                    "oom".to_owned(),
+                ],
             ),
         ];
         let options = EventsOptions {
@@ -492,13 +501,26 @@ fn to_event(e: bollard::models::EventMessage) -> Option<ContainerEvent> {
     let kind = match e.action.as_deref()? {
         "start" => EventKind::Started,
         "die" => EventKind::Died,
+        "oom" => EventKind::Oom,
         _ => return None,
     };
+    let at = match (e.time_nano, e.time) {
+        (Some(nanos), _) if nanos > 0 => Some(DateTime::from_timestamp_nanos(nanos)),
+        (_, Some(secs)) => DateTime::from_timestamp(secs, 0),
+        _ => None,
+    };
     let actor = e.actor?;
+    let mut attributes = actor.attributes.unwrap_or_default();
+    // Docker names a die's exit code `exitCode`; Podman also `containerExitCode`.
+    let exit_code = ["exitCode", "containerExitCode"]
+        .iter()
+        .find_map(|k| attributes.get(*k).and_then(|v| v.parse().ok()));
     Some(ContainerEvent {
         id: actor.id?,
-        name: actor.attributes.and_then(|mut a| a.remove("name")),
+        name: attributes.remove("name"),
         kind,
+        at,
+        exit_code,
     })
 }
 

@@ -206,6 +206,8 @@ impl FakeRuntime {
             id: format!("{name}-id"),
             name: Some(name.to_owned()),
             kind,
+            at: Some(Utc::now()),
+            exit_code: None,
         });
     }
 

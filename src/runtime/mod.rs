@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-pub use crate::metrics::RawStats;
+pub use crate::stats::RawStats;
 
 /// A container's state, as inspected.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -31,6 +31,8 @@ pub struct ContainerState {
     pub pid: u32,
     /// Whether it shares the host's network namespace (`NetworkMode: host`).
     pub host_network: bool,
+    /// How many times its restart policy restarted it (`RestartCount`).
+    pub restart_count: u64,
 }
 
 impl ContainerState {
@@ -50,6 +52,10 @@ pub struct ContainerEvent {
     /// Its name, without the leading `/`.
     pub name: Option<String>,
     pub kind: EventKind,
+    /// When it happened, by the engine's clock (to the nanosecond where the engine says).
+    pub at: Option<DateTime<Utc>>,
+    /// A `die`'s exit code.
+    pub exit_code: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +64,8 @@ pub enum EventKind {
     Started,
     /// Its main process ended, whatever the cause.
     Died,
+    /// The kernel's OOM killer killed a process of it (its `die` follows).
+    Oom,
 }
 
 impl ContainerEvent {

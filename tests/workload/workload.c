@@ -13,6 +13,9 @@
  *   once      the first run behaves as `exit`; every later start of the same container exits at
  *             once with code 3 (a crash at boot), told apart by a file the first run leaves in the
  *             container's own filesystem
+ *   crash=N   the first N runs of the same container exit at once, run k with code 10 + k (a
+ *             crash loop under a restart policy); later runs behave as `exit` (runs are counted
+ *             in a file in the container's own filesystem)
  * Every other handled signal (SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2) exits at once with code
  * 64 + the signal's number, so a test can tell which signal arrived. Each signal received is
  * written to standard output as "signal N". ALLOC_MB megabytes are allocated and touched at start
@@ -70,6 +73,26 @@ int main(int argc, char **argv) {
             return 2;
         }
         fclose(f);
+    } else if (strncmp(mode, "crash=", 6) == 0) {
+        int crashes = atoi(mode + 6);
+        int runs = 0;
+        FILE *f = fopen("/runs", "r");
+        if (f) {
+            if (fscanf(f, "%d", &runs) != 1) runs = 0;
+            fclose(f);
+        }
+        runs++;
+        f = fopen("/runs", "w");
+        if (!f) {
+            fprintf(stderr, "cannot write /runs\n");
+            return 2;
+        }
+        fprintf(f, "%d\n", runs);
+        fclose(f);
+        if (runs <= crashes) {
+            printf("crash %d\n", runs);
+            return 10 + runs;
+        }
     } else if (strcmp(mode, "exit") != 0) {
         fprintf(stderr, "unknown mode %s\n", mode);
         return 2;
