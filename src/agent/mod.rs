@@ -173,10 +173,8 @@ struct Inner {
     operation_tasks: TaskTracker,
     /// The agent's long-lived tasks: the watcher, the sampler's, the engine probe.
     background: Background,
-    /// The readings of each running app's figures.
-    readings: Mutex<sampling::Readings>,
-    /// This host's files, where the engine runs on this host: samples read there.
-    host: Option<Arc<crate::cgroup::HostFiles>>,
+    /// The figures of each running app.
+    sampler: sampling::Sampler,
     telemetry: Arc<Telemetry>,
     /// Whether the engine answered lately.
     engine: EngineHealth,
@@ -255,9 +253,12 @@ impl Agent {
         background: Background,
         host: Option<crate::cgroup::HostFiles>,
     ) -> Agent {
+        let telemetry = Arc::new(Telemetry::new());
+        let sampler =
+            sampling::Sampler::new(host, runtime.clone(), telemetry.clone(), background.clone());
         Agent {
             inner: Arc::new(Inner {
-                host: host.map(Arc::new),
+                sampler,
                 runtime,
                 store,
                 node,
@@ -266,8 +267,7 @@ impl Agent {
                 operations: operation::Operations::default(),
                 operation_tasks: TaskTracker::new(),
                 background,
-                readings: Mutex::default(),
-                telemetry: Arc::new(Telemetry::new()),
+                telemetry,
                 engine: EngineHealth::default(),
                 drain: drain::NodeDrain::default(),
                 shutdown: Mutex::default(),
@@ -316,6 +316,11 @@ impl Agent {
             .shutdown
             .lock()
             .unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// The figures of every running app.
+    pub fn sampler(&self) -> &sampling::Sampler {
+        &self.inner.sampler
     }
 
     /// The agent's background work, on which its long-lived tasks run.
@@ -474,6 +479,7 @@ impl Agent {
         if let Some(state) = state.filter(|s| s.running) {
             let container = record.container_id().to_owned();
             let stats = self
+                .sampler()
                 .sample_now(&container, &state, crate::stats::SamplePurpose::Read)
                 .await;
             let stats = match stats {
@@ -614,6 +620,21 @@ impl Agent {
         Ok(observed.unwrap_or(record))
     }
 
+    /// Settles `record` on what its operation has just seen of the container (`None`: gone), when
+    /// the operation's own inspect is the look: [`Agent::record_sighting`] for an operation.
+    pub(super) async fn settle_seen(
+        &self,
+        record: AppRecord,
+        state: Option<ContainerState>,
+    ) -> Result<AppRecord, AgentError> {
+        let sighting = Sighting {
+            at: Utc::now(),
+            state,
+        };
+        self.record_sighting(record, sighting, Settler::Op, Vec::new())
+            .await
+    }
+
     /// What `sighting` of `container` makes a stored record say, decided from the record as stored
     /// (see [`Agent::record_sighting`]); following the container while it runs, and taking the
     /// stream's last reading of a run that just ended, on the way.
@@ -625,14 +646,14 @@ impl Agent {
     ) -> impl FnOnce(&AppRecord) -> Option<Observation> + Send + 'static {
         let Sighting { at, state } = sighting;
         if let Some(s) = state.as_ref().filter(|s| s.running) {
-            self.follow(container, s);
+            self.sampler().follow(container, s);
         }
         // The stream's last reading of the run that just ended, if the agent followed it.
         let reading = match &state {
-            Some(s) if !s.running => self.take_last_reading(container, s.started_at),
+            Some(s) if !s.running => self.sampler().take_last_reading(container, s.started_at),
             Some(_) => None,
             None => {
-                self.forget(container);
+                self.sampler().forget(container);
                 None
             }
         };
@@ -784,6 +805,7 @@ pub use drain::{
 };
 mod figures;
 pub use away::EngineHealth;
+pub use sampling::Sampler;
 mod node;
 pub use node::{LastShutdown, NodeReport, ShutdownReport};
 mod operation;

@@ -16,11 +16,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::{Agent, AgentError};
+use super::{Agent, AgentError, Look, Settler};
 use crate::auth::Principal;
 use crate::lifecycle::Operation;
 use crate::policy::Action;
-use crate::record::{AppId, AppRecord, ResourceMetrics};
+use crate::record::{AppId, AppRecord, OpOutcome, ResourceMetrics, StartOutcome, StopOutcome};
 use crate::runtime::{ContainerState, RuntimeError};
 use crate::store::{Observation, StoreError};
 use crate::telemetry::Route;
@@ -199,6 +199,36 @@ impl Operations {
             }
             None => false,
         }
+    }
+}
+
+/// How an operation of this kind that failed after writing its intent is closed.
+pub(super) trait ClosedBy: OpOutcome {
+    /// The operation this outcome closes.
+    const OPERATION: Operation;
+    /// The outcome `err` closes it with, and the error its record keeps.
+    fn closed_by(err: &AgentError) -> (Self, Option<String>);
+}
+
+impl ClosedBy for StopOutcome {
+    const OPERATION: Operation = Operation::Stop;
+    fn closed_by(err: &AgentError) -> (Self, Option<String>) {
+        match err {
+            // Found stopped on the way: nothing failed.
+            AgentError::AlreadyStopped { .. } => (StopOutcome::AlreadyStopped, None),
+            other => (StopOutcome::Failed, Some(other.to_string())),
+        }
+    }
+}
+
+impl ClosedBy for StartOutcome {
+    const OPERATION: Operation = Operation::Start;
+    fn closed_by(err: &AgentError) -> (Self, Option<String>) {
+        let error = match err {
+            AgentError::ContainerMissing { .. } => "its container no longer exists".to_owned(),
+            other => other.to_string(),
+        };
+        (StartOutcome::Failed, Some(error))
     }
 }
 
@@ -473,6 +503,43 @@ impl Agent {
             .await?;
         self.inner.operations.note_intent_written(&record.id);
         Ok(written.unwrap_or(record))
+    }
+
+    /// An operation of kind `O` that ended in `err` after writing its intent records how it ended,
+    /// and the record is made true: the engine may have acted before the error (a stop that
+    /// worked, then an inspect that failed; a start that started), so the container is looked at
+    /// again. If it runs, it gets back the restart policy the last stop set aside. The one close of
+    /// a failed stop and a failed start.
+    pub(super) async fn close_failed<O: ClosedBy>(&self, id: &AppId, err: &AgentError) {
+        let Ok(Some(record)) = self.inner.store.get(id).await else {
+            return;
+        };
+        let Some(requested_at) = O::last_of(&record)
+            .filter(|op| op.under_way())
+            .map(|op| op.requested_at)
+        else {
+            return;
+        };
+        let policy = record.restart_policy_set_aside().map(str::to_owned);
+        // The engine away or the store failing: the record keeps what it said; the watcher's next
+        // pass makes it true.
+        let record = match self
+            .look_and_settle(record.clone(), Settler::Op, Look::Patient)
+            .await
+        {
+            Ok(settled) => {
+                if settled.running() {
+                    self.give_back_restart_policy(&settled.record, policy.as_deref())
+                        .await;
+                }
+                settled.record
+            }
+            Err(_) => record,
+        };
+        let (outcome, error) = O::closed_by(err);
+        if let Err(e) = self.close_op(&record, requested_at, outcome, error).await {
+            tracing::error!(app = %id, error = %e, "could not record how the {} ended", O::OPERATION.verb());
+        }
     }
 
     /// Writes how an operation ended: what `observed` makes of the figures kept (the stored ones).

@@ -14,7 +14,7 @@
 //! pulse has moved since they were last read, or after [`SETTLED_REFRESH`]. The figures stay as
 //! fresh as they were when every tick read every file:
 //! - a sample asked for (a read, a stop's final sample) reads every file at that moment, as it
-//!   always did ([`Agent::sample_now`]); the start of its CPU interval is still a tick's point, and
+//!   always did ([`Sampler::sample_now`]); the start of its CPU interval is still a tick's point, and
 //!   every tick still reads the CPU time;
 //! - a container that ends on its own leaves the last tick's figures, as before: its CPU time and
 //!   memory usage read at that tick, and the rest read at that tick too whenever the container
@@ -24,16 +24,17 @@
 //!   never wakes for, which [`SETTLED_REFRESH`] bounds).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 
-use super::Agent;
+use crate::background::Background;
 use crate::cgroup::{CpuPoint, HostFiles, Located, Pulse, ReadError, Reading, Unusable};
-use crate::runtime::{ContainerState, RuntimeError};
+use crate::runtime::{ContainerRuntime, ContainerState, RuntimeError};
 use crate::stats::{RawStats, SamplePurpose};
+use crate::telemetry::Telemetry;
 
 /// A stream's reading older than this is not fresh enough for a final sample; the engine sends one
 /// a second.
@@ -188,16 +189,50 @@ impl Latest {
     }
 }
 
-impl Agent {
+/// The sampler: a cheap-clone handle on the readings of every followed container, with what it
+/// reads them through (the host's files, the engine) and where its ticker and streams run.
+#[derive(Clone)]
+pub struct Sampler {
+    readings: Arc<Mutex<Readings>>,
+    /// This host's files, where the engine runs on this host: samples read there.
+    host: Option<Arc<HostFiles>>,
+    runtime: Arc<dyn ContainerRuntime>,
+    telemetry: Arc<Telemetry>,
+    background: Background,
+}
+
+impl std::fmt::Debug for Sampler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (on_host, streams) = self.followed();
+        f.debug_struct("Sampler")
+            .field("on_host", &on_host)
+            .field("streams", &streams)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sampler {
+    pub(super) fn new(
+        host: Option<HostFiles>,
+        runtime: Arc<dyn ContainerRuntime>,
+        telemetry: Arc<Telemetry>,
+        background: Background,
+    ) -> Sampler {
+        Sampler {
+            readings: Arc::default(),
+            host: host.map(Arc::new),
+            runtime,
+            telemetry,
+            background,
+        }
+    }
+
     fn readings(&self) -> std::sync::MutexGuard<'_, Readings> {
-        self.inner
-            .readings
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        self.readings.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn host_files(&self) -> Option<&Arc<HostFiles>> {
-        self.inner.host.as_ref()
+        self.host.as_ref()
     }
 
     /// Starts following the figures of a running container, unless already followed for this run:
@@ -268,7 +303,7 @@ impl Agent {
     /// engine's stats from now on (the caller follows its stream). Logged and counted once a run.
     fn refuse(&self, container: &str, pid: u32, why: &dyn std::fmt::Display) {
         tracing::warn!(%container, pid, reason = %why, "figures come from the engine's stats: the host's files cannot give them");
-        self.telemetry().sample_fallback();
+        self.telemetry.sample_fallback();
         let mut readings = self.readings();
         readings.host.remove(container);
         readings.refused.insert(container.to_owned(), pid);
@@ -277,15 +312,25 @@ impl Agent {
     /// Reads every container followed on the host once a [`TICK`], off the async threads, for as
     /// long as the agent lives.
     fn start_ticker(&self) {
-        let weak = Arc::downgrade(&self.inner);
-        self.background().spawn(async move {
+        // It holds the readings weakly: a sampler no one holds any more is not read.
+        let weak: Weak<Mutex<Readings>> = Arc::downgrade(&self.readings);
+        let mut rest = self.clone();
+        rest.readings = Arc::default();
+        self.background.spawn(async move {
             let mut tick = tokio::time::interval(TICK);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
             loop {
                 tick.tick().await;
-                let Some(inner) = weak.upgrade() else { return };
-                Agent { inner }.read_all().await;
+                let Some(readings) = weak.upgrade() else {
+                    return;
+                };
+                Sampler {
+                    readings,
+                    ..rest.clone()
+                }
+                .read_all()
+                .await;
             }
         });
     }
@@ -434,7 +479,7 @@ impl Agent {
         self.follow(container, state);
         match self.sample_on_host(container).await {
             Some(Ok(stats)) => {
-                self.telemetry().sampled(stats.source, purpose);
+                self.telemetry.sampled(stats.source, purpose);
                 return Ok(stats);
             }
             // It has stopped: as the engine, no figures of a container that does not run.
@@ -447,7 +492,7 @@ impl Agent {
         }
         let stats = self.sample_from_engine(container).await?;
         if !stats.is_empty() {
-            self.telemetry().sampled(stats.source, purpose);
+            self.telemetry.sampled(stats.source, purpose);
         }
         Ok(stats)
     }
@@ -456,7 +501,7 @@ impl Agent {
         if let Some(fresh) = self.fresh_reading(container) {
             return Ok(fresh);
         }
-        let mut stats = self.runtime().stats(container).await?;
+        let mut stats = self.runtime.stats(container).await?;
         if stats.presystem_total == 0 && !stats.is_empty() {
             let before = self
                 .readings()
@@ -496,23 +541,23 @@ impl Agent {
             }
             entry.streaming = true;
         }
-        let agent = self.clone();
+        let sampler = self.clone();
         let container = container.to_owned();
-        self.background().spawn(async move {
-            match agent.runtime().stats_stream(&container).await {
+        self.background.spawn(async move {
+            match sampler.runtime.stats_stream(&container).await {
                 Ok(mut stream) => {
                     while let Some(Ok(stats)) = stream.next().await {
                         if stats.is_empty() {
                             break;
                         }
-                        if let Some(l) = agent.readings().latest.get_mut(&container) {
+                        if let Some(l) = sampler.readings().latest.get_mut(&container) {
                             l.note(stats);
                         }
                     }
                 }
                 Err(e) => tracing::debug!(%container, error = %e, "no stats stream"),
             }
-            if let Some(l) = agent.readings().latest.get_mut(&container) {
+            if let Some(l) = sampler.readings().latest.get_mut(&container) {
                 l.streaming = false;
             }
         });

@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 
 use super::operation::OpGuard;
 use super::stopping::{Intent, OpFrom};
-use super::{Agent, AgentError, AlreadyRunning, AlreadyStopped, Look, Settler, Sighting};
+use super::{Agent, AgentError, AlreadyRunning, AlreadyStopped};
 use crate::agent::figures::{final_metrics, last_exit, running_metrics};
 use crate::auth::Principal;
 use crate::lifecycle::Operation;
@@ -133,7 +133,8 @@ impl Agent {
             match self.run_stop(&intent, record, req, Some(state)).await {
                 Ok(record) => record,
                 Err(e) => {
-                    self.close_intent(&id, &e).await;
+                    self.close_failed::<crate::record::StopOutcome>(&id, &e)
+                        .await;
                     match e {
                         // It exited by itself meanwhile: a restart of a stopped app starts it.
                         AgentError::AlreadyStopped {
@@ -146,13 +147,13 @@ impl Agent {
                                 id: id.clone(),
                                 record,
                             };
-                            self.close_start_intent(&id, &missing).await;
+                            self.close_failed::<StartOutcome>(&id, &missing).await;
                             return Err(self.refreshed(missing).await);
                         }
                         // The stop failed, or the container was started again while it ran:
                         // nothing is started.
                         other => {
-                            self.close_start_intent(&id, &other).await;
+                            self.close_failed::<StartOutcome>(&id, &other).await;
                             return Err(self.refreshed(other).await);
                         }
                     }
@@ -175,7 +176,7 @@ impl Agent {
         let id = record.id.clone();
         let outcome = self.run_start(intent, record, known).await;
         if let Err(e) = &outcome {
-            self.close_start_intent(&id, e).await;
+            self.close_failed::<StartOutcome>(&id, e).await;
         }
         outcome
     }
@@ -223,14 +224,7 @@ impl Agent {
         } else {
             AlreadyRunning::Unnoticed
         };
-        let sighting = Sighting {
-            at: Utc::now(),
-            state: Some(state),
-        };
-        match self
-            .record_sighting(record, sighting, Settler::Op, Vec::new())
-            .await
-        {
+        match self.settle_seen(record, Some(state)).await {
             Ok(record) => AgentError::AlreadyRunning {
                 id,
                 how,
@@ -243,14 +237,7 @@ impl Agent {
     /// Settles the record of a container that no longer exists, and says so.
     async fn container_missing(&self, record: AppRecord) -> AgentError {
         let id = record.id.clone();
-        let sighting = Sighting {
-            at: Utc::now(),
-            state: None,
-        };
-        match self
-            .record_sighting(record, sighting, Settler::Op, Vec::new())
-            .await
-        {
+        match self.settle_seen(record, None).await {
             Ok(record) => AgentError::ContainerMissing {
                 id,
                 record: Box::new(record),
@@ -313,7 +300,7 @@ impl Agent {
         };
         let running = state.as_ref().is_some_and(|s| s.running);
         if let Some(s) = state.as_ref().filter(|s| s.running) {
-            self.follow(&container, s);
+            self.sampler().follow(&container, s);
         }
         let outcome = if running {
             StartOutcome::Started
@@ -379,51 +366,5 @@ impl Agent {
         Ok(self
             .record_final(record, now, move |_| observation.clone())
             .await?)
-    }
-
-    /// A start that ended in `err` after writing its intent records how it ended, and the record is
-    /// made true: the engine may have started the container before the error, so it is looked at
-    /// again, and if it runs it gets back the restart policy the last stop set aside.
-    pub(super) async fn close_start_intent(&self, id: &AppId, err: &AgentError) {
-        let Ok(Some(record)) = self.inner.store.get(id).await else {
-            return;
-        };
-        if !record.start_pending() {
-            return;
-        }
-        // The engine away or the store failing: the record keeps what it said; the watcher's next
-        // pass makes it true.
-        let record = match self
-            .look_and_settle(record.clone(), Settler::Op, Look::Patient)
-            .await
-        {
-            Ok(settled) => {
-                if settled.running() {
-                    let policy = settled.record.restart_policy_set_aside().map(str::to_owned);
-                    self.give_back_restart_policy(&settled.record, policy.as_deref())
-                        .await;
-                }
-                settled.record
-            }
-            Err(_) => record,
-        };
-        let error = match err {
-            AgentError::ContainerMissing { .. } => "its container no longer exists".to_owned(),
-            other => other.to_string(),
-        };
-        let Some(requested_at) = record
-            .last_start
-            .as_ref()
-            .filter(|s| s.under_way())
-            .map(|s| s.requested_at)
-        else {
-            return;
-        };
-        if let Err(e) = self
-            .close_op(&record, requested_at, StartOutcome::Failed, Some(error))
-            .await
-        {
-            tracing::error!(app = %id, error = %e, "could not record how the start ended");
-        }
     }
 }

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use tokio::task::JoinHandle;
 
 use super::operation::OpGuard;
-use super::{Agent, AgentError, AlreadyStopped, Look, Settler, Sighting};
+use super::{Agent, AgentError, AlreadyStopped};
 use crate::agent::figures::{final_metrics, last_exit, running_metrics};
 use crate::auth::Principal;
 use crate::lifecycle::Operation;
@@ -197,7 +197,7 @@ impl Agent {
                 let intent = Intent::new(&caller, requested_at, reason);
                 let outcome = agent.run_stop(&intent, record, req, known).await;
                 if let Err(e) = &outcome {
-                    agent.close_intent(&app, e).await;
+                    agent.close_failed::<StopOutcome>(&app, e).await;
                 }
                 outcome
             },
@@ -230,65 +230,13 @@ impl Agent {
             Some(_) if record.stopped_by_agent() => AlreadyStopped::ByTheAgent,
             Some(_) => AlreadyStopped::Unnoticed,
         };
-        let sighting = Sighting {
-            at: Utc::now(),
-            state: state.cloned(),
-        };
-        match self
-            .record_sighting(record, sighting, Settler::Op, Vec::new())
-            .await
-        {
+        match self.settle_seen(record, state.cloned()).await {
             Ok(record) => AgentError::AlreadyStopped {
                 id,
                 how,
                 record: Box::new(record),
             },
             Err(e) => e,
-        }
-    }
-
-    /// A stop that ended in `err` after writing its intent records how it ended, and the record is
-    /// made true: the engine may have acted before the error (a stop that worked, then an inspect
-    /// that failed), so the container is looked at again. If it still runs, the restart policy the
-    /// stop took away is given back.
-    pub(super) async fn close_intent(&self, id: &AppId, err: &AgentError) {
-        let Ok(Some(record)) = self.inner.store.get(id).await else {
-            return;
-        };
-        let Some(pending) = record
-            .last_stop
-            .clone()
-            .filter(|s| s.outcome == StopOutcome::Stopping)
-        else {
-            return;
-        };
-        let (outcome, error) = match err {
-            AgentError::AlreadyStopped { .. } => (StopOutcome::AlreadyStopped, None),
-            other => (StopOutcome::Failed, Some(other.to_string())),
-        };
-        // The engine away or the store failing: the record keeps what it said; the watcher's next
-        // pass makes it true.
-        let record = match self
-            .look_and_settle(record.clone(), Settler::Op, Look::Patient)
-            .await
-        {
-            Ok(settled) => {
-                if settled.running() {
-                    self.give_back_restart_policy(
-                        &settled.record,
-                        pending.previous_restart_policy.as_deref(),
-                    )
-                    .await;
-                }
-                settled.record
-            }
-            Err(_) => record,
-        };
-        if let Err(e) = self
-            .close_op(&record, pending.requested_at, outcome, error)
-            .await
-        {
-            tracing::error!(app = %id, error = %e, "could not record how the stop ended");
         }
     }
 
@@ -309,6 +257,7 @@ impl Agent {
         // is read from the host's files at this moment; where they cannot serve, it is the engine
         // stream's latest reading (at most about a second old) or the engine's stats answer.
         let sampled = self
+            .sampler()
             .sample_now(&container, &state, crate::stats::SamplePurpose::Final)
             .await;
         let reading = match sampled {
@@ -435,14 +384,7 @@ impl Agent {
             .and_then(|s| s.previous_restart_policy.clone());
         self.give_back_restart_policy(&record, policy.as_deref())
             .await;
-        let sighting = Sighting {
-            at: Utc::now(),
-            state: Some(state),
-        };
-        let mut record = match self
-            .record_sighting(record, sighting, Settler::Op, Vec::new())
-            .await
-        {
+        let mut record = match self.settle_seen(record, Some(state)).await {
             Ok(r) => r,
             Err(e) => return e,
         };

@@ -116,7 +116,7 @@ async fn a_stop_records_final_metrics_and_exit() {
 async fn a_stop_takes_its_final_sample_from_the_followed_stream_without_waiting() {
     let f = followed_app(|fake| fake.stream_readings()).await;
     // Two readings make a CPU interval; the stream sends one every 20 ms.
-    wait_for(|| f.agent.fresh_reading("ca").is_some()).await;
+    wait_for(|| f.agent.sampler().fresh_reading("ca").is_some()).await;
     let r = f.stop("a").await.expect("stopped");
     assert!(
         !f.fake.request_calls().iter().any(|c| c == "stats ca"),
@@ -132,8 +132,8 @@ async fn a_stop_takes_its_final_sample_from_the_followed_stream_without_waiting(
 async fn readings_that_arrive_late_are_not_taken_for_fresh() {
     // The first reading comes on time; every later one was read three seconds before it arrives.
     let f = followed_app(|fake| fake.stream_readings_late(chrono::Duration::seconds(3))).await;
-    wait_for(|| f.agent.has_reading("ca")).await;
-    wait_for(|| f.agent.fresh_reading("ca").is_none()).await;
+    wait_for(|| f.agent.sampler().has_reading("ca")).await;
+    wait_for(|| f.agent.sampler().fresh_reading("ca").is_none()).await;
     f.stop("a").await.expect("stopped");
     assert_eq!(
         f.fake.request_calls(),
@@ -153,10 +153,10 @@ async fn readings_that_arrive_late_are_not_taken_for_fresh() {
 async fn an_engine_clock_behind_this_hosts_does_not_make_readings_stale() {
     // A remote engine whose clock is three seconds behind, delivering on time.
     let f = followed_app(|fake| fake.stream_readings_skewed(chrono::Duration::seconds(3))).await;
-    wait_for(|| f.agent.fresh_reading("ca").is_some()).await;
+    wait_for(|| f.agent.sampler().fresh_reading("ca").is_some()).await;
     // Several readings later, still fresh.
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    assert!(f.agent.fresh_reading("ca").is_some());
+    assert!(f.agent.sampler().fresh_reading("ca").is_some());
     f.stop("a").await.expect("stopped");
     assert!(
         !f.fake.request_calls().iter().any(|c| c == "stats ca"),
@@ -228,7 +228,7 @@ async fn app_on_host_files_with(
 #[tokio::test]
 async fn a_stop_reads_its_final_sample_from_the_hosts_files_without_the_engines_stats() {
     let (f, host) = app_on_host_files().await;
-    assert!(f.agent.followed_on_host("ca"));
+    assert!(f.agent.sampler().followed_on_host("ca"));
     // Long enough for /proc/stat's ticks to measure the interval, then the counters a second
     // later on the host (snapshot `b`).
     tokio::time::sleep(std::time::Duration::from_millis(150)).await;
@@ -263,12 +263,12 @@ async fn a_tick_reads_every_file_again_once_the_containers_cpu_or_memory_has_mov
     // tick keeps the network counters it read last.
     std::fs::copy(recorded("b").join(&net_dev), host.path().join(&net_dev)).expect("copy");
     tokio::time::sleep(super::sampling::TICK * 2 + std::time::Duration::from_millis(300)).await;
-    let last = f.agent.last_on_host("ca").expect("followed");
+    let last = f.agent.sampler().last_on_host("ca").expect("followed");
     assert_eq!(last.network_rx, 646);
     // It ran: the next tick reads everything.
     copy_tree(&recorded("b"), host.path());
     tokio::time::sleep(super::sampling::TICK + std::time::Duration::from_millis(300)).await;
-    let last = f.agent.last_on_host("ca").expect("followed");
+    let last = f.agent.sampler().last_on_host("ca").expect("followed");
     assert_eq!(last.network_rx, 736);
     assert_eq!(last.memory_usage, 18_100_224);
     // A sample asked for reads every file at that moment, whatever the ticks read.
@@ -315,7 +315,7 @@ async fn host_files_that_cannot_be_read_give_way_to_the_engines_stats() {
     assert_eq!(m.memory_usage_bytes, Some(4096));
     assert_eq!(m.cpu_usage_percent, Some(20.0));
     assert!(f.fake.request_calls().iter().any(|c| c == "stats ca"));
-    assert!(!f.agent.followed_on_host("ca"));
+    assert!(!f.agent.sampler().followed_on_host("ca"));
     let text = f.agent.telemetry().render(&Default::default());
     assert!(
         text.contains("node_agent_sample_fallbacks_total 1"),

@@ -129,7 +129,7 @@ pub async fn metrics(
         .agent
         .telemetry()
         .report_status(&ctx.agent.store().outbox());
-    let (followed_on_host, followed_streams) = ctx.agent.followed();
+    let (followed_on_host, followed_streams) = ctx.agent.sampler().followed();
     let text = ctx.agent.telemetry().render(&Present {
         engine_up,
         followed_on_host,
