@@ -128,6 +128,18 @@ async fn a_drain_stops_every_app_kills_at_the_deadline_and_brings_back_exactly_i
         "{a:?}"
     );
     assert_eq!(client.stop(id0).await.status, 409);
+    // Registrations, stops and deletions go on: an app registered on the drained node is stopped
+    // and deleted as anywhere.
+    let (late, late_id) = client.running_app("exit").await;
+    let a = client.stop(&late_id).await;
+    assert_eq!(a.status, 200, "a stop on a drained node: {a:?}");
+    assert_eq!(a.body["lastStop"]["reason"], Value::Null, "{a:?}");
+    assert!(!late.running().await);
+    let a = client.delete(&late_id).await;
+    assert!(
+        (200..300).contains(&a.status),
+        "a deletion on a drained node: {a:?}"
+    );
 
     // The drained state outlives a restart of the agent.
     assert_eq!(agent.terminate(), Some(0));
