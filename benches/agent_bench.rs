@@ -1036,12 +1036,20 @@ async fn stop_triples(
     (ms, ages)
 }
 
+/// Options that a build from before `[shutdown]` also knows: that section left out.
+fn before_shutdown() -> AgentOptions {
+    AgentOptions {
+        shutdown: Some(String::new()),
+        ..AgentOptions::default()
+    }
+}
+
 /// The `one` phase with `AGENT_BENCH_BASELINE`: this build and that one, each run by the bench the
 /// same way, and the raw engine, one stop each per round on like apps. Returns this build's final
 /// samples' ages (s).
 async fn one_with_baseline(bin: &str) -> Vec<f64> {
     let this = BuildAgent::start(env!("CARGO_BIN_EXE_node-agent"), AgentOptions::default()).await;
-    let other = BuildAgent::start(bin, AgentOptions::default()).await;
+    let other = BuildAgent::start(bin, before_shutdown()).await;
     let (this_client, other_client) = (this.client(), other.client());
     let ws = workloads(3 * PAIRS).await;
     let (this_ws, rest) = ws.split_at(PAIRS);

@@ -54,7 +54,8 @@ pub struct AgentOptions {
     /// its network is its own, so it still reaches the engine's Unix socket.
     pub netns: Option<String>,
     /// The `[shutdown]` section's lines; unset is `inhibit = false`, so that no test agent asks a
-    /// system bus for a lock unless the test means it to.
+    /// system bus for a lock unless the test means it to; empty leaves the section out (for a
+    /// build from before it).
     pub shutdown: Option<String>,
 }
 

@@ -116,8 +116,11 @@ pub fn agent_config(dir: &Path, options: &AgentOptions) -> String {
             ));
         }
     }
-    let shutdown = options.shutdown.as_deref().unwrap_or("inhibit = false\n");
-    config.push_str(&format!("\n[shutdown]\n{shutdown}"));
+    // An empty section is left out: a build from before `[shutdown]` refuses the key.
+    match options.shutdown.as_deref().unwrap_or("inhibit = false\n") {
+        "" => {}
+        shutdown => config.push_str(&format!("\n[shutdown]\n{shutdown}")),
+    }
     config.push('\n');
     config.push_str(&options.extra_config);
     config
