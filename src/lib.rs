@@ -259,8 +259,8 @@ async fn bind_listeners(
 /// Runs the agent until `shutdown` resolves (reloading tokens and TLS files at each item of
 /// `reloads`), then lets in-flight requests and operations finish and flushes the store.
 ///
-/// Every way out, a server that ends by itself and a listener that cannot be bound included, goes
-/// through one close: operations under way finish (bounded), the background is shut down, and the
+/// Every way out once the services are open, a drain that cannot be taken up, a server that ends
+/// by itself and a listener that cannot be bound included, goes through one close: operations under way finish (bounded), the background is shut down, and the
 /// store is checkpointed.
 pub async fn run(
     config: Config,
@@ -270,8 +270,11 @@ pub async fn run(
     let background = Background::new();
     let services = Services::open(&config, &background)?;
     // A drained node refuses starts from its first request; a drain under way goes on. Nothing
-    // runs yet that a failure here would have to stop.
-    services.agent.take_up_drain().await?;
+    // runs yet, but the store is open: a failure here goes through the same close.
+    if let Err(e) = services.agent.take_up_drain().await {
+        close(&services.agent, &background, tokio::time::Instant::now()).await?;
+        return Err(e.into());
+    }
     // Records are reconciled with the engine, and followed through its events, in the background:
     // the agent serves at once, with or without the engine. Started before the listeners are
     // bound, so that the engine's connection and the first readings of the running apps are

@@ -1012,6 +1012,8 @@ impl Store {
     /// Keeps `value` (a JSON document) as the node's state under `key`, durably before it returns.
     pub async fn set_node_state(&self, key: &'static str, value: String) -> Result<(), StoreError> {
         self.with_conn(move |c| {
+            // A drain must outlive a power cut that comes right after it was asked for.
+            durability(c, Durability::Synced)?;
             c.execute(
                 "INSERT INTO node (key, value) VALUES (?1, ?2)
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value",
