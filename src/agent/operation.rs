@@ -352,6 +352,19 @@ impl Agent {
         Ok((record, guard))
     }
 
+    /// Admits `op` asked for with `req`: the caller may ask for it ([`Agent::may_ask_for`]), then
+    /// [`Agent::admit`].
+    pub(super) async fn admit_asked(
+        &self,
+        principal: &Principal,
+        id: &AppId,
+        op: Operation,
+        req: &crate::stop::StopRequest,
+    ) -> Result<(AppRecord, OpGuard), AgentError> {
+        self.may_ask_for(principal, req)?;
+        self.admit(principal, id, op).await
+    }
+
     /// Admits `op` on `id` for the background (the ~okeanos routes): admission, then the container
     /// must be in the state the operation needs (running for a stop, not running for a start), all
     /// before the 202. Refusals are counted and logged here.

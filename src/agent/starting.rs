@@ -67,10 +67,9 @@ impl Agent {
         req: StopRequest,
         route: Route,
     ) -> Result<AppRecord, AgentError> {
-        let admitted = match self.may_ask_for(principal, &req) {
-            Ok(()) => self.admit(principal, id, Operation::Restart).await,
-            Err(e) => Err(e),
-        };
+        let admitted = self
+            .admit_asked(principal, id, Operation::Restart, &req)
+            .await;
         let (record, guard) =
             admitted.inspect_err(|e| self.refused(Operation::Restart, route, principal, id, e))?;
         let app = record.id.clone();

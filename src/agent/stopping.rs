@@ -85,10 +85,7 @@ impl Agent {
         req: StopRequest,
         route: Route,
     ) -> Result<AppRecord, AgentError> {
-        let admitted = match self.may_ask_for(principal, &req) {
-            Ok(()) => self.admit(principal, id, Operation::Stop).await,
-            Err(e) => Err(e),
-        };
+        let admitted = self.admit_asked(principal, id, Operation::Stop, &req).await;
         let (record, guard) = match (admitted, req.timeout) {
             (Ok(admitted), _) => admitted,
             // An operator may bring the kill of a stop under way forward, and have its outcome.
