@@ -253,6 +253,7 @@ pub struct Telemetry {
     shutdown_lock_held: Gauge,
     shutdown_cut_short: Gauge,
     shutdown_drain_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    shutdown_began: Gauge<f64, std::sync::atomic::AtomicU64>,
     shutdown_apps: Family<ReportLabels, Gauge>,
     started: Instant,
 }
@@ -465,6 +466,12 @@ impl Telemetry {
             "How long the drain of the node's last shutdown took",
             shutdown_drain_seconds.clone(),
         );
+        let shutdown_began = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "shutdown_last_timestamp_seconds",
+            "When the node's last shutdown began (Unix time), 0 when it never shut down with the lock",
+            shutdown_began.clone(),
+        );
         let shutdown_apps = Family::<ReportLabels, Gauge>::default();
         registry.register(
             "shutdown_apps",
@@ -476,6 +483,7 @@ impl Telemetry {
             shutdown_lock_held,
             shutdown_cut_short,
             shutdown_drain_seconds,
+            shutdown_began,
             shutdown_apps,
             drain_state,
             drain_apps,
@@ -636,6 +644,11 @@ impl Telemetry {
         self.shutdown_lock_held.set(i64::from(shutdown.lock_held));
         self.shutdown_cut_short.set(i64::from(shutdown.cut_short));
         self.shutdown_drain_seconds.set(shutdown.drain_secs);
+        self.shutdown_began.set(
+            shutdown
+                .began_at
+                .map_or(0.0, |t| t.timestamp_millis() as f64 / 1000.0),
+        );
         for (outcome, n) in [
             ("stopped", shutdown.stopped),
             ("killed_at_deadline", shutdown.killed_at_deadline),
@@ -721,6 +734,8 @@ pub struct Present {
 pub struct ShutdownFigures {
     pub lock_held: bool,
     pub cut_short: bool,
+    /// When the last shutdown began, if the node was ever shut down with the agent's lock.
+    pub began_at: Option<chrono::DateTime<chrono::Utc>>,
     pub drain_secs: f64,
     pub stopped: usize,
     pub killed_at_deadline: usize,

@@ -26,6 +26,8 @@ use crate::telemetry::{DrainFigures, Route};
 
 /// The key of the drain in the store's node table.
 const STORE_KEY: &str = "drain";
+/// The key of the last shutdown's figures in the store's node state.
+const LAST_SHUTDOWN_KEY: &str = "last_shutdown";
 /// A drain's deadline when the request gives none, and the longest it may ask for, in seconds.
 pub const DEFAULT_DEADLINE_SECS: u32 = 3600;
 pub const MAX_DEADLINE_SECS: u32 = 86_400;
@@ -224,6 +226,7 @@ impl Agent {
     /// that a drained node refuses starts from its first request. A drain that was under way when
     /// the agent stopped goes on.
     pub async fn take_up_drain(&self) -> Result<(), crate::store::StoreError> {
+        self.take_up_last_shutdown().await?;
         let Some(text) = self.inner.store.node_state(STORE_KEY).await? else {
             return Ok(());
         };
@@ -522,6 +525,21 @@ impl Agent {
         Ok((started, failed))
     }
 
+    /// Takes up the last shutdown's figures kept in the store, for `/v1/node` and `/metrics` after
+    /// the boot that followed it.
+    async fn take_up_last_shutdown(&self) -> Result<(), crate::store::StoreError> {
+        let Some(text) = self.inner.store.node_state(LAST_SHUTDOWN_KEY).await? else {
+            return Ok(());
+        };
+        match serde_json::from_str::<LastShutdown>(&text) {
+            Ok(last) => self.set_shutdown(|r| r.last = Some(last)),
+            Err(e) => {
+                tracing::error!(error = %e, "the last shutdown's figures kept in the store cannot be read");
+            }
+        }
+        Ok(())
+    }
+
     /// Keeps the drain in the store, durably.
     async fn keep_drain(&self, kept: &Kept) -> Result<(), crate::store::StoreError> {
         // A struct of strings, numbers and times: its JSON cannot fail.
@@ -772,6 +790,16 @@ impl Agent {
             "the node's shutdown drained it; the lock goes"
         );
         self.set_shutdown(|r| r.last = Some(last.clone()));
+        // Kept before the lock goes, so that the boot after the power-off still shows them.
+        let text = serde_json::to_string(&last).unwrap_or_default();
+        if let Err(e) = self
+            .inner
+            .store
+            .set_node_state(LAST_SHUTDOWN_KEY, text)
+            .await
+        {
+            tracing::error!(error = %e, "could not keep the shutdown's figures");
+        }
         last
     }
 

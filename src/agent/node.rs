@@ -1,7 +1,7 @@
 //! What `GET /v1/node` reports: this node's identity, the host's figures, the engine, the apps and
 //! the agent itself.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::Agent;
 use crate::host::{self, DiskFigures, HostFigures};
@@ -51,12 +51,13 @@ pub struct ShutdownReport {
     pub delay_max_secs: Option<f64>,
     /// True when logind would release the shutdown before the budget is spent.
     pub cut_short: bool,
-    /// The last shutdown this agent drained the node for.
+    /// The last shutdown this agent drained the node for; kept in the store, so that it is still
+    /// there after the boot that follows.
     pub last: Option<LastShutdown>,
 }
 
 /// How a node's shutdown went, from `PrepareForShutdown(true)` to the lock's release.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LastShutdown {
     #[serde(with = "crate::record::rfc3339_millis")]
@@ -185,6 +186,7 @@ impl Agent {
         crate::telemetry::ShutdownFigures {
             lock_held: r.lock_held,
             cut_short: r.cut_short,
+            began_at: last.map(|l| l.began_at),
             drain_secs: last.map_or(0.0, |l| l.drain_secs),
             stopped: last.map_or(0, |l| l.stopped),
             killed_at_deadline: last.map_or(0, |l| l.killed_at_deadline),

@@ -174,6 +174,8 @@ async fn a_node_shutdown_drains_reports_and_only_then_lets_go_and_the_boot_bring
     assert_eq!(n["drain"]["apps"]["killedAtDeadline"], 2, "{n:#}");
     assert_eq!(n["shutdown"]["lockHeld"], false, "{n:#}");
     assert_eq!(n["shutdown"]["last"]["stopped"], 5, "{n:#}");
+    assert_eq!(n["shutdown"]["last"]["killedAtDeadline"], 2, "{n:#}");
+    let last = n["shutdown"]["last"].clone();
     let metrics = client.metrics_text().await;
     assert!(
         metrics.contains("node_agent_shutdown_apps{outcome=\"stopped\"} 5"),
@@ -219,6 +221,24 @@ async fn a_node_shutdown_drains_reports_and_only_then_lets_go_and_the_boot_bring
     let n = node(&client).await;
     assert_eq!(n["drain"]["state"], "ended", "{n:#}");
     assert_eq!(n["drain"]["endedBy"], "node-boot", "{n:#}");
+    // How the shutdown went is still there after the boot.
+    assert_eq!(n["shutdown"]["last"], last, "{n:#}");
+    let metrics = client.metrics_text().await;
+    assert!(
+        metrics.contains("node_agent_shutdown_apps{outcome=\"stopped\"} 5")
+            && metrics.contains("node_agent_shutdown_apps{outcome=\"killed_at_deadline\"} 2"),
+        "{metrics}"
+    );
+    let began = chrono::DateTime::parse_from_rfc3339(last["beganAt"].as_str().unwrap()).unwrap();
+    let shown: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("node_agent_shutdown_last_timestamp_seconds "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no shutdown timestamp: {metrics}"));
+    assert!(
+        (shown - began.timestamp_millis() as f64 / 1000.0).abs() < 0.001,
+        "{shown} against {began}"
+    );
     // Starts are allowed again; nothing was started twice.
     let restarts: Vec<i64> = futures_util::future::join_all(
         apps.iter()
