@@ -281,4 +281,13 @@ async fn a_real_poweroff_drains_reports_and_the_boot_brings_the_apps_back() {
         .await;
         assert!(w.running().await, "{id}");
     }
+    // How the shutdown went was kept through the power-off, and the lock is held again.
+    let shutdown = client.get("/v1/node").await.body["shutdown"].clone();
+    assert_eq!(shutdown["last"]["stopped"], 3, "{shutdown:#}");
+    wait_for(
+        "the lock held again after the boot",
+        Duration::from_secs(30),
+        async || (client.get("/v1/node").await.body["shutdown"]["lockHeld"] == true).then_some(()),
+    )
+    .await;
 }
