@@ -274,21 +274,6 @@ fn op_events<O: OpOutcome + Serialize>(
     }
 }
 
-/// Whether `t` falls inside the agent's own last operation of one kind on the record: then an
-/// engine event at `t` was that operation's doing (and its own event says so).
-pub fn inside<O: OpOutcome>(op: Option<&LastOp<O>>, t: DateTime<Utc>, now: DateTime<Utc>) -> bool {
-    // The times of an operation are kept to the millisecond; the engine's to the nanosecond.
-    let slack = chrono::Duration::milliseconds(5);
-    op.is_some_and(|op| {
-        let end = if op.under_way() {
-            now
-        } else {
-            op.finished_at.unwrap_or(now)
-        };
-        t >= op.requested_at - slack && t <= end + slack
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -384,18 +369,7 @@ mod tests {
     }
 
     #[test]
-    fn an_engine_event_inside_an_operation_is_its_own() {
-        let t0 = Utc::now();
-        let t1 = t0 + chrono::Duration::seconds(2);
-        let op: LastOp<StopOutcome> =
-            LastOp::intent("cp", t0).closed(StopOutcome::Stopped, t1, None);
-        let now = t1 + chrono::Duration::seconds(10);
-        assert!(inside(Some(&op), t0 + chrono::Duration::seconds(1), now));
-        assert!(!inside(Some(&op), t1 + chrono::Duration::seconds(1), now));
-        assert!(!inside(Some(&op), t0 - chrono::Duration::seconds(1), now));
-        assert!(!inside::<StopOutcome>(None, t0, now));
-        let open: LastOp<StopOutcome> = LastOp::intent("cp", t0);
-        assert!(inside(Some(&open), t1, now));
+    fn every_event_type_reads_back_as_written() {
         for t in EventType::ALL {
             assert_eq!(EventType::parse(t.as_str()), Some(t));
             assert_eq!(json!(t), json!(t.as_str()));

@@ -64,10 +64,12 @@ const MIGRATIONS: [&str; 7] = [
          value  TEXT NOT NULL
      ) STRICT;",
     // Each app's event history, an event per change with the change's generation, and the
-    // engine's restart count of its container; beside it, for an hour, the spans of the agent's
-    // own operations and registrations (`windows`), which tell the engine's late events apart. An event the engine reported has a key (its
+    // engine's restart count of its container. An event the engine reported has a key (its
     // container and time), so that one reported twice is kept once; `delivered` once a report
-    // carrying it was acknowledged (or dropped, or when there are no reports).
+    // carrying it was acknowledged (or dropped, or when there are no reports). Beside it, for two
+    // hours, the spans of the agent's own operations and registrations (`windows`), which tell
+    // the engine's late events apart; the records' last stop and start, ended before this step,
+    // are taken as spans too (their times, kept to the millisecond, written as the engine's).
     "ALTER TABLE apps ADD COLUMN restart_count INTEGER;
      CREATE TABLE IF NOT EXISTS events (
          generation  INTEGER PRIMARY KEY NOT NULL,
@@ -88,7 +90,21 @@ const MIGRATIONS: [&str; 7] = [
          to_at      TEXT NOT NULL,
          run_began  TEXT
      ) STRICT;
-     CREATE INDEX IF NOT EXISTS windows_of_app ON windows (app_id, to_at);",
+     CREATE INDEX IF NOT EXISTS windows_of_app ON windows (app_id, to_at);
+     INSERT INTO windows (app_id, kind, from_at, to_at, run_began)
+         SELECT id, 'stop',
+                substr(json_extract(last_stop, '$.requestedAt'), 1, 23) || '000000Z',
+                substr(json_extract(last_stop, '$.finishedAt'), 1, 23) || '000000Z',
+                NULL
+         FROM apps WHERE json_extract(last_stop, '$.finishedAt') IS NOT NULL;
+     INSERT INTO windows (app_id, kind, from_at, to_at, run_began)
+         SELECT id,
+                CASE json_extract(last_start, '$.outcome') WHEN 'started' THEN 'started'
+                     ELSE 'start_failed' END,
+                substr(json_extract(last_start, '$.requestedAt'), 1, 23) || '000000Z',
+                substr(json_extract(last_start, '$.finishedAt'), 1, 23) || '000000Z',
+                substr(json_extract(metrics, '$.startedAt'), 1, 23) || '000000Z'
+         FROM apps WHERE json_extract(last_start, '$.finishedAt') IS NOT NULL;",
 ];
 
 /// Events kept per app once delivered, unless the configuration says otherwise
@@ -1111,7 +1127,7 @@ fn write_events(
     }
 }
 
-/// `made`, without what the engine reported that is already kept (its key) or is not a fact of
+/// `made` (what the engine reported), without what is already kept (its key) or is not a fact of
 /// `id`'s own history ([`not_on_its_own`]).
 fn keepable(
     tx: &rusqlite::Transaction<'_>,
@@ -1129,9 +1145,12 @@ fn keepable(
                 .prepare_cached("SELECT generation FROM events WHERE app_id = ?1 AND key = ?2")?
                 .query_row(params![id.as_str(), key], |r| r.get(0))
                 .optional()?;
-            if kept.is_some() || not_on_its_own(tx, id, &event)? {
+            if kept.is_some() {
                 continue;
             }
+        }
+        if not_on_its_own(tx, id, &event)? {
+            continue;
         }
         out.push(event);
     }
@@ -1755,6 +1774,59 @@ mod tests {
             .await
             .expect("put");
         assert_eq!(r.generation, 2);
+    }
+
+    #[tokio::test]
+    async fn the_last_operations_of_a_store_from_before_the_history_tell_its_late_events_apart() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("old.db");
+        let t = |ms: i64| Utc::now().trunc_subsecs(3) - chrono::TimeDelta::milliseconds(ms);
+        let stop = LastOp::<StopOutcome>::intent("cp", t(5000)).closed(
+            StopOutcome::Stopped,
+            t(4000),
+            None,
+        );
+        let start = LastOp::<StartOutcome>::intent("cp", t(3000)).closed(
+            StartOutcome::Started,
+            t(2000),
+            None,
+        );
+        let metrics = ResourceMetrics {
+            started_at: Some(t(2500)),
+            ..ResourceMetrics::default()
+        };
+        {
+            // A store as the agent before the history left it: a record whose last stop and
+            // start have ended.
+            let conn = Connection::open(&path).expect("open");
+            for step in 0..6 {
+                migrate(&conn, step).expect("old schema");
+            }
+            conn.execute(
+                "INSERT INTO apps (id, registered, metrics, last_stop, last_start, updated_at)
+                 VALUES ('a', ?1, ?2, ?3, ?4, ?5)",
+                params![
+                    r#"{"containerId":"ca"}"#,
+                    to_json_text(&Some(metrics)),
+                    to_json_text(&Some(stop)),
+                    to_json_text(&Some(start)),
+                    format_time(Utc::now())
+                ],
+            )
+            .expect("old row");
+        }
+        let store = Store::open(&path).expect("upgraded");
+        let a = AppId::parse("a").expect("id");
+        // The engine tells, late, of the stop's own `die`, the restart's `die` before its run
+        // began and the run's `start`, and of an exit of its own after the start.
+        let told = vec![
+            engine_event(EventType::Exited, t(4500), "stop's die"),
+            engine_event(EventType::Exited, t(2700), "start's die"),
+            engine_event(EventType::StartedByEngine, t(2500), "start's start"),
+            engine_event(EventType::Exited, t(1000), "its own exit"),
+        ];
+        tell(&store, &a, "ca", told).await;
+        assert_eq!(kinds(&store, &a).await, ["exited"]);
     }
 
     #[tokio::test]

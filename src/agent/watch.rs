@@ -17,7 +17,7 @@ use futures_util::StreamExt;
 use serde_json::json;
 
 use super::{Agent, AgentError, Look, Settler};
-use crate::events::{self, BY_ENGINE, EventType, NewEvent};
+use crate::events::{BY_ENGINE, EventType, NewEvent};
 use crate::record::{AppRecord, OpOutcome, StartOutcome, StopOutcome};
 use crate::runtime::{ContainerEvent, EventKind};
 use crate::store::Observation;
@@ -77,25 +77,16 @@ pub(super) fn oom_from_state(
     told
 }
 
-/// The history events of what the engine reported of `record`'s container: each `die` and
-/// `start` that the agent's own last stop or start (the record's `lastStop`, `lastStart`) did not
-/// cause.
+/// The history events of what the engine reported of `record`'s container: each `die` an
+/// `exited`, each `start` a `started_by_engine`. The store keeps only those that are facts of the
+/// app's own history: not those inside one of the agent's own operations, which says it with its
+/// own events (`store::not_on_its_own`, the one place that tells them apart).
 pub(super) fn history_of(record: &AppRecord, reported: &[Reported]) -> Vec<NewEvent> {
-    let now = Utc::now();
     reported
         .iter()
         .filter_map(|r| {
-            let by_start = events::inside(record.last_start.as_ref(), r.at, now);
-            let by_stop = events::inside(record.last_stop.as_ref(), r.at, now);
-            // A start that ended `started` saw its run alive: an exit inside it is the
-            // operation's only before that run began (a restart's stop).
-            let run_began = record.metrics.as_ref().and_then(|m| m.started_at);
-            let start_saw_it_exit = by_start
-                && record.last_start.as_ref().is_some_and(|s| {
-                    s.outcome != StartOutcome::Started || run_began.is_some_and(|b| r.at < b)
-                });
             let (kind, details) = match r.kind {
-                EventKind::Died if !(by_stop || start_saw_it_exit) => {
+                EventKind::Died => {
                     let code = r.exit_code;
                     let signal = code
                         .filter(|c| (129..=128 + 64).contains(c))
@@ -114,14 +105,14 @@ pub(super) fn history_of(record: &AppRecord, reported: &[Reported]) -> Vec<NewEv
                         }),
                     )
                 }
-                EventKind::Started if !by_start => (
+                EventKind::Started => (
                     EventType::StartedByEngine,
                     json!({
                         "containerId": r.container,
                         "restartPolicy": record.last_stop.as_ref().and_then(|s| s.previous_restart_policy.clone()),
                     }),
                 ),
-                _ => return None,
+                EventKind::Oom => return None,
             };
             let mut event = NewEvent::new(kind, r.at, BY_ENGINE, details);
             event.key = r.timed.then(|| {
