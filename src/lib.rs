@@ -260,8 +260,8 @@ async fn bind_listeners(
 /// `reloads`), then lets in-flight requests and operations finish and flushes the store.
 ///
 /// Every way out once the services are open, a drain that cannot be taken up, a server that ends
-/// by itself and a listener that cannot be bound included, goes through one close: operations under way finish (bounded), the background is shut down, and the
-/// store is checkpointed.
+/// by itself and a listener that cannot be bound included, goes through one close: operations
+/// under way finish (bounded), the background is shut down, and the store is checkpointed.
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,

@@ -222,22 +222,22 @@ enum AppDrained {
 }
 
 impl Agent {
-    /// Takes up the drain kept in the store: called once at start, before the agent serves, so
-    /// that a drained node refuses starts from its first request. A drain that was under way when
-    /// the agent stopped goes on.
+    /// Takes up the drain kept in the store, and the last shutdown's figures: called once at
+    /// start, before the agent serves, so that a drained node refuses starts from its first
+    /// request. A drain that was under way when the agent stopped goes on.
     pub async fn take_up_drain(&self) -> Result<(), crate::store::StoreError> {
-        self.take_up_last_shutdown().await?;
-        let Some(text) = self.inner.store.node_state(STORE_KEY).await? else {
+        if let Some(last) = self
+            .read_kept::<LastShutdown>(LAST_SHUTDOWN_KEY, "the last shutdown's figures")
+            .await?
+        {
+            self.set_shutdown(|r| r.last = Some(last));
+        }
+        let Some(mut kept) = self
+            .read_kept::<Kept>(STORE_KEY, "the drain (the node is not drained)")
+            .await?
+        else {
             return Ok(());
         };
-        let kept: Kept = match serde_json::from_str(&text) {
-            Ok(kept) => kept,
-            Err(e) => {
-                tracing::error!(error = %e, "the drain kept in the store cannot be read; the node is not drained");
-                return Ok(());
-            }
-        };
-        let mut kept = kept;
         let state = kept.summary.state;
         tracing::info!(state = state.as_str(), reason = kept.summary.reason.as_str(), by = %kept.summary.by, started_at = %kept.summary.started_at, "the node's drain, as kept");
         // A shutdown's drain ends by itself at the next start; its apps come back once the
@@ -525,26 +525,39 @@ impl Agent {
         Ok((started, failed))
     }
 
-    /// Takes up the last shutdown's figures kept in the store, for `/v1/node` and `/metrics` after
-    /// the boot that followed it.
-    async fn take_up_last_shutdown(&self) -> Result<(), crate::store::StoreError> {
-        let Some(text) = self.inner.store.node_state(LAST_SHUTDOWN_KEY).await? else {
-            return Ok(());
+    /// The document kept under `key` in the store's node state; `None` when there is none, or
+    /// when it cannot be read (logged, `what` naming it).
+    async fn read_kept<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &'static str,
+        what: &str,
+    ) -> Result<Option<T>, crate::store::StoreError> {
+        let Some(text) = self.inner.store.node_state(key).await? else {
+            return Ok(None);
         };
-        match serde_json::from_str::<LastShutdown>(&text) {
-            Ok(last) => self.set_shutdown(|r| r.last = Some(last)),
+        match serde_json::from_str(&text) {
+            Ok(kept) => Ok(Some(kept)),
             Err(e) => {
-                tracing::error!(error = %e, "the last shutdown's figures kept in the store cannot be read");
+                tracing::error!(error = %e, "{what}: kept in the store, but cannot be read");
+                Ok(None)
             }
         }
-        Ok(())
+    }
+
+    /// Keeps `value` under `key` in the store's node state, durably.
+    async fn keep<T: Serialize>(
+        &self,
+        key: &'static str,
+        value: &T,
+    ) -> Result<(), crate::store::StoreError> {
+        // Structs of strings, numbers and times: their JSON cannot fail.
+        let text = serde_json::to_string(value).unwrap_or_default();
+        self.inner.store.set_node_state(key, text).await
     }
 
     /// Keeps the drain in the store, durably.
     async fn keep_drain(&self, kept: &Kept) -> Result<(), crate::store::StoreError> {
-        // A struct of strings, numbers and times: its JSON cannot fail.
-        let text = serde_json::to_string(kept).unwrap_or_default();
-        self.inner.store.set_node_state(STORE_KEY, text).await
+        self.keep(STORE_KEY, kept).await
     }
 
     /// Runs the drain under way in the background: it ends with the agent (a drain asked before
@@ -791,13 +804,7 @@ impl Agent {
         );
         self.set_shutdown(|r| r.last = Some(last.clone()));
         // Kept before the lock goes, so that the boot after the power-off still shows them.
-        let text = serde_json::to_string(&last).unwrap_or_default();
-        if let Err(e) = self
-            .inner
-            .store
-            .set_node_state(LAST_SHUTDOWN_KEY, text)
-            .await
-        {
+        if let Err(e) = self.keep(LAST_SHUTDOWN_KEY, &last).await {
             tracing::error!(error = %e, "could not keep the shutdown's figures");
         }
         last
