@@ -992,10 +992,15 @@ impl Store {
     }
 
     /// Keeps `t` as the engine time up to which its events have been taken in: the next
-    /// (re)connection asks for the events since then.
+    /// (re)connection asks for the events since then. Not synced: a mark a power cut takes back
+    /// only makes the next connection ask for more, and the events told twice are kept once.
     pub async fn set_engine_events_seen(&self, t: DateTime<Utc>) -> Result<(), StoreError> {
-        self.set_node_state(ENGINE_EVENTS_SEEN, engine_time_text(t))
-            .await
+        self.write_node_state(
+            ENGINE_EVENTS_SEEN,
+            engine_time_text(t),
+            Durability::CrashSafe,
+        )
+        .await
     }
 
     /// How many events are kept, and how many of them the control plane has not acknowledged.
@@ -1025,11 +1030,21 @@ impl Store {
         .await
     }
 
-    /// Keeps `value` (a JSON document) as the node's state under `key`, durably before it returns.
+    /// Keeps `value` (a JSON document) as the node's state under `key`, durably before it returns:
+    /// a drain, or a shutdown's figures, must outlive a power cut that comes right after.
     pub async fn set_node_state(&self, key: &'static str, value: String) -> Result<(), StoreError> {
+        self.write_node_state(key, value, Durability::Synced).await
+    }
+
+    /// Keeps `value` as the node's state under `key`, as `d` says.
+    async fn write_node_state(
+        &self,
+        key: &'static str,
+        value: String,
+        d: Durability,
+    ) -> Result<(), StoreError> {
         self.with_conn(move |c| {
-            // A drain must outlive a power cut that comes right after it was asked for.
-            durability(c, Durability::Synced)?;
+            durability(c, d)?;
             c.execute(
                 "INSERT INTO node (key, value) VALUES (?1, ?2)
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value",
