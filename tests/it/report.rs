@@ -28,19 +28,11 @@ fn record(change: &Value) -> &Value {
     &change["record"]
 }
 
-/// The value of the metric line that starts with `series` (name and labels).
-async fn metric(client: &Client, series: &str) -> f64 {
-    let text = client.metrics_text().await;
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
-}
-
 /// Waits until the agent's `/metrics` says `series` is at least `at_least`.
 async fn wait_metric(client: &Client, series: &str, at_least: f64) -> f64 {
     let deadline = Instant::now() + support::PATIENCE;
     loop {
-        let v = metric(client, series).await;
+        let v = client.metric(series).await;
         if v >= at_least {
             return v;
         }
@@ -232,8 +224,13 @@ async fn a_receiver_that_fails_or_is_down_for_a_while_gets_everything_in_order()
     // Reads, readiness and the node report do not depend on the control plane.
     let ready = client.send(client.http.get(client.url("/readyz"))).await;
     assert_eq!(ready.status, 200, "{ready:?}");
-    assert!(metric(&client, "node_agent_report_pending_changes").await >= 4.0);
-    assert!(metric(&client, "node_agent_report_oldest_pending_age_seconds").await > 0.0);
+    assert!(client.metric("node_agent_report_pending_changes").await >= 4.0);
+    assert!(
+        client
+            .metric("node_agent_report_oldest_pending_age_seconds")
+            .await
+            > 0.0
+    );
     let node = client.get("/v1/node").await;
     let report = &node.body["report"];
     assert_eq!(report["enabled"], true, "{node:?}");
@@ -259,7 +256,7 @@ async fn a_receiver_that_fails_or_is_down_for_a_while_gets_everything_in_order()
     )
     .await;
     let deadline = Instant::now() + support::PATIENCE;
-    while metric(&client, "node_agent_report_pending_changes").await > 0.0 {
+    while client.metric("node_agent_report_pending_changes").await > 0.0 {
         assert!(Instant::now() < deadline, "changes stay pending");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -367,11 +364,9 @@ async fn a_rejected_report_does_not_block_later_changes_and_resync_converges() {
     )
     .await;
     assert!(
-        metric(
-            &client,
-            "node_agent_reported_changes_total{outcome=\"rejected\"}"
-        )
-        .await
+        client
+            .metric("node_agent_reported_changes_total{outcome=\"rejected\"}")
+            .await
             >= 1.0
     );
     assert!(
@@ -678,7 +673,9 @@ async fn the_documented_minimal_receiver_takes_the_reports() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(
-        metric(&client, "node_agent_reports_total{outcome=\"rejected\"}").await,
+        client
+            .metric("node_agent_reports_total{outcome=\"rejected\"}")
+            .await,
         0.0
     );
 }

@@ -230,11 +230,9 @@ async fn a_node_shutdown_drains_reports_and_only_then_lets_go_and_the_boot_bring
         "{metrics}"
     );
     let began = chrono::DateTime::parse_from_rfc3339(last["beganAt"].as_str().unwrap()).unwrap();
-    let shown: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("node_agent_shutdown_last_timestamp_seconds "))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no shutdown timestamp: {metrics}"));
+    let shown = client
+        .metric("node_agent_shutdown_last_timestamp_seconds")
+        .await;
     assert!(
         (shown - began.timestamp_millis() as f64 / 1000.0).abs() < 0.001,
         "{shown} against {began}"

@@ -123,6 +123,14 @@ impl Client {
             .unwrap()
     }
 
+    /// The value of the `/metrics` line that starts with `series` (name and labels).
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.metrics_text().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+    }
+
     /// `POST /api/apps/{id}/{verb}/` as ~okeanos clients send it (`verb` is stop or start), with
     /// this node's instance id and the `Token` scheme.
     pub async fn okeanos(&self, id: &str, verb: &str) -> Answer {
